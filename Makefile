@@ -1,0 +1,34 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+# TORCH pins the CPU wheel that lies on these machines' disk; on a GPU box use `make setup TORCH=torch`.
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test lint format report clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/snakemake --cores all
+	$(VENV)/bin/snakemake --cores 1 --report results/default/report.html
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks workflow/scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks workflow/scripts
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks workflow/scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks workflow/scripts
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,60 @@
+"""The ``diffobj`` command: one subcommand per workflow rule, each runnable by hand.
+
+Each subcommand lives in ``diffobj.commands.<module>`` with ``add_arguments(parser)`` and
+``run(args)``. Bad input raises UserError: one clear line, exit code 2, no output written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from diffobj.errors import UserError
+
+# subcommand -> (module under diffobj.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("spec", "validate a spec and print its runs"),
+    "weightings": ("weightings", "tabulate and plot the weightings of a spec"),
+    "optimal-loss": ("optimal", "estimate the optimal loss per noise level"),
+    "prepare-data": ("data", "prepare a dataset into images.npy / labels.npy / meta.json"),
+    "train": ("train", "train one run"),
+    "sample": ("sample", "sample from a trained run"),
+    "train-features": ("features", "train the small classifier used for the classifier FD"),
+    "fid-ref": ("fid", "reference statistics for FID or the classifier FD"),
+    "fid": ("fid", "FID / classifier FD of samples against reference statistics"),
+    "nll": ("nll", "negative log-likelihood bound in bits per dimension"),
+    "tables": ("tables", "gather results into validated parquet tables"),
+    "figures": ("figures", "draw the figures of an experiment"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffobj", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"diffobj.commands.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"diffobj.commands.{module_name}":
+                raise
+            continue  # a command not built yet
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        getattr(module, "add_arguments_" + name.replace("-", "_"), module.add_arguments)(cmd)
+        cmd.set_defaults(func=getattr(module, "run_" + name.replace("-", "_"), getattr(module, "run", None)))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"diffobj {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

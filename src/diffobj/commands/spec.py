@@ -1,0 +1,34 @@
+"""diffobj validate SPEC: check a spec and list its runs (or write its JSON schema)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from diffobj import spec
+from diffobj.io import atomic_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", nargs="?", default="config/config.yaml", help="experiment YAML")
+    parser.add_argument("--schema", metavar="OUT", help="write the spec's JSON schema to OUT and exit")
+    parser.add_argument("--run-config", nargs=2, metavar=("RUN_ID", "OUT"),
+                        help="write the resolved config of one run to OUT")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.schema:
+        with atomic_path(args.schema) as tmp:
+            tmp.write_text(json.dumps(spec.json_schema(), indent=2) + "\n")
+        return
+    loaded = spec.load(args.spec)
+    if args.run_config:
+        from diffobj.run_config import dump_run_config
+
+        run_id, out = args.run_config
+        with atomic_path(out) as tmp:
+            tmp.write_text(dump_run_config(loaded.run(run_id).resolved()))
+        return
+    print(f"{args.spec}: experiment {loaded.experiment!r}, {len(loaded.runs)} runs")
+    for r in loaded.runs:
+        print(f"  {r.id}")

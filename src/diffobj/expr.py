@@ -1,0 +1,240 @@
+"""User expressions: strings from YAML parsed into sympy, never evaluated as Python.
+
+A string is parsed with ``ast`` in eval mode and walked against a whitelist (numbers, the four
+operations and power, unary minus, calls of whitelisted functions, whitelisted names); the tree
+is then rebuilt as a sympy expression. Compiled callables evaluate that sympy tree with torch
+operations, so the same expression runs on CPU or GPU tensors and can be differentiated
+symbolically.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import sympy
+
+from diffobj.errors import UserError
+import torch
+
+
+class ExprError(UserError):
+    """An expression that is not whitelisted math. The message names the expression and token."""
+
+
+class sigmoid(sympy.Function):  # noqa: N801 - sympy functions are lower case by convention
+    """Logistic function, kept as its own node so torch evaluates it stably."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        x = self.args[0]
+        return sigmoid(x) * sigmoid(-x)
+
+
+class softplus(sympy.Function):  # noqa: N801
+    """log(1 + e^x), kept as its own node so torch evaluates it without overflow."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sigmoid(self.args[0])
+
+
+def _normal_pdf(x: sympy.Expr, mean: sympy.Expr, std: sympy.Expr) -> sympy.Expr:
+    return sympy.exp(-((x - mean) ** 2) / (2 * std**2)) / (std * sympy.sqrt(2 * sympy.pi))
+
+
+FUNCTIONS: dict[str, tuple[int, Callable[..., sympy.Expr]]] = {
+    # name: (number of arguments, sympy builder)
+    "exp": (1, sympy.exp),
+    "log": (1, sympy.log),
+    "sqrt": (1, sympy.sqrt),
+    "sigmoid": (1, sigmoid),
+    "softplus": (1, softplus),
+    "tanh": (1, sympy.tanh),
+    "sinh": (1, sympy.sinh),
+    "cosh": (1, sympy.cosh),
+    "sech": (1, sympy.sech),
+    "sin": (1, sympy.sin),
+    "cos": (1, sympy.cos),
+    "tan": (1, sympy.tan),
+    "atan": (1, sympy.atan),
+    "erf": (1, sympy.erf),
+    "abs": (1, sympy.Abs),
+    "min": (2, sympy.Min),
+    "max": (2, sympy.Max),
+    "normal_pdf": (3, _normal_pdf),
+}
+CONSTANTS: dict[str, sympy.Expr] = {"pi": sympy.pi, "e": sympy.E}
+
+_BINARY = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a**b,
+}
+
+
+def parse(text: str, names: Iterable[str], params: Mapping[str, float] | None = None) -> sympy.Expr:
+    """Parse ``text`` into sympy. ``names`` become free symbols; ``params`` are substituted.
+
+    Raises ExprError naming the expression and the offending token.
+    """
+    params = dict(params or {})
+    allowed = set(names)
+    if not isinstance(text, str | int | float) or isinstance(text, bool):
+        raise ExprError(f"expression {text!r}: expected a string of math, got {type(text).__name__}")
+    source = str(text)
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ExprError(f"expression {source!r}: not valid math ({err.msg})") from None
+
+    def fail(node: ast.AST, what: str) -> ExprError:
+        token = ast.get_source_segment(source.strip(), node) or type(node).__name__
+        return ExprError(f"expression {source!r}: {what} {token!r} is not allowed")
+
+    def build(node: ast.AST) -> sympy.Expr:
+        if isinstance(node, ast.Expression):
+            return build(node.body)
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, int | float):
+                raise fail(node, "constant")
+            return sympy.Float(node.value) if isinstance(node.value, float) else sympy.Integer(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            return _BINARY[type(node.op)](build(node.left), build(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            operand = build(node.operand)
+            return -operand if isinstance(node.op, ast.USub) else operand
+        if isinstance(node, ast.Name):
+            if node.id in params:
+                return sympy.Float(params[node.id])
+            if node.id in allowed:
+                return sympy.Symbol(node.id, real=True)
+            if node.id in CONSTANTS:
+                return CONSTANTS[node.id]
+            raise fail(node, "unknown name")
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+                raise fail(node.func, "unknown function")
+            if node.keywords:
+                raise fail(node.keywords[0], "keyword argument")
+            arity, builder = FUNCTIONS[node.func.id]
+            if len(node.args) != arity:
+                raise ExprError(
+                    f"expression {source!r}: {node.func.id} takes {arity} argument(s), "
+                    f"got {len(node.args)}"
+                )
+            return builder(*(build(arg) for arg in node.args))
+        raise fail(node, "syntax")
+
+    return build(tree)
+
+
+# sympy node -> torch evaluation. Anything else sympy produces is an error, not a silent fallback.
+_TORCH_FUNCS: dict[type, Callable[..., torch.Tensor]] = {
+    sympy.exp: torch.exp,
+    sympy.log: torch.log,
+    sympy.tanh: torch.tanh,
+    sympy.sinh: torch.sinh,
+    sympy.cosh: torch.cosh,
+    sympy.sech: lambda x: 1 / torch.cosh(x),
+    sympy.sin: torch.sin,
+    sympy.cos: torch.cos,
+    sympy.tan: torch.tan,
+    sympy.atan: torch.atan,
+    sympy.sec: lambda x: 1 / torch.cos(x),
+    sympy.csc: lambda x: 1 / torch.sin(x),
+    sympy.cot: lambda x: 1 / torch.tan(x),
+    sympy.erf: torch.special.erf,
+    sympy.Abs: torch.abs,
+    sympy.sign: torch.sign,
+    sympy.Heaviside: lambda x, *_: torch.heaviside(x, torch.full_like(x, 0.5)),
+    sigmoid: torch.sigmoid,
+    softplus: torch.nn.functional.softplus,
+}
+
+
+def _evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    if expr.is_Symbol:
+        return env[expr]
+    if expr.is_Number or expr in (sympy.pi, sympy.E):
+        return torch.full_like(like, float(expr))
+    args = [_evaluate(a, env, like) for a in expr.args]
+    if expr.is_Add:
+        return sum(args[1:], args[0])
+    if expr.is_Mul:
+        out = args[0]
+        for a in args[1:]:
+            out = out * a
+        return out
+    if expr.is_Pow:
+        base, exponent = args
+        if expr.exp == sympy.Rational(1, 2):
+            return torch.sqrt(base)
+        return torch.pow(base, exponent)
+    if isinstance(expr, sympy.Min):
+        return _fold(torch.minimum, args)
+    if isinstance(expr, sympy.Max):
+        return _fold(torch.maximum, args)
+    if isinstance(expr, sympy.Piecewise):
+        out = torch.full_like(like, math.nan)
+        for (value, cond), v in zip(expr.args, args[0::2], strict=False):
+            mask = _condition(cond, env, like)
+            out = torch.where(torch.isnan(out) & mask, v, out)
+        return out
+    func = _TORCH_FUNCS.get(expr.func)
+    if func is None:
+        raise ExprError(f"expression {expr}: sympy produced {expr.func.__name__}, which has no torch form")
+    return func(*args)
+
+
+def _fold(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], args: list[torch.Tensor]) -> torch.Tensor:
+    out = args[0]
+    for a in args[1:]:
+        out = op(out, a)
+    return out
+
+
+def _condition(cond: sympy.Basic, env: Mapping[sympy.Symbol, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    if cond is sympy.true:
+        return torch.ones_like(like, dtype=torch.bool)
+    if cond is sympy.false:
+        return torch.zeros_like(like, dtype=torch.bool)
+    lhs, rhs = (_evaluate(a, env, like) for a in cond.args)
+    ops = {sympy.StrictLessThan: torch.lt, sympy.LessThan: torch.le,
+           sympy.StrictGreaterThan: torch.gt, sympy.GreaterThan: torch.ge,
+           sympy.Equality: torch.eq, sympy.Unequality: torch.ne}
+    return ops[type(cond)](lhs, rhs)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A sympy expression compiled to a torch callable of named tensors (broadcast together)."""
+
+    expr: sympy.Expr
+    names: tuple[str, ...]
+
+    def __call__(self, **values: torch.Tensor | float) -> torch.Tensor:
+        tensors = [v for v in values.values() if isinstance(v, torch.Tensor)]
+        like = torch.broadcast_tensors(*tensors)[0] if tensors else torch.zeros((), dtype=torch.float64)
+        env = {}
+        for name in self.names:
+            if name not in values:
+                raise ExprError(f"expression {self.expr}: no value given for {name!r}")
+            v = values[name]
+            env[sympy.Symbol(name, real=True)] = v if isinstance(v, torch.Tensor) else torch.full_like(like, float(v))
+        return _evaluate(self.expr, env, like)
+
+    def diff(self, name: str) -> Compiled:
+        """The symbolic derivative with respect to ``name``, compiled."""
+        return Compiled(sympy.diff(self.expr, sympy.Symbol(name, real=True)), self.names)
+
+    def depends_on(self, name: str) -> bool:
+        return sympy.Symbol(name, real=True) in self.expr.free_symbols
+
+
+def compile_expr(text: str, names: Iterable[str], params: Mapping[str, float] | None = None) -> Compiled:
+    """Parse and compile in one step: ``compile_expr("sigmoid(b - lam)", ["lam"], {"b": 2})``."""
+    names = tuple(names)
+    return Compiled(parse(text, names, params), names)

@@ -1,0 +1,579 @@
+"""The optimal (irreducible) loss of a finite training set, per noise level (SCIENCE.md §3).
+
+Gaussian, z = alpha x + sigma eps with x in [-1, 1]^D, lam = log(alpha^2 / sigma^2): the optimal
+denoiser is the posterior mean E[x|z] = Σ_n π_n(z) x_n, π = softmax_n(-||x̂ - x_n||² / 2s²)
+with x̂ = z / alpha and s² = e^-lam. The optimal loss per dimension in the eps scale is
+E||eps - eps*||² / D = e^lam E||x - E[x|z]||² / D (x0 scale without the e^lam).
+
+- exact: the softmax runs over all N points (one matmul per chunk of data, online softmax).
+- snis: over a random subset of L points (self-normalised importance sampling).
+- dol: L - 1 random other points plus the query's own source.
+- cdol: as dol with the source's weight divided by C (default 4N/L): consistent as C grows.
+
+Every estimator works in the per-query error form: the error x_src - E[x|z] is accumulated as
+Σ_k w_k (x_k - x_src) / Σ_k w_k with the source's own term (exactly zero) left out of the
+numerator, so nothing of size 1 is subtracted from something of size 1 (no A - B), and the
+accumulators are float64 while the matmuls are float32.
+
+Masked (keep probability alpha, tokens 0..255): the posterior is uniform over the consistent set
+C = {n : x_n agrees with the query on its kept tokens}; the optimal predictor at a masked
+position is the value distribution over C, and the optimal loss is Σ_masked -log μ*(x_d) / D
+nats per dimension. Consistency is an exact integer test: Σ_kept (x_kd - x_srcd)² = 0, computed
+with one float64 matmul per chunk (every partial sum is an integer below 2^53).
+
+Queries: sources cycle through random permutations of the data (each point used equally often),
+so at the extremes (alpha -> 0, sigma -> inf) the estimate is exact up to the posterior.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffobj.errors import UserError
+from diffobj.schedules import DTYPE, Schedule
+
+log = logging.getLogger(__name__)
+
+ESTIMATORS = ("exact", "snis", "dol", "cdol")
+DEFAULT_LOG_SNR_RANGE = {"gaussian": (-10.0, 10.0), "masked": (-9.21, 9.21)}
+VOCAB = 256
+CPU_TILE_BYTES = 256 * 2**20  # working memory of one (queries x data) tile on CPU
+GPU_MEMORY_FRACTION = 0.5  # share of free GPU memory a tile may use
+DEFAULT_BATCH = {"cpu": 512, "cuda": 4096}
+TABLE_COLUMNS = (
+    "log_snr", "t", "optimal_loss", "stderr", "estimator", "n_data", "n_queries",
+    "alpha", "sigma", "sigma_ve", "optimal_loss_x0", "stderr_x0", "subset", "C", "seconds",
+    "queries_per_s", "tflops",
+)
+
+
+# -- data and devices ---------------------------------------------------------------------------
+
+def images_to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, ...) images as float32 (N, D) in [-1, 1] (x = u8 / 127.5 - 1)."""
+    flat = torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), -1))
+    return flat.to(torch.float32) / 127.5 - 1
+
+
+def images_to_tokens(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, ...) images as (N, D) tokens 0..255 (each channel of each pixel one token)."""
+    return torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), -1).copy())
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: expected cpu or cuda")
+    return device
+
+
+def tile_budget(device: torch.device) -> int:
+    """Bytes one tile of work may use: a share of free GPU memory, or a fixed CPU budget."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * GPU_MEMORY_FRACTION)
+    return CPU_TILE_BYTES
+
+
+def derive_seed(*keys: int) -> int:
+    """An independent 63-bit seed for each (seed, level, stream): reproducible, uncorrelated."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def balanced_sources(n_data: int, n_queries: int, generator: torch.Generator) -> torch.Tensor:
+    """Source indices of the queries: random permutations of 0..N-1 laid end to end."""
+    rounds = -(-n_queries // n_data)
+    perms = [torch.randperm(n_data, generator=generator) for _ in range(rounds)]
+    return torch.cat(perms)[:n_queries]
+
+
+# -- Gaussian: the posterior-mean error of a batch of queries -------------------------------------
+
+def posterior_sq_error(
+    queries: torch.Tensor,
+    sources: torch.Tensor,
+    candidates: torch.Tensor,
+    inv_s2: float,
+    *,
+    exclude: torch.Tensor | None = None,
+    self_offset: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """||x_src - E[x|x̂]||² per query (float64), the softmax over ``candidates`` (+ the source).
+
+    queries (B, D): x̂ = z / alpha (VE form), float32. sources (B, D): the point each query was
+    drawn from. candidates (L, D): the points of the posterior sum. ``exclude`` (B,): one
+    candidate index per query left out (-1: none), used to take the source out of the candidate
+    sum. ``self_offset`` (B,): if given, the source joins the sum with log-weight offset
+    ``self_offset`` (0: plain, -log C: cDOL, -inf: absent). Logits -||x̂ - x_k||² s^-2 / 2 are
+    float32 matmuls; the online softmax (running max, sum, numerator) is float64.
+    """
+    batch, dim = queries.shape
+    device = queries.device
+    scaled = queries * inv_s2
+    src64 = sources.to(torch.float64)
+    run_max = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
+    total = torch.zeros(batch, dtype=torch.float64, device=device)
+    numerator = torch.zeros(batch, dim, dtype=torch.float64, device=device)
+    if self_offset is not None:  # the source's own weight: in the total, not in the numerator
+        self_logit = inv_s2 * ((queries.double() * src64).sum(1) - 0.5 * src64.square().sum(1))
+        run_max = _as_float32_values(self_logit + self_offset)
+        total = torch.exp(self_logit + self_offset - _finite_or_zero(run_max))
+    rows = torch.arange(batch, device=device)
+    chunk_size = chunk_size or len(candidates)
+    for start in range(0, len(candidates), chunk_size):
+        block = candidates[start : start + chunk_size]
+        half_norms = (-0.5 * inv_s2) * block.square().sum(1)
+        logits = torch.addmm(half_norms.unsqueeze(0), scaled, block.T)  # (B, Lc) float32
+        if exclude is not None:
+            local = exclude - start
+            hit = (local >= 0) & (local < len(block))
+            logits[rows[hit], local[hit]] = -math.inf
+        # the shift is a float32 value so that the float32 weights and float64 sums agree on it
+        new_max = torch.maximum(run_max, logits.max(1).values.double())
+        shift = _finite_or_zero(new_max)
+        rescale = torch.exp(run_max - shift)
+        weights = logits.sub_(shift.float().unsqueeze(1)).exp_()
+        weight_sum = weights.sum(1, dtype=torch.float64)
+        total = total * rescale + weight_sum
+        block_sum = (weights @ block).double() - weight_sum.unsqueeze(1) * src64
+        numerator = numerator * rescale.unsqueeze(1) + block_sum
+        run_max = new_max
+    error = numerator / total.unsqueeze(1)
+    return error.square().sum(1)
+
+
+def _finite_or_zero(values: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(values), values, torch.zeros_like(values))
+
+
+def _as_float32_values(values: torch.Tensor) -> torch.Tensor:
+    return values.float().double()
+
+
+@dataclass(frozen=True)
+class SubsetPlan:
+    """The candidate set of one batch of queries, and how each query treats its source."""
+
+    candidates: torch.Tensor  # (L, D)
+    exclude: torch.Tensor  # (B,)
+    self_offset: torch.Tensor  # (B,)
+
+
+def plan_candidates(
+    data: torch.Tensor,
+    src: torch.Tensor,
+    estimator: str,
+    subset: int | None,
+    C: float | None,
+    generator: torch.Generator | None,
+) -> SubsetPlan:
+    """Candidates for a batch with sources ``src``: all data (exact) or one shared random subset.
+
+    snis: L random points; a source that falls in them is handled by the self term. dol/cdol:
+    the first L - 1 points of a random L-subset other than the source, plus the source with
+    weight 1/C (dol: C = 1), so every query sees exactly L - 1 random others.
+    """
+    n_data = len(data)
+    device = data.device
+    zero = torch.zeros(len(src), dtype=torch.float64, device=device)
+    if estimator == "exact":
+        return SubsetPlan(data, src, zero)
+    assert subset is not None
+    chosen = torch.randperm(n_data, generator=generator)[:subset].to(device)
+    position = torch.full((n_data,), -1, dtype=torch.long, device=device)
+    position[chosen] = torch.arange(subset, device=device)
+    pos = position[src]
+    if estimator == "snis":
+        offset = torch.where(pos >= 0, zero, torch.full_like(zero, -math.inf))
+        return SubsetPlan(data[chosen], pos, offset)
+    c_value = 1.0 if estimator == "dol" else float(C if C is not None else 4 * n_data / subset)
+    among_first = (pos >= 0) & (pos < subset - 1)
+    exclude = torch.where(among_first, pos, torch.full_like(pos, subset - 1))
+    return SubsetPlan(data[chosen], exclude, zero - math.log(c_value))
+
+
+def check_estimator(estimator: str, n_data: int, subset: int | None, C: float | None) -> None:
+    """UserError for an unknown estimator, a subset size outside 1..N, or C <= 0."""
+    if estimator not in ESTIMATORS:
+        raise UserError(f"--estimator {estimator!r}: expected one of {ESTIMATORS}")
+    if estimator == "exact":
+        return
+    if subset is None:
+        raise UserError(f"--estimator {estimator} needs --subset L (1 <= L <= N = {n_data})")
+    smallest = 1 if estimator == "snis" else 2
+    if not smallest <= subset <= n_data:
+        raise UserError(
+            f"--subset {subset}: must be in {smallest}..{n_data} (the data has N = {n_data} points)"
+        )
+    if C is not None and not C > 0:
+        raise UserError(f"--C {C}: must be positive")
+
+
+def gaussian_query_losses(
+    data: torch.Tensor,
+    alpha: float,
+    sigma: float,
+    n_queries: int,
+    *,
+    estimator: str = "exact",
+    subset: int | None = None,
+    C: float | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    desc: str = "",
+) -> torch.Tensor:
+    """Per-query x0-scale error ||x - E[x|z]||² / D (float64, (M,)) at one noise level.
+
+    ``data`` (N, D) float32 in [-1, 1] on the device that does the work. Queries
+    z = alpha x_src + sigma eps depend only on ``seed`` (not on the estimator), so estimators
+    run with the same seed are paired query by query; the subsets use their own stream.
+    """
+    n_data, dim = data.shape
+    check_estimator(estimator, n_data, subset, C)
+    device = data.device
+    query_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, 0))
+    source_gen = torch.Generator().manual_seed(derive_seed(seed, 1))
+    subset_gen = torch.Generator().manual_seed(derive_seed(seed, 2))
+    sources = balanced_sources(n_data, n_queries, source_gen).to(device)
+    inv_s2 = alpha**2 / sigma**2
+    n_candidates = n_data if estimator == "exact" else subset
+    batch = min(n_queries, batch_size or DEFAULT_BATCH[device.type])
+    chunk = chunk_size or max(1, tile_budget(device) // (8 * batch))
+    losses = torch.empty(n_queries, dtype=torch.float64, device=device)
+    with tqdm(total=n_queries, desc=desc, unit="q", disable=not progress, leave=False) as bar:
+        for start in range(0, n_queries, batch):
+            src = sources[start : start + batch]
+            x_src = data[src]
+            eps = torch.randn(x_src.shape, generator=query_gen, device=device)
+            queries = (alpha * x_src + sigma * eps) / alpha
+            plan = plan_candidates(data, src, estimator, subset, C, subset_gen)
+            sq = posterior_sq_error(queries, x_src, plan.candidates, inv_s2, exclude=plan.exclude,
+                                    self_offset=plan.self_offset, chunk_size=min(chunk, n_candidates))
+            losses[start : start + len(src)] = sq / dim
+            bar.update(len(src))
+    return losses
+
+
+# -- masked: the consistent set ------------------------------------------------------------------
+
+def masked_query_loss(
+    tokens: torch.Tensor,
+    src: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    histogram: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    pair_chunk: int | None = None,
+) -> torch.Tensor:
+    """Σ over masked positions of -log μ*(x_src,d | kept tokens), per dimension (float64, (B,)).
+
+    tokens (N, D) uint8; src (B,) source indices; keep (B, D) bool. μ*_d(v) is the share of the
+    consistent set (items equal to the source on every kept position) with value v at d.
+    Queries that keep nothing use the per-position histogram (the whole data is consistent).
+    """
+    n_data, dim = tokens.shape
+    device = tokens.device
+    histogram = position_histogram(tokens) if histogram is None else histogram
+    loss = torch.zeros(len(src), dtype=torch.float64, device=device)
+    src_tokens = tokens[src]
+    masked = ~keep
+    none_kept = masked.all(1)
+    if none_kept.any():
+        counts = histogram.gather(1, src_tokens[none_kept].long().T).T  # (b, D)
+        loss[none_kept] = (math.log(n_data) - counts.log()).mean(1)
+    some = (~none_kept).nonzero().squeeze(1)
+    if len(some):
+        sizes, counts = _consistent_counts(tokens, src_tokens[some], keep[some], chunk_size, pair_chunk)
+        nats = (sizes.log().unsqueeze(1) - counts.log()) * masked[some]
+        loss[some] = nats.sum(1) / dim
+    return loss
+
+
+def position_histogram(tokens: torch.Tensor) -> torch.Tensor:
+    """(D, 256) float64 counts of each token value at each position."""
+    n_data, dim = tokens.shape
+    hist = torch.zeros(dim, VOCAB, dtype=torch.float64, device=tokens.device)
+    ones = torch.ones(tokens.T.shape, dtype=torch.float64, device=tokens.device)
+    return hist.scatter_add_(1, tokens.T.long(), ones)
+
+
+def _consistent_counts(
+    tokens: torch.Tensor,
+    src_tokens: torch.Tensor,
+    keep: torch.Tensor,
+    chunk_size: int | None,
+    pair_chunk: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """|C| per query (B,) and, per position, how many of C share the source's value (B, D)."""
+    batch, dim = src_tokens.shape
+    device = tokens.device
+    keep64 = keep.double()
+    src64 = src_tokens.double()
+    # Σ_kept (x_k - x_s)² = [keep, -2 keep x_s] · [x_k², x_k] + Σ_kept x_s²: exact integers
+    query_side = torch.cat([keep64, -2 * keep64 * src64], 1)
+    constant = (keep64 * src64.square()).sum(1, keepdim=True)
+    budget = tile_budget(device)
+    chunk_size = chunk_size or max(1, budget // (10 * batch + 16 * dim))
+    pair_chunk = pair_chunk or max(1, budget // (2 * dim))
+    sizes = torch.zeros(batch, dtype=torch.float64, device=device)
+    counts = torch.zeros(batch, dim, dtype=torch.float64, device=device)
+    for start in range(0, len(tokens), chunk_size):
+        block = tokens[start : start + chunk_size]
+        block64 = block.double()
+        data_side = torch.cat([block64.square(), block64], 1).T  # (2D, Nc)
+        consistent = torch.addmm(constant, query_side, data_side) == 0
+        sizes += consistent.sum(1)
+        query_idx, item_idx = consistent.nonzero(as_tuple=True)
+        for p in range(0, len(query_idx), pair_chunk):
+            q, k = query_idx[p : p + pair_chunk], item_idx[p : p + pair_chunk]
+            counts.index_add_(0, q, (block[k] == src_tokens[q]).double())
+    return sizes, counts
+
+
+def masked_query_losses(
+    tokens: torch.Tensor,
+    alpha: float,
+    n_queries: int,
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    desc: str = "",
+) -> torch.Tensor:
+    """Per-query optimal cross-entropy in nats per dimension (float64, (M,)) at keep prob alpha."""
+    n_data, dim = tokens.shape
+    device = tokens.device
+    query_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, 0))
+    source_gen = torch.Generator().manual_seed(derive_seed(seed, 1))
+    sources = balanced_sources(n_data, n_queries, source_gen).to(device)
+    histogram = position_histogram(tokens)
+    batch = min(n_queries, batch_size or DEFAULT_BATCH[device.type])
+    losses = torch.empty(n_queries, dtype=torch.float64, device=device)
+    with tqdm(total=n_queries, desc=desc, unit="q", disable=not progress, leave=False) as bar:
+        for start in range(0, n_queries, batch):
+            src = sources[start : start + batch]
+            u = torch.rand((len(src), dim), generator=query_gen, dtype=torch.float64, device=device)
+            losses[start : start + len(src)] = masked_query_loss(
+                tokens, src, u < alpha, histogram=histogram, chunk_size=chunk_size
+            )
+            bar.update(len(src))
+    return losses
+
+
+# -- per-level tables ---------------------------------------------------------------------------
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and its standard error over queries (float64; nan stderr for a single query)."""
+    values = values.double()
+    mean = float(values.mean())
+    stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return mean, stderr
+
+
+def level_times(schedule: Schedule, levels: int) -> torch.Tensor:
+    """K times on an even grid over the schedule's time range (first: least noise)."""
+    t0, t1 = schedule.t_range
+    return torch.linspace(t0, t1, levels, dtype=DTYPE)
+
+
+def check_counts(levels: int, queries: int) -> None:
+    if levels <= 0:
+        raise UserError(f"--levels {levels}: must be a positive number of noise levels")
+    if queries <= 0:
+        raise UserError(f"--queries {queries}: must be a positive number of queries per level")
+
+
+def optimal_loss_table(
+    images: np.ndarray,
+    process: str,
+    schedule: Schedule,
+    levels: int,
+    queries: int,
+    *,
+    estimator: str = "exact",
+    subset: int | None = None,
+    C: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per noise level (the DESIGN.md contract, columns TABLE_COLUMNS).
+
+    Gaussian: ``optimal_loss`` is eps-scale per dimension, ``optimal_loss_x0`` the x0 scale,
+    ``sigma_ve`` = exp(-lam / 2). Masked: nats per dimension (x0 columns are nan).
+    """
+    check_counts(levels, queries)
+    if process != schedule.process:
+        raise UserError(f"schedule {schedule.name} is a {schedule.process} schedule, not {process}")
+    if process == "masked" and estimator != "exact":
+        raise UserError(f"--estimator {estimator}: the masked process has only the exact estimator")
+    device = resolve_device(device)
+    n_data = len(images)
+    data = (images_to_unit(images) if process == "gaussian" else images_to_tokens(images)).to(device)
+    check_estimator(estimator, n_data, subset, C)
+    times = level_times(schedule, levels)
+    level = schedule.level(times)
+    n_candidates = n_data if estimator == "exact" else subset
+    rows = []
+    for i in range(levels):
+        lam, alpha, sigma = (float(v[i]) for v in (level.log_snr, level.alpha, level.sigma))
+        desc = f"level {i + 1}/{levels} lam={lam:+.2f}"
+        begin = time.perf_counter()
+        if process == "gaussian":
+            x0 = gaussian_query_losses(data, alpha, sigma, queries, estimator=estimator,
+                                       subset=subset, C=C, seed=derive_seed(seed, i),
+                                       batch_size=batch_size, progress=progress, desc=desc)
+            x0_mean, x0_err = mean_and_stderr(x0)
+            mean, err = x0_mean * math.exp(lam), x0_err * math.exp(lam)
+        else:
+            nats = masked_query_losses(data, alpha, queries, seed=derive_seed(seed, i),
+                                       batch_size=batch_size, progress=progress, desc=desc)
+            mean, err = mean_and_stderr(nats)
+            x0_mean = x0_err = math.nan
+        _synchronize(device)
+        seconds = time.perf_counter() - begin
+        flops = 4.0 * queries * n_candidates * data.shape[1]
+        rows.append({
+            "log_snr": lam, "t": float(times[i]), "optimal_loss": mean, "stderr": err,
+            "estimator": estimator, "n_data": n_data, "n_queries": queries,
+            "alpha": alpha, "sigma": sigma,
+            "sigma_ve": math.exp(-lam / 2) if process == "gaussian" else math.nan,
+            "optimal_loss_x0": x0_mean, "stderr_x0": x0_err,
+            "subset": n_candidates,
+            "C": _c_value(estimator, n_data, subset, C),
+            "seconds": seconds, "queries_per_s": queries / seconds, "tflops": flops / seconds / 1e12,
+        })
+        log.info("%s: optimal loss %.6g ± %.2g, %.0f queries/s, %.3f TFLOP/s (%.2f s)",
+                 desc, mean, err, queries / seconds, flops / seconds / 1e12, seconds)
+    return rows
+
+
+def _c_value(estimator: str, n_data: int, subset: int | None, C: float | None) -> float:
+    if estimator == "dol":
+        return 1.0
+    if estimator == "cdol":
+        return float(C) if C is not None else 4 * n_data / subset
+    return math.nan
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- the estimator study ------------------------------------------------------------------------
+
+STUDY_COLUMNS = (
+    "log_snr", "t", "sigma_ve", "estimator", "subset", "C", "C_factor", "n_data", "n_queries",
+    "estimate", "stderr", "exact", "exact_stderr", "bias", "bias_stderr", "relative_bias",
+    "variance", "rmse",
+)
+
+
+def convergence_study(
+    images: np.ndarray,
+    schedule: Schedule,
+    levels: int,
+    queries: int,
+    subsets: Sequence[int],
+    c_factors: Sequence[float] = (1.0, 4.0, 16.0),
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Bias and variance of SNIS / DOL / cDOL against the exact estimator (eps scale).
+
+    At each level every estimator sees the same queries as the exact one, so its bias is
+    measured pairwise: bias = mean(est_q - exact_q) with stderr std(est_q - exact_q)/sqrt(M).
+    ``variance`` is the estimator's variance at M queries (stderr²), ``rmse`` = sqrt(bias² +
+    variance). cDOL runs once per C = factor * N / L.
+    """
+    check_counts(levels, queries)
+    if schedule.process != "gaussian":
+        raise UserError(f"schedule {schedule.name}: the estimator study is for gaussian schedules")
+    device = resolve_device(device)
+    data = images_to_unit(images).to(device)
+    n_data = len(data)
+    for L in subsets:
+        check_estimator("cdol", n_data, L, None)
+    for factor in c_factors:
+        if not factor > 0:
+            raise UserError(f"--C-factors {factor}: must be positive")
+    times = level_times(schedule, levels)
+    level = schedule.level(times)
+    rows = []
+    for i in range(levels):
+        lam, alpha, sigma = (float(v[i]) for v in (level.log_snr, level.alpha, level.sigma))
+        scale = math.exp(lam)
+        common = dict(seed=derive_seed(seed, i), batch_size=batch_size, progress=progress,
+                      desc=f"level {i + 1}/{levels} lam={lam:+.2f}")
+        exact = gaussian_query_losses(data, alpha, sigma, queries, **common) * scale
+        exact_mean, exact_err = mean_and_stderr(exact)
+        for L in subsets:
+            runs = [("snis", math.nan, math.nan), ("dol", 1.0, L / n_data)]
+            runs += [("cdol", f * n_data / L, f) for f in c_factors]
+            for estimator, c_value, factor in runs:
+                est = gaussian_query_losses(data, alpha, sigma, queries, estimator=estimator,
+                                            subset=L, C=c_value, **common) * scale
+                mean, err = mean_and_stderr(est)
+                bias, bias_err = mean_and_stderr(est - exact)
+                rows.append({
+                    "log_snr": lam, "t": float(times[i]), "sigma_ve": math.exp(-lam / 2),
+                    "estimator": estimator, "subset": L, "C": c_value, "C_factor": factor,
+                    "n_data": n_data, "n_queries": queries, "estimate": mean, "stderr": err,
+                    "exact": exact_mean, "exact_stderr": exact_err, "bias": bias,
+                    "bias_stderr": bias_err,
+                    "relative_bias": bias / exact_mean if exact_mean > 0 else math.nan,
+                    "variance": err**2, "rmse": math.sqrt(bias**2 + err**2),
+                })
+        log.info("level %d/%d lam=%+.2f: exact %.6g ± %.2g", i + 1, levels, lam, exact_mean, exact_err)
+    return rows
+
+
+# -- the critical noise level -------------------------------------------------------------------
+
+def critical_log_snr(
+    log_snr: Sequence[float], loss: Sequence[float], rel_tol: float = 0.01
+) -> float | None:
+    """The log-SNR where the optimal loss leaves ~0, going from low to high noise.
+
+    ``loss`` must be increasing with noise (x0-scale Gaussian loss, masked cross-entropy). The
+    critical level is where the loss first reaches ``rel_tol`` times its largest value,
+    interpolated linearly between the two levels around it; None if it never does, or if the
+    least noisy level is already above.
+    """
+    lam = np.asarray(log_snr, dtype=float)
+    values = np.asarray(loss, dtype=float)
+    keep = np.isfinite(lam) & np.isfinite(values)
+    lam, values = lam[keep], values[keep]
+    if len(lam) < 2:
+        return None
+    order = np.argsort(-lam)  # least noise first
+    lam, values = lam[order], values[order]
+    threshold = rel_tol * values.max()
+    above = np.nonzero(values >= threshold)[0]
+    if len(above) == 0 or above[0] == 0:
+        return None
+    j = above[0]
+    frac = (threshold - values[j - 1]) / (values[j] - values[j - 1])
+    return float(lam[j - 1] + frac * (lam[j] - lam[j - 1]))
+

@@ -1,0 +1,1 @@
+"""The two noise processes: Gaussian (continuous) and masked (absorbing, discrete)."""

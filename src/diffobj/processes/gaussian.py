@@ -1,0 +1,124 @@
+"""Gaussian diffusion: z = alpha x + sigma eps; the reweighted loss in the eps-MSE scale.
+
+L_w(x) = 1/2 E_t[ w(lam_t) (-dlam/dt) ||eps - eps_hat(z_t; lam_t)||^2 ] / D
+       = 1/2 ∫ w(lam) E||eps - eps_hat||^2 dlam / D   (Kingma & Gao)
+
+t is drawn uniformly on the schedule's time range (stratified), so a schedule acts as the
+importance distribution of lam; with w = 1 the loss is the diffusion term of the ELBO.
+Networks predict eps, x0, v (= alpha eps - sigma x) or EDM's preconditioned F; every
+prediction is converted to eps_hat, so losses and samplers see one parameterisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diffobj.schedules import Level, Schedule
+from diffobj.weightings import Weighting
+
+PREDICTIONS = ("eps", "x0", "v", "F")
+
+EpsFn = Callable[[torch.Tensor, Level], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Per-sample loss (what is optimised), its log-SNR, and the unweighted per-dimension error
+    (eps-MSE here, masked CE in nats there), which is what lines up with the optimal loss."""
+
+    loss: torch.Tensor
+    log_snr: torch.Tensor
+    error: torch.Tensor
+
+
+def corrupt(x: torch.Tensor, level: Level, eps: torch.Tensor) -> torch.Tensor:
+    lv = level.expand(x.dim())
+    return lv.alpha.to(x.dtype) * x + lv.sigma.to(x.dtype) * eps
+
+
+def stratified_uniform(batch: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Low-discrepancy u in [0, 1): one uniform offset, evenly spaced (VDM's antithetic times).
+
+    ``generator`` (if given) lives on ``device``, like every generator of a batch.
+    """
+    offset = torch.rand((), generator=generator, dtype=torch.float64, device=device)
+    return (offset + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0
+
+
+def sample_levels(schedule: Schedule, batch: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> tuple[Level, float]:
+    """Noise levels for a batch (t ~ U on the schedule's range) and the Jacobian t1 - t0."""
+    t, jacobian = schedule.time_from_uniform(stratified_uniform(batch, generator, device))
+    return schedule.level(t), jacobian
+
+
+def weighted_loss(
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    schedule: Schedule,
+    weighting: Weighting,
+    generator: torch.Generator | None = None,
+) -> LossTerms:
+    """The per-sample reweighted loss, per data dimension, for a batch x (B, ...)."""
+    level, jacobian = sample_levels(schedule, x.shape[0], generator, x.device)
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    z = corrupt(x, level, eps)
+    eps_hat = eps_fn(z, level)
+    error = (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)
+    factor = 0.5 * jacobian * weighting.total_weight(level, "gaussian")
+    return LossTerms(factor.to(error.dtype) * error, level.log_snr, error.detach())
+
+
+# -- parameterisations ------------------------------------------------------------------------
+
+def eps_from_prediction(out: torch.Tensor, z: torch.Tensor, level: Level, prediction: str, sigma_data: float = 0.5) -> torch.Tensor:
+    """Convert a network output (already through EDM's c_skip/c_out for F) to eps_hat."""
+    lv = level.expand(z.dim())
+    a, s = lv.alpha.to(z.dtype), lv.sigma.to(z.dtype)
+    if prediction == "eps":
+        return out
+    if prediction == "x0":
+        return (z - a * out) / s
+    if prediction == "v":
+        # z = a x + s e, v = a e - s x  =>  e = (s z + a v) / (a^2 + s^2)
+        return (s * z + a * out) / (a * a + s * s)
+    raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+
+
+def x0_from_eps(eps_hat: torch.Tensor, z: torch.Tensor, level: Level) -> torch.Tensor:
+    lv = level.expand(z.dim())
+    return (z - lv.sigma.to(z.dtype) * eps_hat) / lv.alpha.to(z.dtype)
+
+
+class Denoiser(nn.Module):
+    """Wraps a raw network net(x_in, log_snr) with input scaling and output conversion to eps_hat.
+
+    The input is scaled to unit variance for data of std sigma_data: c_in = 1/sqrt(a^2 sd^2 + s^2).
+    For prediction "F" (EDM), the network is preconditioned in the VE view x̂ = z/alpha,
+    σ̂ = e^{-lam/2}: D = c_skip x̂ + c_out F, with EDM's c_skip and c_out; D is x0_hat.
+    """
+
+    def __init__(self, net: nn.Module, prediction: str = "eps", sigma_data: float = 0.5):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+        self.net = net
+        self.prediction = prediction
+        self.sigma_data = sigma_data
+
+    def forward(self, z: torch.Tensor, level: Level) -> torch.Tensor:
+        lv = level.expand(z.dim())
+        a, s = lv.alpha.to(z.dtype), lv.sigma.to(z.dtype)
+        sd = self.sigma_data
+        c_in = 1 / torch.sqrt(a * a * sd * sd + s * s)
+        out = self.net(z * c_in, level.log_snr.to(z.dtype)).to(z.dtype)
+        if self.prediction != "F":
+            return eps_from_prediction(out, z, level, self.prediction)
+        sigma_hat = s / a
+        c_skip = sd * sd / (sigma_hat**2 + sd * sd)
+        c_out = sigma_hat * sd / torch.sqrt(sigma_hat**2 + sd * sd)
+        x0_hat = c_skip * (z / a) + c_out * out
+        return (z - a * x0_hat) / s

