@@ -66,15 +66,153 @@ def weightings(table: pl.DataFrame, masked_table: pl.DataFrame) -> plt.Figure:
     return fig
 
 
-def placeholder_if_empty(frame: pl.DataFrame, title: str) -> plt.Figure | None:
-    """A figure that says why it is empty (e.g. a grid with one model size cannot show scaling)."""
-    if frame.height:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 2))
-    ax.axis("off")
-    ax.text(0.5, 0.5, title, ha="center", va="center", wrap=True)
+def _label(frame: pl.DataFrame) -> pl.DataFrame:
+    """'weighting' with a dagger for non-monotone ones (no improved-ELBO interpretation)."""
+    return frame.with_columns(
+        pl.when(pl.col("monotonic")).then(pl.col("weighting"))
+        .otherwise(pl.col("weighting") + pl.lit(" †")).alias("weighting ")
+    )
+
+
+STUDY_METRICS = {"fd_classifier": "classifier FD ↓", "fid": "FID ↓", "nll_bpd": "NLL (bits/dim) ↓"}
+
+
+def weighting_study(evaluation: pl.DataFrame) -> plt.Figure:
+    """Sample quality and likelihood per weighting × schedule, one row of panels per process.
+    † marks non-monotone weightings (not a weighted sum of improved ELBOs)."""
+    metrics = [m for m in STUDY_METRICS if evaluation[m].is_not_null().any()]
+    kinds = evaluation["kind"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(len(kinds), len(metrics), figsize=(4.8 * len(metrics), 3.4 * len(kinds)), squeeze=False)
+    for row, kind in enumerate(kinds):
+        frame = _label(evaluation.filter(pl.col("kind") == kind)).to_pandas()
+        for col, metric in enumerate(metrics):
+            ax = axes[row, col]
+            sns.barplot(frame, x="weighting ", y=metric, hue="schedule", ax=ax, errorbar=None)
+            if metric == "nll_bpd":
+                _error_bars(ax, frame, metric, "nll_stderr")
+            ax.set(title=f"{kind}: {STUDY_METRICS[metric]}", xlabel="weighting († non-monotone)", ylabel=STUDY_METRICS[metric])
+            ax.tick_params(axis="x", rotation=30)
+            if metric in ("fd_classifier", "fid"):
+                ax.set_yscale("log")
+    fig.tight_layout()
     return fig
 
 
-def log_spaced_ticks(values: np.ndarray) -> np.ndarray:
-    return np.unique(np.round(values, 1))
+def _error_bars(ax: plt.Axes, frame, metric: str, err: str) -> None:
+    for container, (_, group) in zip(ax.containers, frame.groupby("schedule", sort=False), strict=False):
+        centres = [bar.get_x() + bar.get_width() / 2 for bar in container]
+        ax.errorbar(centres[: len(group)], group[metric], yerr=group[err], fmt="none", ecolor="black", capsize=2)
+
+
+def study_table(evaluation: pl.DataFrame) -> str:
+    """The weighting study as a Markdown table (weighting rows, process/schedule columns)."""
+    metrics = [m for m in STUDY_METRICS if evaluation[m].is_not_null().any()]
+    lines = ["| process | schedule | weighting | monotone | " + " | ".join(STUDY_METRICS[m] for m in metrics) + " |",
+             "|---" * (4 + len(metrics)) + "|"]
+    for r in evaluation.sort("kind", "schedule", "weighting").iter_rows(named=True):
+        values = [_fmt(r[m], r["nll_stderr"] if m == "nll_bpd" else None) for m in metrics]
+        lines.append(f"| {r['kind']} | {r['schedule']} | {r['weighting']} | {'yes' if r['monotonic'] else 'no'} | "
+                     + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, err: float | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g} ± {err:.2g}" if err is not None else f"{value:.4g}"
+
+
+def gap(gap_table: pl.DataFrame) -> plt.Figure:
+    """Per log-SNR: the optimal loss, each run's loss (EMA model), and the gap (Xu et al. Fig. 1a, 2)."""
+    kinds = gap_table["kind"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(2, len(kinds), figsize=(6 * len(kinds), 7), squeeze=False, sharex="col")
+    units = {"gaussian": "eps-MSE per dim", "masked": "CE nats per dim"}
+    for col, kind in enumerate(kinds):
+        frame = gap_table.filter(pl.col("kind") == kind).with_columns(
+            (pl.col("weighting") + " / " + pl.col("schedule")).alias("run"))
+        top, bottom = axes[0, col], axes[1, col]
+        sns.lineplot(frame.to_pandas(), x="log_snr", y="model_loss", hue="run", ax=top, marker="o", markersize=3)
+        optimal = frame.unique("log_snr").sort("log_snr")
+        top.plot(optimal["log_snr"], optimal["optimal_loss"], color="black", lw=2.5, label="optimal loss")
+        top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({units[kind]})", yscale="log")
+        top.legend(fontsize=7)
+        sns.lineplot(frame.to_pandas(), x="log_snr", y="gap", hue="run", ax=bottom, legend=False)
+        bottom.axhline(0, color="black", lw=1)
+        bottom.set(title="gap = model loss − optimal loss", xlabel="log-SNR λ", ylabel=f"gap ({units[kind]})", yscale="symlog")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(training_log: pl.DataFrame, runs: pl.DataFrame) -> plt.Figure:
+    """Training loss (as optimised, i.e. weighted) against step, one panel per process."""
+    frame = training_log.join(runs.select("run_id", "kind", "schedule", "weighting"), on="run_id")
+    kinds = frame["kind"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=False):
+        sub = frame.filter(pl.col("kind") == kind).with_columns((pl.col("weighting") + " / " + pl.col("schedule")).alias("run"))
+        sns.lineplot(sub.to_pandas(), x="step", y="loss", hue="run", ax=ax)
+        ax.set(title=f"{kind}: weighted training loss", xlabel="step", ylabel="loss per dimension", yscale="log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grids(samples: dict[str, np.ndarray], per_run: int = 16) -> plt.Figure:
+    """A grid of the first samples of each run (uint8 NHWC), titled by run id."""
+    names = list(samples)
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
+        ax.imshow(_tile(samples[name][:per_run]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(name.replace("-", " "), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _tile(images: np.ndarray) -> np.ndarray:
+    n, h, w, c = images.shape
+    side = int(np.ceil(np.sqrt(n)))
+    canvas = np.full((side * (h + 1), side * (w + 1), c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, side)
+        canvas[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = img
+    return canvas[..., 0] if c == 1 else canvas
+
+
+# -- scaling laws -------------------------------------------------------------------------------
+
+def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Least squares of log y = log beta + alpha log x: exponent with a t-interval, and R²."""
+    from scipy import stats
+
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    fit = stats.linregress(lx, ly)
+    n = len(lx)
+    half = stats.t.ppf((1 + level) / 2, n - 2) * fit.stderr if n > 2 else float("nan")
+    return {"alpha": fit.slope, "alpha_lo": fit.slope - half, "alpha_hi": fit.slope + half,
+            "beta": float(np.exp(fit.intercept)), "r2": fit.rvalue**2, "n": n}
+
+
+def scaling(points: pl.DataFrame) -> plt.Figure:
+    """Loss and loss − optimal loss against model size, with power-law fits side by side
+    (Xu et al. Fig. 3): columns n_params, kind, loss, optimal_loss."""
+    kinds = points["kind"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(11, 4 * len(kinds)), squeeze=False)
+    for row, kind in enumerate(kinds):
+        sub = points.filter(pl.col("kind") == kind).sort("n_params")
+        x = sub["n_params"].to_numpy()
+        for ax, y, title in ((axes[row, 0], sub["loss"].to_numpy(), "loss"),
+                             (axes[row, 1], (sub["loss"] - sub["optimal_loss"]).to_numpy(), "loss − optimal loss")):
+            ax.loglog(x, y, "o")
+            if len(x) >= 3 and (y > 0).all():
+                f = fit_power_law(x, y)
+                grid = np.geomspace(x.min(), x.max(), 50)
+                ax.loglog(grid, f["beta"] * grid ** f["alpha"], "-",
+                          label=f"α = {f['alpha']:.3f} [{f['alpha_lo']:.3f}, {f['alpha_hi']:.3f}], R² = {f['r2']:.3f}")
+                ax.legend(fontsize=8)
+            ax.set(title=f"{kind}: {title}", xlabel="parameters", ylabel=title)
+    fig.tight_layout()
+    return fig

@@ -50,7 +50,7 @@ CPU_TILE_BYTES = 256 * 2**20  # working memory of one (queries x data) tile on C
 GPU_MEMORY_FRACTION = 0.5  # share of free GPU memory a tile may use
 DEFAULT_BATCH = {"cpu": 512, "cuda": 4096}
 TABLE_COLUMNS = (
-    "log_snr", "t", "optimal_loss", "stderr", "estimator", "n_data", "n_queries",
+    "log_snr", "t", "optimal_loss", "stderr", "estimator", "n_data", "n_queries", "process",
     "alpha", "sigma", "sigma_ve", "optimal_loss_x0", "stderr_x0", "subset", "C", "seconds",
     "queries_per_s", "tflops",
 )
@@ -453,7 +453,7 @@ def optimal_loss_table(
         rows.append({
             "log_snr": lam, "t": float(times[i]), "optimal_loss": mean, "stderr": err,
             "estimator": estimator, "n_data": n_data, "n_queries": queries,
-            "alpha": alpha, "sigma": sigma,
+            "process": process, "alpha": alpha, "sigma": sigma,
             "sigma_ve": math.exp(-lam / 2) if process == "gaussian" else math.nan,
             "optimal_loss_x0": x0_mean, "stderr_x0": x0_err,
             "subset": n_candidates,

@@ -106,15 +106,19 @@ def load_mnist_idx(path: str | Path | None) -> Loaded:
     folder = _require_path(path, "mnist_idx", MNIST_HINT)
     if not folder.is_dir():
         raise UserError(f"{folder}: expected a folder of idx files; {MNIST_HINT}")
+    # locate all four files before reading any, so a missing one is reported first
+    files = {
+        prefix: (_find_idx(folder, prefix, "images", "idx3"), _find_idx(folder, prefix, "labels", "idx1"))
+        for prefix in ("train", "t10k")
+    }
     splits = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx_images(_find_idx(folder, prefix, "images", "idx3"))
-        labels_file = _find_idx(folder, prefix, "labels", "idx1")
+    for prefix, (images_file, labels_file) in files.items():
+        images = read_idx_images(images_file)
         labels = read_idx_labels(labels_file)
         if len(labels) != len(images):
             raise UserError(f"{labels_file}: {len(labels)} labels for {len(images)} images")
-        splits[split] = Split(images, labels)
-    return Loaded(splits["train"], splits["test"], f"idx files in {folder}")
+        splits[prefix] = Split(images, labels)
+    return Loaded(splits["train"], splits["t10k"], f"idx files in {folder}")
 
 
 def _find_idx(folder: Path, prefix: str, kind: str, idx: str) -> Path:

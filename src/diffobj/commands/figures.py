@@ -1,0 +1,117 @@
+"""diffobj figures: draw one figure of an experiment from its validated tables."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+FIGURES = ("weighting_study", "optimal_loss", "gap", "convergence", "training_curves", "samples", "scaling")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", default="config/config.yaml", help="experiment YAML")
+    parser.add_argument("--results", required=True, help="results/<experiment>")
+    parser.add_argument("--figure", required=True, choices=FIGURES)
+    parser.add_argument("--out", required=True, help="PNG path (a PDF is written beside it)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from diffobj import figures, spec
+
+    loaded = spec.load(args.spec)
+    results = Path(args.results)
+    fig = DRAW[args.figure](loaded, results, Path(args.out))
+    figures.save(fig, args.out)
+
+
+def _table(results: Path, name: str):
+    from diffobj import tables
+
+    return tables.read(name, results / "tables" / f"{name}.parquet")
+
+
+def _weighting_study(loaded, results, out):
+    from diffobj import figures
+    from diffobj.io import atomic_path
+
+    evaluation = _table(results, "evaluation")
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text(figures.study_table(evaluation))
+    return figures.weighting_study(evaluation)
+
+
+def _optimal_loss(loaded, results, out):
+    import polars as pl
+
+    from diffobj.plots_optimal import optimal_loss_figure
+
+    table = _table(results, "optimal_loss")
+    return optimal_loss_figure({d: table.filter(pl.col("dataset") == d) for d in table["dataset"].unique(maintain_order=True)})
+
+
+def _convergence(loaded, results, out):
+    import polars as pl
+
+    from diffobj.plots_optimal import convergence_figure
+
+    paths = sorted((results / "optimal").glob("*-convergence.csv"))
+    return convergence_figure(pl.concat([pl.read_csv(p) for p in paths], how="vertical_relaxed"))
+
+
+def _gap(loaded, results, out):
+    from diffobj import figures
+
+    return figures.gap(_table(results, "gap"))
+
+
+def _training_curves(loaded, results, out):
+    from diffobj import figures
+
+    return figures.training_curves(_table(results, "training_log"), _table(results, "runs"))
+
+
+def _samples(loaded, results, out):
+    import numpy as np
+
+    from diffobj import figures
+
+    return figures.sample_grids({r.id: np.load(results / "runs" / r.id / "samples.npz")["images"] for r in loaded.runs})
+
+
+def _scaling(loaded, results, out):
+    from diffobj import figures
+
+    return figures.scaling(scaling_points(loaded, results))
+
+
+def scaling_points(loaded, results):
+    """Per run: parameters, and the ELBO-weighted integral 1/2 ∫ error dlam of the model and of
+    the optimal loss over the bin centres (trapezoid rule)."""
+    import numpy as np
+    import polars as pl
+
+    from diffobj.models import build_model
+
+    gap = _table(results, "gap")
+    rows = []
+    for r in loaded.runs:
+        sub = gap.filter(pl.col("run_id") == r.id).sort("log_snr")
+        lam = sub["log_snr"].to_numpy()
+        kind = loaded.spec.processes[r.process].kind
+        shape = tuple(np.load(results / "data" / r.dataset / "images.npy", mmap_mode="r").shape[1:])
+        model = build_model(loaded.spec.models[r.model].model_dump(), kind, shape)
+        rows.append({"run_id": r.id, "kind": kind, "n_params": sum(p.numel() for p in model.parameters()),
+                     "loss": 0.5 * np.trapezoid(sub["model_loss"].to_numpy(), lam),
+                     "optimal_loss": 0.5 * np.trapezoid(sub["optimal_loss"].to_numpy(), lam)})
+    return pl.DataFrame(rows)
+
+
+DRAW = {
+    "weighting_study": _weighting_study,
+    "optimal_loss": _optimal_loss,
+    "gap": _gap,
+    "convergence": _convergence,
+    "training_curves": _training_curves,
+    "samples": _samples,
+    "scaling": _scaling,
+}

@@ -1,0 +1,167 @@
+"""Figures of the optimal loss (matplotlib + seaborn; CPU side, imported only to draw).
+
+- ``optimal_loss_figure``: per process, the optimal loss against log-SNR and against the noise
+  scale (Gaussian: x0-scale loss against sigma = exp(-lam/2), as in Xu et al.'s Fig. 1a; masked:
+  nats per dimension against the mask probability), one curve per dataset, with the critical
+  noise level (where the loss leaves ~0) marked.
+- ``convergence_figure``: the estimator study (SNIS / DOL / cDOL against exact).
+
+Tables are the rows written by ``diffobj optimal-loss`` (dicts, CSV rows of strings, or a polars
+DataFrame). Each function returns a Figure; ``save_figure`` writes one file atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from diffobj.io import atomic_path  # noqa: E402
+from diffobj.optimal import critical_log_snr  # noqa: E402
+
+Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts, CSV rows, or a polars DataFrame
+
+
+def optimal_loss_figure(tables: Mapping[str, Rows], rel_tol: float = 0.01) -> plt.Figure:
+    """Optimal loss of each dataset (label -> table), one row of two panels per process."""
+    by_process: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for label, table in tables.items():
+        columns = _columns(table)
+        for process in dict.fromkeys(columns["process"]):
+            keep = columns["process"] == process
+            by_process.setdefault(str(process), {})[label] = {k: v[keep] for k, v in columns.items()}
+    sns.set_theme(context="paper", style="whitegrid")
+    fig, axes = plt.subplots(len(by_process), 2, figsize=(11, 4 * len(by_process)), squeeze=False)
+    palette = dict(zip(tables, sns.color_palette("tab10", len(tables)), strict=False))
+    for row, (process, curves) in zip(axes, by_process.items(), strict=True):
+        for label, c in curves.items():
+            _draw_process(row, process, label, c, palette[label], rel_tol)
+        _label_process(row, process)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_process(axes, process: str, label: str, c: dict[str, np.ndarray], color, rel_tol: float) -> None:
+    order = np.argsort(c["log_snr"])
+    c = {k: v[order] for k, v in c.items()}
+    lam, loss, err = c["log_snr"], c["optimal_loss"], c["stderr"]
+    axes[0].plot(lam, loss, "o-", ms=3, color=color, label=label)
+    axes[0].fill_between(lam, loss - 2 * err, loss + 2 * err, color=color, alpha=0.2, lw=0)
+    if process == "gaussian":
+        noise, rising = c["sigma_ve"], c["optimal_loss_x0"]
+    else:
+        noise, rising = 1 - c["alpha"], loss
+    axes[1].plot(noise, rising, "o-", ms=3, color=color, label=label)
+    critical = critical_log_snr(lam, rising, rel_tol)
+    if critical is not None:
+        star = math.exp(-critical / 2) if process == "gaussian" else 1 - _sigmoid(critical)
+        name = "σ*" if process == "gaussian" else "1-α*"
+        axes[0].axvline(critical, color=color, ls="--", lw=1)
+        axes[1].axvline(star, color=color, ls="--", lw=1, label=f"{label}: {name} = {star:.3g}")
+
+
+def _label_process(axes, process: str) -> None:
+    if process == "gaussian":
+        axes[0].set(xlabel="log-SNR λ", ylabel="optimal loss  E‖ε−ε*‖²/D",
+                    title="Gaussian: optimal loss (ε scale)")
+        axes[1].set(xscale="log", yscale="log", xlabel="σ = exp(−λ/2)",
+                    ylabel="optimal loss  E‖x−E[x|z]‖²/D", title="Gaussian: optimal loss (x0 scale)")
+    else:
+        axes[0].set(xlabel="log-SNR λ = log(α/(1−α))", ylabel="optimal CE (nats / dim)",
+                    title="Masked: optimal cross-entropy")
+        axes[1].set(xscale="log", xlabel="mask probability 1 − α", ylabel="optimal CE (nats / dim)",
+                    title="Masked: optimal cross-entropy")
+    for ax in axes:
+        ax.legend(fontsize=7)
+
+
+def convergence_figure(rows: Rows) -> plt.Figure:
+    """(a) estimates against log-SNR at the smallest subset, (b) total relative error against L,
+    (c) cDOL's error against C (DOL is C = 1). Error: Σ_levels |bias| / Σ_levels exact."""
+    c = _columns(rows)
+    sns.set_theme(context="paper", style="whitegrid")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    smallest = c["subset"].min()
+    exact = _unique_levels(c)
+    axes[0].plot(exact[0], exact[1], "k-", lw=2, label="exact")
+    variants = _variants(c)
+    colors = dict(zip(variants, sns.color_palette("tab10", len(variants)), strict=False))
+    for name, keep in variants.items():
+        at = keep & (c["subset"] == smallest)
+        order = np.argsort(c["log_snr"][at])
+        axes[0].plot(c["log_snr"][at][order], c["estimate"][at][order], "o--", ms=3,
+                     color=colors[name], label=name)
+        sizes = np.unique(c["subset"][keep])
+        axes[1].plot(sizes, [_total_error(c, keep & (c["subset"] == L)) for L in sizes], "o-",
+                     color=colors[name], label=name)
+    for L in np.unique(c["subset"]):
+        at = (c["subset"] == L) & np.isin(c["estimator"], ["dol", "cdol"])
+        values = sorted({float(v) for v in c["C"][at]})
+        axes[2].plot(values, [_total_error(c, at & (c["C"] == v)) for v in values], "o-",
+                     label=f"L = {int(L)}")
+    axes[0].set(yscale="log", xlabel="log-SNR λ", ylabel="optimal loss (ε scale)",
+                title=f"estimates, L = {int(smallest)}")
+    axes[1].set(xscale="log", yscale="log", xlabel="subset size L",
+                ylabel="Σ|bias| / Σ exact", title="bias against subset size")
+    axes[2].set(xscale="log", yscale="log", xlabel="C (DOL: C = 1)",
+                ylabel="Σ|bias| / Σ exact", title="cDOL: sensitivity to C")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _variants(c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """snis, dol and one cdol per C factor -> row mask."""
+    out = {}
+    for name in ("snis", "dol"):
+        out[name] = c["estimator"] == name
+    for factor in sorted({float(f) for f in c["C_factor"][c["estimator"] == "cdol"]}):
+        out[f"cdol C={factor:g}N/L"] = (c["estimator"] == "cdol") & (c["C_factor"] == factor)
+    return {k: v for k, v in out.items() if v.any()}
+
+
+def _unique_levels(c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lam, index = np.unique(c["log_snr"], return_index=True)
+    return lam, c["exact"][index]
+
+
+def _total_error(c: dict[str, np.ndarray], keep: np.ndarray) -> float:
+    return float(np.abs(c["bias"][keep]).sum() / c["exact"][keep].sum())
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (format from the suffix) and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=(path.suffix or ".png").lstrip("."), dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _columns(rows: Rows) -> dict[str, np.ndarray]:
+    """Rows as numpy columns; numbers parsed (CSV rows are strings), text left as text."""
+    records: Iterable[Mapping[str, Any]] = rows.to_dicts() if hasattr(rows, "to_dicts") else rows
+    records = list(records)
+    if not records:
+        raise ValueError("no rows to plot")
+    out = {}
+    for key in records[0]:
+        values = [r[key] for r in records]
+        try:
+            out[key] = np.array([float(v) if v not in ("", None) else math.nan for v in values])
+        except (TypeError, ValueError):
+            out[key] = np.array([str(v) for v in values])
+    return out
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))

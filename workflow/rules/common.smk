@@ -1,0 +1,48 @@
+# Helpers shared by the rules: which files exist for this spec.
+import json
+
+
+def run_dir(run_id):
+    return f"{R}/runs/{run_id}"
+
+
+def kind(process):
+    return S.processes[process].kind
+
+
+def dataset_of(wildcards):
+    return RUNS[wildcards.run].dataset
+
+
+def data_dir(dataset):
+    return f"{R}/data/{dataset}"
+
+
+def optimal_pairs():
+    """(dataset, process) pairs of the grid: one optimal-loss table each."""
+    return sorted({(r.dataset, r.process) for r in LOADED.runs})
+
+
+def gaussian_pairs():
+    """The estimator study (SNIS / DOL / cDOL against exact) is for Gaussian diffusion."""
+    return [(d, p) for d, p in optimal_pairs() if kind(p) == "gaussian"]
+
+
+def optimal_schedule(process):
+    """The first schedule of the grid for this process; the optimal loss depends on lam only."""
+    return next(r.schedule for r in LOADED.runs if r.process == process)
+
+
+def run_files(name):
+    return [f"{run_dir(r)}/{name}" for r in RUNS]
+
+
+def all_tables():
+    names = ["runs", "weightings", "training", "training_log", "evaluation"]
+    if S.optimal_loss.enabled:
+        names += ["optimal_loss", "gap"]
+    return [f"{R}/tables/{n}.parquet" for n in names]
+
+
+def all_figures():
+    return [f"{R}/figures/{name}.png" for name in S.figures]

@@ -1,0 +1,29 @@
+def prepare_args(wildcards):
+    d = S.datasets[wildcards.dataset]
+    args = [f"--source {d.source}", f"--name {wildcards.dataset}", f"--pad {d.pad}"]
+    if d.path:
+        args.append(f"--path {d.path}")
+    if d.resolution:
+        args.append(f"--resolution {d.resolution}")
+    if d.source in ("sklearn_digits", "image_folder"):
+        args.append(f"--test-fraction {d.test_fraction}")
+    return " ".join(args)
+
+
+rule prepare_data:
+    output:
+        images=f"{R}/data/{{dataset}}/images.npy",
+        labels=f"{R}/data/{{dataset}}/labels.npy",
+        meta=f"{R}/data/{{dataset}}/meta.json",
+        test=f"{R}/data/{{dataset}}/test/images.npy",
+    params:
+        args=prepare_args,
+        out=lambda w: data_dir(w.dataset),
+    log:
+        f"{R}/logs/prepare_data/{{dataset}}.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "diffobj prepare-data {params.args} --out {params.out} > {log} 2>&1"

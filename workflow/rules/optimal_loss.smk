@@ -1,0 +1,46 @@
+OPT = S.optimal_loss
+
+
+rule optimal_loss:
+    input:
+        f"{R}/data/{{dataset}}/images.npy",
+    output:
+        f"{R}/optimal/{{dataset}}-{{process}}.csv",
+    params:
+        kind=lambda w: kind(w.process),
+        schedule=lambda w: optimal_schedule(w.process),
+        lam=lambda w: " ".join(str(v) for v in S.processes[w.process].log_snr_range),
+        subset=f"--subset {OPT.subset}" if OPT.subset else "",
+    log:
+        f"{R}/logs/optimal_loss/{{dataset}}-{{process}}.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=0,
+    shell:
+        "diffobj optimal-loss --data {input} --process {params.kind} --schedule {params.schedule}"
+        " --log-snr-range {params.lam} --levels {OPT.levels} --queries {OPT.queries}"
+        " --estimator {OPT.estimator} {params.subset} --seed 0 --out {output} > {log} 2>&1"
+
+
+rule optimal_loss_convergence:
+    input:
+        f"{R}/data/{{dataset}}/images.npy",
+    output:
+        f"{R}/optimal/{{dataset}}-{{process}}-convergence.csv",
+    params:
+        kind=lambda w: kind(w.process),
+        schedule=lambda w: optimal_schedule(w.process),
+        lam=lambda w: " ".join(str(v) for v in S.processes[w.process].log_snr_range),
+    log:
+        f"{R}/logs/optimal_loss/{{dataset}}-{{process}}-convergence.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=0,
+    shell:
+        "diffobj optimal-loss --convergence --data {input} --process {params.kind}"
+        " --schedule {params.schedule} --log-snr-range {params.lam} --levels 8"
+        " --queries {OPT.queries} --seed 0 --out {output} > {log} 2>&1"

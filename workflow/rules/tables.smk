@@ -1,0 +1,35 @@
+rule weightings:
+    input:
+        SPEC,
+    output:
+        table=f"{R}/tables/weightings.parquet",
+        figure=report(
+            f"{R}/figures/weightings.png",
+            caption="../report/weightings.rst",
+            category="Weightings",
+        ),
+    log:
+        f"{R}/logs/weightings.log",
+    threads: 1
+    shell:
+        "diffobj weightings --spec {SPEC} --out {output.table} --figure {output.figure} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        spec=SPEC,
+        logs=run_files("train_log.csv"),
+        bins=run_files("train_bins.csv"),
+        eval_bins=run_files("eval_bins.csv"),
+        evaluation=evaluation_files(),
+        optimal=[f"{R}/optimal/{d}-{p}.csv" for d, p in optimal_pairs()] if S.optimal_loss.enabled else [],
+    output:
+        [t for t in all_tables() if not t.endswith("weightings.parquet")],
+    log:
+        f"{R}/logs/tables.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "diffobj tables --spec {SPEC} --results {R} --out-dir {R}/tables > {log} 2>&1"

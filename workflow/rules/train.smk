@@ -1,0 +1,47 @@
+# One training per run of the grid. The resolved run config is a param, so a run re-trains only
+# when its own configuration changes (adding a weighting leaves the other runs untouched).
+
+
+rule run_config:
+    output:
+        f"{R}/runs/{{run}}/config.yaml",
+    params:
+        resolved=lambda w: json.dumps(RUNS[w.run].resolved(), sort_keys=True),
+    log:
+        f"{R}/logs/run_config/{{run}}.log",
+    localrule: True
+    shell:
+        "diffobj validate {SPEC} --run-config {wildcards.run} {output} > {log} 2>&1"
+
+
+def train_inputs(wildcards):
+    run = RUNS[wildcards.run]
+    inputs = {"config": f"{run_dir(run.id)}/config.yaml", "data": f"{data_dir(run.dataset)}/images.npy"}
+    if run.training_cfg.get("adaptive"):
+        inputs["optimal"] = f"{R}/optimal/{run.dataset}-{run.process}.csv"
+    return inputs
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model=f"{R}/runs/{{run}}/model.pt",
+        log=f"{R}/runs/{{run}}/train_log.csv",
+        bins=f"{R}/runs/{{run}}/train_bins.csv",
+        eval_bins=f"{R}/runs/{{run}}/eval_bins.csv",
+    params:
+        out=lambda w: run_dir(w.run),
+        optimal=lambda w, input: f"--optimal-loss {input.optimal}" if "optimal" in input.keys() else "",
+    log:
+        f"{R}/logs/train/{{run}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{run}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=0,
+    shell:
+        "OMP_NUM_THREADS={threads} diffobj train --run-config {input.config} --out {params.out}"
+        " {params.optimal} > {log} 2>&1"
