@@ -12,6 +12,7 @@ from diffobj import spec as diffobj_spec
 SPEC = config.get("spec", "config/config.yaml")
 try:
     LOADED = diffobj_spec.load(SPEC)
+    diffobj_spec.check_files(LOADED)
 except UserError as err:
     sys.exit(f"diffobj: invalid spec: {err}")
 

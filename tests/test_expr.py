@@ -16,15 +16,23 @@ LAM = torch.linspace(-8, 8, 33, dtype=torch.float64)
         ("sigmoid(2 - lam)", lambda x: 1 / (1 + torch.exp(x - 2))),
         ("sech(lam / 2)", lambda x: 1 / torch.cosh(x / 2)),
         ("softplus(lam)", lambda x: torch.log1p(torch.exp(x))),
-        ("normal_pdf(lam, 2.4, 2.4)", lambda x: torch.exp(-((x - 2.4) ** 2) / (2 * 2.4**2)) / (2.4 * math.sqrt(2 * math.pi))),
+        (
+            "normal_pdf(lam, 2.4, 2.4)",
+            lambda x: torch.exp(-((x - 2.4) ** 2) / (2 * 2.4**2)) / (2.4 * math.sqrt(2 * math.pi)),
+        ),
         ("min(1, 5 * exp(-lam))", lambda x: torch.clamp(5 * torch.exp(-x), max=1)),
         ("max(abs(lam), 1) ** 2", lambda x: torch.clamp(x.abs(), min=1) ** 2),
-        ("erf(lam) + atan(lam) + tanh(lam)", lambda x: torch.erf(x) + torch.atan(x) + torch.tanh(x)),
+        (
+            "erf(lam) + atan(lam) + tanh(lam)",
+            lambda x: torch.erf(x) + torch.atan(x) + torch.tanh(x),
+        ),
         ("-lam + pi * e", lambda x: -x + math.pi * math.e),
     ],
 )
 def test_expressions_evaluate_to_their_formula(text, expected):
-    assert torch.allclose(compile_expr(text, ["lam"])(lam=LAM), expected(LAM), rtol=1e-12, atol=1e-15)
+    assert torch.allclose(
+        compile_expr(text, ["lam"])(lam=LAM), expected(LAM), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_parameters_are_substituted():
@@ -42,8 +50,13 @@ def test_symbolic_derivative_matches_closed_form():
 
 def test_derivative_of_sigmoid_and_softplus_is_exact():
     x = LAM
-    assert torch.allclose(compile_expr("sigmoid(lam)", ["lam"]).diff("lam")(lam=x), torch.sigmoid(x) * torch.sigmoid(-x))
-    assert torch.allclose(compile_expr("softplus(lam)", ["lam"]).diff("lam")(lam=x), torch.sigmoid(x))
+    assert torch.allclose(
+        compile_expr("sigmoid(lam)", ["lam"]).diff("lam")(lam=x),
+        torch.sigmoid(x) * torch.sigmoid(-x),
+    )
+    assert torch.allclose(
+        compile_expr("softplus(lam)", ["lam"]).diff("lam")(lam=x), torch.sigmoid(x)
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,3 +85,9 @@ def test_syntax_error_and_wrong_arity_are_clear():
         compile_expr("exp(lam", ["lam"])
     with pytest.raises(ExprError, match="normal_pdf takes 3"):
         compile_expr("normal_pdf(lam)", ["lam"])
+
+
+def test_derivatives_of_abs_and_max_are_the_sign_and_the_step():
+    d = compile_expr("abs(lam) + max(lam, 1)", ["lam"]).diff("lam")
+    x = torch.tensor([-2.0, -0.5, 0.5, 2.0], dtype=torch.float64)
+    assert torch.equal(d(lam=x), torch.sign(x) + (x > 1).double())

@@ -40,7 +40,9 @@ def quadrature(weighting, log_snr_range=RANGE):
 
 @pytest.mark.parametrize("schedule_name", ["vp_cosine", "rectified_flow", "vp_linear"])
 @pytest.mark.parametrize("weighting_name", ["elbo", "sigmoid", "fm", "iddpm"])
-def test_gaussian_loss_with_optimal_predictor_matches_quadrature(schedule_library, weighting_library, schedule_name, weighting_name):
+def test_gaussian_loss_with_optimal_predictor_matches_quadrature(
+    schedule_library, weighting_library, schedule_name, weighting_name
+):
     s = schedules.build(schedule_name, schedule_library[schedule_name], RANGE)
     w = weighting_library[weighting_name]
     x = torch.randn(4096, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * S
@@ -48,11 +50,19 @@ def test_gaussian_loss_with_optimal_predictor_matches_quadrature(schedule_librar
     assert abs(mean - quadrature(w)) < 4 * stderr + 1e-4
 
 
-def test_gaussian_elbo_is_the_same_for_two_schedules_with_the_same_endpoints(schedule_library, weighting_library):
+def test_gaussian_elbo_is_the_same_for_two_schedules_with_the_same_endpoints(
+    schedule_library, weighting_library
+):
     x = torch.randn(4096, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * S
     results = [
-        monte_carlo(gaussian.weighted_loss, optimal_eps, x, schedules.build(n, schedule_library[n], RANGE),
-                    weighting_library["elbo"], seed=3)
+        monte_carlo(
+            gaussian.weighted_loss,
+            optimal_eps,
+            x,
+            schedules.build(n, schedule_library[n], RANGE),
+            weighting_library["elbo"],
+            seed=3,
+        )
         for n in ("vp_cosine", "rectified_flow")
     ]
     (m1, e1), (m2, e2) = results
@@ -68,7 +78,9 @@ def test_rectified_flow_with_fm_weighting_is_the_v_loss(schedule_library, weight
         seen["z"], seen["level"] = z, level
         return 0.3 * z + 0.1
 
-    terms = gaussian.weighted_loss(predictor, x, s, weighting_library["fm"], torch.Generator().manual_seed(5))
+    terms = gaussian.weighted_loss(
+        predictor, x, s, weighting_library["fm"], torch.Generator().manual_seed(5)
+    )
     z, level = seen["z"], seen["level"].expand(2)
     eps = (z - level.alpha * x) / level.sigma
     v_hat = (predictor(z, level) - z) / level.alpha  # eps_hat = z + (1 - t) v_hat
@@ -92,7 +104,8 @@ def test_every_parameterisation_recovers_the_true_noise(schedule_library, predic
         "x0": x,
         "v": lv.alpha * eps - lv.sigma * x,
         # EDM: D = c_skip x̂ + c_out F with x̂ = z / alpha, so F = (x - c_skip x̂) / c_out
-        "F": (x - sd**2 / (sigma_hat**2 + sd**2) * z / lv.alpha) / (sigma_hat * sd / torch.sqrt(sigma_hat**2 + sd**2)),
+        "F": (x - sd**2 / (sigma_hat**2 + sd**2) * z / lv.alpha)
+        / (sigma_hat * sd / torch.sqrt(sigma_hat**2 + sd**2)),
     }
 
     class Oracle(torch.nn.Module):
@@ -103,28 +116,38 @@ def test_every_parameterisation_recovers_the_true_noise(schedule_library, predic
     assert torch.allclose(denoiser(z, level), eps, atol=1e-10)
 
 
-def test_masked_elbo_of_a_uniform_model_is_log_vocab_per_dimension(schedule_library, weighting_library):
+def test_masked_elbo_of_a_uniform_model_is_log_vocab_per_dimension(
+    schedule_library, weighting_library
+):
     s = schedules.build("md4_cosine", schedule_library["md4_cosine"], (-9.21, 9.21))
     x = torch.randint(0, masked.VOCAB, (4096, 1, 4, 4), generator=torch.Generator().manual_seed(6))
 
     def uniform(z, level):
         return torch.zeros(z.shape[0], masked.VOCAB, *z.shape[1:])
 
-    mean, stderr = monte_carlo(masked.weighted_loss, uniform, x, s, weighting_library["elbo"], batches=10)
+    mean, stderr = monte_carlo(
+        masked.weighted_loss, uniform, x, s, weighting_library["elbo"], batches=10
+    )
     # ∫ (-alpha'/(1-alpha)) (1-alpha) log V dt = (alpha(t0) - alpha(t1)) log V
     t0, t1 = s.t_range
     alpha = s.alpha(torch.tensor([t0, t1], dtype=torch.float64))
     assert abs(mean - (alpha[0] - alpha[1]).item() * math.log(256)) < 4 * stderr + 1e-4
 
 
-def test_masked_simple_weighting_is_plain_cross_entropy_on_masked_tokens(schedule_library, weighting_library):
+def test_masked_simple_weighting_is_plain_cross_entropy_on_masked_tokens(
+    schedule_library, weighting_library
+):
     s = schedules.build("md4_cosine", schedule_library["md4_cosine"], (-9.21, 9.21))
     x = torch.randint(0, masked.VOCAB, (4096, 1, 4, 4), generator=torch.Generator().manual_seed(7))
 
     def uniform(z, level):
         return torch.zeros(z.shape[0], masked.VOCAB, *z.shape[1:])
 
-    mean, stderr = monte_carlo(masked.weighted_loss, uniform, x, s, weighting_library["simple"], batches=10)
+    mean, stderr = monte_carlo(
+        masked.weighted_loss, uniform, x, s, weighting_library["simple"], batches=10
+    )
     t0, t1 = s.t_range
-    masked_share = integrate.quad(lambda t: 1 - s.alpha(torch.tensor(t, dtype=torch.float64)).item(), t0, t1)[0]
+    masked_share = integrate.quad(
+        lambda t: 1 - s.alpha(torch.tensor(t, dtype=torch.float64)).item(), t0, t1
+    )[0]
     assert abs(mean - masked_share * math.log(256)) < 4 * stderr + 1e-4

@@ -17,7 +17,9 @@ def build(library, name, log_snr_range=RANGE):
     return schedules.build(name, library[name], log_snr_range)
 
 
-@pytest.mark.parametrize("name", ["vp_cosine", "iddpm_cosine", "vp_linear", "rectified_flow", "shifted_cosine"])
+@pytest.mark.parametrize(
+    "name", ["vp_cosine", "iddpm_cosine", "vp_linear", "rectified_flow", "shifted_cosine"]
+)
 def test_gaussian_log_snr_is_log_alpha2_over_sigma2(schedule_library, name):
     s = build(schedule_library, name)
     expected = torch.log(s.alpha(T) ** 2 / s.sigma(T) ** 2)
@@ -25,7 +27,9 @@ def test_gaussian_log_snr_is_log_alpha2_over_sigma2(schedule_library, name):
 
 
 def test_closed_forms_of_the_named_schedules(schedule_library):
-    cos, rf, linear = (build(schedule_library, n) for n in ("vp_cosine", "rectified_flow", "vp_linear"))
+    cos, rf, linear = (
+        build(schedule_library, n) for n in ("vp_cosine", "rectified_flow", "vp_linear")
+    )
     assert torch.allclose(cos.log_snr(T), -2 * torch.log(torch.tan(math.pi * T / 2)))
     assert torch.allclose(rf.log_snr(T), 2 * torch.log((1 - T) / T))
     assert torch.allclose(rf.dlog_snr_dt(T), -2 / (T * (1 - T)))
@@ -34,8 +38,20 @@ def test_closed_forms_of_the_named_schedules(schedule_library):
     assert torch.allclose(vp.alpha(T) ** 2 + vp.sigma(T) ** 2, torch.ones_like(T))
 
 
-@pytest.mark.parametrize("name", ["vp_cosine", "iddpm_cosine", "vp_linear", "rectified_flow", "shifted_cosine",
-                                  "masked_linear", "md4_cosine", "masked_poly", "mdlm_cosine"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vp_cosine",
+        "iddpm_cosine",
+        "vp_linear",
+        "rectified_flow",
+        "shifted_cosine",
+        "masked_linear",
+        "md4_cosine",
+        "masked_poly",
+        "mdlm_cosine",
+    ],
+)
 def test_derivative_matches_finite_differences_and_inverse_is_exact(schedule_library, name):
     s = build(schedule_library, name)
     h = 1e-6
@@ -71,7 +87,9 @@ def test_masked_elbo_weight_integrates_binomial_masks_to_one(schedule_library, n
 def test_log_snr_range_sets_the_time_range(schedule_library):
     s = build(schedule_library, "vp_cosine", (-6.0, 4.0))
     t0, t1 = s.t_range
-    assert s.log_snr(torch.tensor([t0, t1], dtype=torch.float64)).tolist() == pytest.approx([4.0, -6.0], abs=1e-9)
+    assert s.log_snr(torch.tensor([t0, t1], dtype=torch.float64)).tolist() == pytest.approx(
+        [4.0, -6.0], abs=1e-9
+    )
     assert s.log_snr_endpoints() == pytest.approx((-6.0, 4.0), abs=1e-9)
     assert t0 == pytest.approx(2 / math.pi * math.atan(math.exp(-2.0)), abs=1e-12)
 

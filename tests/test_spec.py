@@ -14,13 +14,27 @@ from diffobj.errors import UserError
 MINIMAL = {
     "experiment": "mini",
     "datasets": {"digits": {"source": "sklearn_digits"}},
-    "processes": {"gaussian": {"kind": "gaussian", "log_snr_range": [-10, 10]},
-                  "masked": {"kind": "masked", "log_snr_range": [-9, 9]}},
+    "processes": {
+        "gaussian": {"kind": "gaussian", "log_snr_range": [-10, 10]},
+        "masked": {"kind": "masked", "log_snr_range": [-9, 9]},
+    },
     "models": {"tiny": {"channels": 8, "channel_mult": [1], "num_blocks": 1}},
     "grid": [
-        {"dataset": "digits", "process": "gaussian", "schedule": ["vp_cosine", "rectified_flow"],
-         "weighting": ["elbo", "fm"], "model": "tiny", "seed": [0, 1]},
-        {"dataset": "digits", "process": "masked", "schedule": "md4_cosine", "weighting": ["simple"], "model": "tiny"},
+        {
+            "dataset": "digits",
+            "process": "gaussian",
+            "schedule": ["vp_cosine", "rectified_flow"],
+            "weighting": ["elbo", "fm"],
+            "model": "tiny",
+            "seed": [0, 1],
+        },
+        {
+            "dataset": "digits",
+            "process": "masked",
+            "schedule": "md4_cosine",
+            "weighting": ["simple"],
+            "model": "tiny",
+        },
     ],
 }
 
@@ -54,7 +68,12 @@ def test_resolved_run_config_is_self_contained(tmp_path, root):
 
     loaded = spec.load(write_spec(tmp_path, MINIMAL), root)
     out = tmp_path / "run.yaml"
-    assert main(["validate", str(tmp_path / "spec.yaml"), "--run-config", loaded.runs[-1].id, str(out)]) == 0
+    assert (
+        main(
+            ["validate", str(tmp_path / "spec.yaml"), "--run-config", loaded.runs[-1].id, str(out)]
+        )
+        == 0
+    )
     config = load_run_config(out)
     assert config.kind == "masked" and config.weighting.name == "simple"
     assert config.schedule.log_snr_endpoints() == pytest.approx((-9, 9), abs=1e-8)
@@ -64,13 +83,28 @@ def test_resolved_run_config_is_self_contained(tmp_path, root):
     ("edit", "message"),
     [
         (lambda d: d.update(colour="red"), "colour: unknown key"),
-        (lambda d: d["grid"][0].update(weighting=["elbo", "nope"]), "grid.0.weighting: unknown weighting 'nope'"),
+        (
+            lambda d: d["grid"][0].update(weighting=["elbo", "nope"]),
+            "grid.0.weighting: unknown weighting 'nope'",
+        ),
         (lambda d: d["grid"][1].update(schedule="vp_cosine"), "'vp_cosine' is a gaussian schedule"),
-        (lambda d: d["grid"][0].update(weighting=["simple"]), "weighting 'simple' is for ['masked']"),
-        (lambda d: d["processes"]["gaussian"].update(log_snr_range=[5, -5]), "processes.gaussian.log_snr_range"),
-        (lambda d: d.update(weightings={"evil": "__import__('os').system('ls')"}), "weightings.evil"),
+        (
+            lambda d: d["grid"][0].update(weighting=["simple"]),
+            "weighting 'simple' is for ['masked']",
+        ),
+        (
+            lambda d: d["processes"]["gaussian"].update(log_snr_range=[5, -5]),
+            "processes.gaussian.log_snr_range",
+        ),
+        (
+            lambda d: d.update(weightings={"evil": "__import__('os').system('ls')"}),
+            "weightings.evil",
+        ),
         (lambda d: d["grid"][0].update(model="huge"), "unknown model 'huge'"),
-        (lambda d: d["grid"][0].update(training={"stepz": 3}), "grid.0.training: unknown key 'stepz'"),
+        (
+            lambda d: d["grid"][0].update(training={"stepz": 3}),
+            "grid.0.training: unknown key 'stepz'",
+        ),
     ],
 )
 def test_bad_specs_fail_naming_file_key_and_value(tmp_path, root, edit, message):
@@ -87,7 +121,13 @@ def test_bad_specs_fail_naming_file_key_and_value(tmp_path, root, edit, message)
 
 
 def test_weightings_derived_in_the_spec(tmp_path, root):
-    data = {**MINIMAL, "weightings": {"sigmoid_b2": {"from": "sigmoid", "params": {"b": 2}}, "my_w": "sigmoid(1 - lam)**2"}}
+    data = {
+        **MINIMAL,
+        "weightings": {
+            "sigmoid_b2": {"from": "sigmoid", "params": {"b": 2}},
+            "my_w": "sigmoid(1 - lam)**2",
+        },
+    }
     data["grid"] = [{**MINIMAL["grid"][0], "weighting": ["sigmoid_b2", "my_w"]}]
     loaded = spec.load(write_spec(tmp_path, data), root)
     assert loaded.weighting("sigmoid_b2").params == {"b": 2.0}
@@ -100,7 +140,9 @@ def test_cli_exit_code_and_one_clear_line_and_no_output(tmp_path, root):
     out = tmp_path / "w.parquet"
     result = subprocess.run(
         [sys.executable, "-m", "diffobj.cli", "weightings", "--spec", str(path), "--out", str(out)],
-        capture_output=True, text=True, cwd=root,
+        capture_output=True,
+        text=True,
+        cwd=root,
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "unknown weighting 'nope'" in result.stderr
@@ -110,17 +152,39 @@ def test_cli_exit_code_and_one_clear_line_and_no_output(tmp_path, root):
 
 def test_weightings_command_tabulates_a_weighting_added_to_the_yaml(tmp_path, root):
     library = tmp_path / "weightings.yaml"
-    library.write_text((root / "config" / "weightings.yaml").read_text() + '\nmy_w: "sigmoid(1 - lam)**2"\n')
+    library.write_text(
+        (root / "config" / "weightings.yaml").read_text() + '\nmy_w: "sigmoid(1 - lam)**2"\n'
+    )
     data = {**MINIMAL, "weightings_library": str(library)}
-    data["grid"] = [{**MINIMAL["grid"][0], "weighting": ["elbo", "my_w", "iddpm"]}, MINIMAL["grid"][1]]
+    data["grid"] = [
+        {**MINIMAL["grid"][0], "weighting": ["elbo", "my_w", "iddpm"]},
+        MINIMAL["grid"][1],
+    ]
     path = write_spec(tmp_path, data)
     out, fig = tmp_path / "w.parquet", tmp_path / "w.png"
-    assert main(["weightings", "--spec", str(path), "--out", str(out), "--figure", str(fig), "--points", "65"]) == 0
+    assert (
+        main(
+            [
+                "weightings",
+                "--spec",
+                str(path),
+                "--out",
+                str(out),
+                "--figure",
+                str(fig),
+                "--points",
+                "65",
+            ]
+        )
+        == 0
+    )
     table = pl.read_parquet(out)
     mine = table.filter(pl.col("weighting") == "my_w")
     assert mine.height == 2 * 65  # two Gaussian schedules
     lam = mine["log_snr"].to_numpy()
-    assert mine["weight"].to_numpy() == pytest.approx(1 / (1 + __import__("numpy").exp(lam - 1)) ** 2)
+    assert mine["weight"].to_numpy() == pytest.approx(
+        1 / (1 + __import__("numpy").exp(lam - 1)) ** 2
+    )
     flags = dict(table.select("weighting", "monotonic").unique().iter_rows())
     assert flags == {"elbo": True, "my_w": True, "iddpm": False, "simple": True}
     assert fig.stat().st_size > 0 and fig.with_suffix(".pdf").stat().st_size > 0

@@ -15,10 +15,14 @@ def schedule(library, name, log_snr_range=(-10.0, 10.0)):
     return schedules.build(name, library[name], log_snr_range)
 
 
-@pytest.mark.parametrize("schedule_name", ["vp_cosine", "rectified_flow", "md4_cosine", "masked_linear"])
+@pytest.mark.parametrize(
+    "schedule_name", ["vp_cosine", "rectified_flow", "md4_cosine", "masked_linear"]
+)
 def test_monotone_flags(schedule_library, weighting_library, schedule_name):
     s = schedule(schedule_library, schedule_name)
-    flags = {name: w.is_monotone(s) for name, w in weighting_library.items() if s.process in w.processes}
+    flags = {
+        name: w.is_monotone(s) for name, w in weighting_library.items() if s.process in w.processes
+    }
     for name in ("elbo", "sigmoid", "fm"):
         assert flags[name], name
     for name in ("iddpm", "edm", "p2", "min_snr"):
@@ -27,7 +31,9 @@ def test_monotone_flags(schedule_library, weighting_library, schedule_name):
         assert flags["simple"]
 
 
-def test_rectified_flow_v_loss_with_uniform_time_is_the_fm_weighting(schedule_library, weighting_library):
+def test_rectified_flow_v_loss_with_uniform_time_is_the_fm_weighting(
+    schedule_library, weighting_library
+):
     # recipe: w = 2 p(lam) c_eps(lam), p = |dt/dlam| for t ~ U, c_eps = 1/alpha^2 for the v-loss
     s = schedule(schedule_library, "rectified_flow")
     level = s.level(T)
@@ -37,14 +43,22 @@ def test_rectified_flow_v_loss_with_uniform_time_is_the_fm_weighting(schedule_li
 
 def test_eps_mse_with_cosine_is_the_iddpm_weighting_over_pi(schedule_library, weighting_library):
     level = schedule(schedule_library, "vp_cosine").level(T)
-    assert torch.allclose(weighting_library["eps_mse"](level), weighting_library["iddpm"](level) / math.pi)
+    assert torch.allclose(
+        weighting_library["eps_mse"](level), weighting_library["iddpm"](level) / math.pi
+    )
 
 
 @pytest.mark.parametrize("schedule_name", ["md4_cosine", "masked_linear"])
-def test_total_cross_entropy_weights_in_terms_of_alpha(schedule_library, weighting_library, schedule_name):
+def test_total_cross_entropy_weights_in_terms_of_alpha(
+    schedule_library, weighting_library, schedule_name
+):
     level = schedule(schedule_library, schedule_name).level(T)
     a, da = level.alpha, level.dalpha_dt
-    total = {n: w.total_weight(level, "masked") for n, w in weighting_library.items() if "masked" in w.processes}
+    total = {
+        n: w.total_weight(level, "masked")
+        for n, w in weighting_library.items()
+        if "masked" in w.processes
+    }
     assert torch.allclose(total["elbo"], -da / (1 - a))
     assert torch.allclose(total["simple"], torch.ones_like(a))
     assert torch.allclose(total["sigmoid"], -da / (1 - a + a * math.exp(-0.0)))
@@ -52,7 +66,9 @@ def test_total_cross_entropy_weights_in_terms_of_alpha(schedule_library, weighti
     assert torch.allclose(total["iddpm"], -2 * da * torch.sqrt(a / (1 - a)))
 
 
-def test_simple_equals_sigmoid_with_zero_bias_on_the_linear_schedule(schedule_library, weighting_library):
+def test_simple_equals_sigmoid_with_zero_bias_on_the_linear_schedule(
+    schedule_library, weighting_library
+):
     level = schedule(schedule_library, "masked_linear").level(T)
     assert torch.allclose(weighting_library["simple"](level), weighting_library["sigmoid"](level))
 
@@ -60,7 +76,9 @@ def test_simple_equals_sigmoid_with_zero_bias_on_the_linear_schedule(schedule_li
 def test_fm_total_weight_stays_finite_at_the_end_of_md4_cosine(schedule_library, weighting_library):
     s = schedules.from_expressions("c", "masked", alpha=schedule_library["md4_cosine"]["alpha"])
     end = s.level(torch.tensor([1 - 1e-5], dtype=torch.float64))
-    assert weighting_library["fm"].total_weight(end, "masked").item() == pytest.approx(math.pi / 2 * math.sqrt(2), rel=1e-4)
+    assert weighting_library["fm"].total_weight(end, "masked").item() == pytest.approx(
+        math.pi / 2 * math.sqrt(2), rel=1e-4
+    )
 
 
 def test_edm_weighting_is_the_lognormal_density_times_its_loss_weight(weighting_library):
@@ -81,10 +99,14 @@ def test_parameters_can_be_overridden(weighting_library):
 
 def test_a_weighting_added_to_the_library_file_loads(tmp_path, root):
     path = tmp_path / "weightings.yaml"
-    path.write_text((root / "config" / "weightings.yaml").read_text() + '\nmy_w: "sigmoid(1 - lam)**2"\n')
+    path.write_text(
+        (root / "config" / "weightings.yaml").read_text() + '\nmy_w: "sigmoid(1 - lam)**2"\n'
+    )
     lib = weightings.load_library(path)
     lam = torch.linspace(-5, 5, 11, dtype=torch.float64)
-    assert torch.allclose(lib["my_w"](schedules.Level(lam, lam, lam, lam, lam, lam)), torch.sigmoid(1 - lam) ** 2)
+    assert torch.allclose(
+        lib["my_w"](schedules.Level(lam, lam, lam, lam, lam, lam)), torch.sigmoid(1 - lam) ** 2
+    )
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # a command not built yet
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         getattr(module, "add_arguments_" + name.replace("-", "_"), module.add_arguments)(cmd)
-        cmd.set_defaults(func=getattr(module, "run_" + name.replace("-", "_"), getattr(module, "run", None)))
+        cmd.set_defaults(
+            func=getattr(module, "run_" + name.replace("-", "_"), getattr(module, "run", None))
+        )
     return parser
 
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import sympy
+import torch
 
 from diffobj.errors import UserError
-import torch
 
 
 class ExprError(UserError):
@@ -83,7 +83,9 @@ def parse(text: str, names: Iterable[str], params: Mapping[str, float] | None = 
     params = dict(params or {})
     allowed = set(names)
     if not isinstance(text, str | int | float) or isinstance(text, bool):
-        raise ExprError(f"expression {text!r}: expected a string of math, got {type(text).__name__}")
+        raise ExprError(
+            f"expression {text!r}: expected a string of math, got {type(text).__name__}"
+        )
     source = str(text)
     try:
         tree = ast.parse(source.strip(), mode="eval")
@@ -100,7 +102,11 @@ def parse(text: str, names: Iterable[str], params: Mapping[str, float] | None = 
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, int | float):
                 raise fail(node, "constant")
-            return sympy.Float(node.value) if isinstance(node.value, float) else sympy.Integer(node.value)
+            return (
+                sympy.Float(node.value)
+                if isinstance(node.value, float)
+                else sympy.Integer(node.value)
+            )
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             return _BINARY[type(node.op)](build(node.left), build(node.right))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
@@ -155,11 +161,18 @@ _TORCH_FUNCS: dict[type, Callable[..., torch.Tensor]] = {
 }
 
 
-def _evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+def _evaluate(
+    expr: sympy.Expr, env: Mapping[sympy.Symbol, torch.Tensor], like: torch.Tensor
+) -> torch.Tensor:
     if expr.is_Symbol:
         return env[expr]
     if expr.is_Number or expr in (sympy.pi, sympy.E):
         return torch.full_like(like, float(expr))
+    if isinstance(expr, sympy.Piecewise):  # first true condition wins, as in sympy
+        out = torch.full_like(like, math.nan)
+        for value, cond in reversed(expr.args):
+            out = torch.where(_condition(cond, env, like), _evaluate(value, env, like), out)
+        return out
     args = [_evaluate(a, env, like) for a in expr.args]
     if expr.is_Add:
         return sum(args[1:], args[0])
@@ -177,34 +190,39 @@ def _evaluate(expr: sympy.Expr, env: Mapping[sympy.Symbol, torch.Tensor], like: 
         return _fold(torch.minimum, args)
     if isinstance(expr, sympy.Max):
         return _fold(torch.maximum, args)
-    if isinstance(expr, sympy.Piecewise):
-        out = torch.full_like(like, math.nan)
-        for (value, cond), v in zip(expr.args, args[0::2], strict=False):
-            mask = _condition(cond, env, like)
-            out = torch.where(torch.isnan(out) & mask, v, out)
-        return out
     func = _TORCH_FUNCS.get(expr.func)
     if func is None:
-        raise ExprError(f"expression {expr}: sympy produced {expr.func.__name__}, which has no torch form")
+        raise ExprError(
+            f"expression {expr}: sympy produced {expr.func.__name__}, which has no torch form"
+        )
     return func(*args)
 
 
-def _fold(op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], args: list[torch.Tensor]) -> torch.Tensor:
+def _fold(
+    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], args: list[torch.Tensor]
+) -> torch.Tensor:
     out = args[0]
     for a in args[1:]:
         out = op(out, a)
     return out
 
 
-def _condition(cond: sympy.Basic, env: Mapping[sympy.Symbol, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+def _condition(
+    cond: sympy.Basic, env: Mapping[sympy.Symbol, torch.Tensor], like: torch.Tensor
+) -> torch.Tensor:
     if cond is sympy.true:
         return torch.ones_like(like, dtype=torch.bool)
     if cond is sympy.false:
         return torch.zeros_like(like, dtype=torch.bool)
     lhs, rhs = (_evaluate(a, env, like) for a in cond.args)
-    ops = {sympy.StrictLessThan: torch.lt, sympy.LessThan: torch.le,
-           sympy.StrictGreaterThan: torch.gt, sympy.GreaterThan: torch.ge,
-           sympy.Equality: torch.eq, sympy.Unequality: torch.ne}
+    ops = {
+        sympy.StrictLessThan: torch.lt,
+        sympy.LessThan: torch.le,
+        sympy.StrictGreaterThan: torch.gt,
+        sympy.GreaterThan: torch.ge,
+        sympy.Equality: torch.eq,
+        sympy.Unequality: torch.ne,
+    }
     return ops[type(cond)](lhs, rhs)
 
 
@@ -217,13 +235,19 @@ class Compiled:
 
     def __call__(self, **values: torch.Tensor | float) -> torch.Tensor:
         tensors = [v for v in values.values() if isinstance(v, torch.Tensor)]
-        like = torch.broadcast_tensors(*tensors)[0] if tensors else torch.zeros((), dtype=torch.float64)
+        like = (
+            torch.broadcast_tensors(*tensors)[0]
+            if tensors
+            else torch.zeros((), dtype=torch.float64)
+        )
         env = {}
         for name in self.names:
             if name not in values:
                 raise ExprError(f"expression {self.expr}: no value given for {name!r}")
             v = values[name]
-            env[sympy.Symbol(name, real=True)] = v if isinstance(v, torch.Tensor) else torch.full_like(like, float(v))
+            env[sympy.Symbol(name, real=True)] = (
+                v if isinstance(v, torch.Tensor) else torch.full_like(like, float(v))
+            )
         return _evaluate(self.expr, env, like)
 
     def diff(self, name: str) -> Compiled:
@@ -234,7 +258,9 @@ class Compiled:
         return sympy.Symbol(name, real=True) in self.expr.free_symbols
 
 
-def compile_expr(text: str, names: Iterable[str], params: Mapping[str, float] | None = None) -> Compiled:
+def compile_expr(
+    text: str, names: Iterable[str], params: Mapping[str, float] | None = None
+) -> Compiled:
     """Parse and compile in one step: ``compile_expr("sigmoid(b - lam)", ["lam"], {"b": 2})``."""
     names = tuple(names)
     return Compiled(parse(text, names, params), names)

@@ -36,7 +36,10 @@ def save(fig: plt.Figure, path: str | Path) -> list[Path]:
 
 def _style_monotone(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(
-        pl.when(pl.col("monotonic")).then(pl.lit("monotone")).otherwise(pl.lit("non-monotone")).alias("monotone")
+        pl.when(pl.col("monotonic"))
+        .then(pl.lit("monotone"))
+        .otherwise(pl.lit("non-monotone"))
+        .alias("monotone")
     )
 
 
@@ -47,7 +50,9 @@ def weightings(table: pl.DataFrame, masked_table: pl.DataFrame) -> plt.Figure:
     curves = (
         table.sort("log_snr")
         .unique(["weighting", "log_snr"], maintain_order=True)
-        .with_columns((pl.col("weight") / pl.col("weight").abs().max().over("weighting")).alias("w_norm"))
+        .with_columns(
+            (pl.col("weight") / pl.col("weight").abs().max().over("weighting")).alias("w_norm")
+        )
     )
     names = list(dict.fromkeys(curves["weighting"].to_list() + masked_table["weighting"].to_list()))
     palette = dict(zip(names, sns.color_palette("tab10", len(names)), strict=False))
@@ -55,11 +60,24 @@ def weightings(table: pl.DataFrame, masked_table: pl.DataFrame) -> plt.Figure:
         (axes[0], _style_monotone(curves), "log_snr", "w_norm"),
         (axes[1], _style_monotone(masked_table), "t", "total_weight"),
     ):
-        sns.lineplot(frame.to_pandas(), x=x, y=y, hue="weighting", style="monotone",
-                     style_order=["monotone", "non-monotone"], palette=palette, ax=ax, sort=True)
+        sns.lineplot(
+            frame.to_pandas(),
+            x=x,
+            y=y,
+            hue="weighting",
+            style="monotone",
+            style_order=["monotone", "non-monotone"],
+            palette=palette,
+            ax=ax,
+            sort=True,
+        )
     axes[0].set(xlabel="log-SNR λ", ylabel="w(λ) / max w", title="Weightings in log-SNR")
-    axes[1].set(xlabel="time t", ylabel="total cross-entropy weight  w(λ_t)·(−α'_t / (1 − α_t))",
-                title="Total CE weight, MD4 cosine schedule", yscale="log")
+    axes[1].set(
+        xlabel="time t",
+        ylabel="total cross-entropy weight  w(λ_t)·(−α'_t / (1 − α_t))",
+        title="Total CE weight, MD4 cosine schedule",
+        yscale="log",
+    )
     axes[0].get_legend().remove()
     sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
@@ -69,8 +87,10 @@ def weightings(table: pl.DataFrame, masked_table: pl.DataFrame) -> plt.Figure:
 def _label(frame: pl.DataFrame) -> pl.DataFrame:
     """'weighting' with a dagger for non-monotone ones (no improved-ELBO interpretation)."""
     return frame.with_columns(
-        pl.when(pl.col("monotonic")).then(pl.col("weighting"))
-        .otherwise(pl.col("weighting") + pl.lit(" †")).alias("weighting ")
+        pl.when(pl.col("monotonic"))
+        .then(pl.col("weighting"))
+        .otherwise(pl.col("weighting") + pl.lit(" †"))
+        .alias("weighting ")
     )
 
 
@@ -82,7 +102,9 @@ def weighting_study(evaluation: pl.DataFrame) -> plt.Figure:
     † marks non-monotone weightings (not a weighted sum of improved ELBOs)."""
     metrics = [m for m in STUDY_METRICS if evaluation[m].is_not_null().any()]
     kinds = evaluation["kind"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(len(kinds), len(metrics), figsize=(4.8 * len(metrics), 3.4 * len(kinds)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(kinds), len(metrics), figsize=(4.8 * len(metrics), 3.4 * len(kinds)), squeeze=False
+    )
     for row, kind in enumerate(kinds):
         frame = _label(evaluation.filter(pl.col("kind") == kind)).to_pandas()
         for col, metric in enumerate(metrics):
@@ -90,7 +112,11 @@ def weighting_study(evaluation: pl.DataFrame) -> plt.Figure:
             sns.barplot(frame, x="weighting ", y=metric, hue="schedule", ax=ax, errorbar=None)
             if metric == "nll_bpd":
                 _error_bars(ax, frame, metric, "nll_stderr")
-            ax.set(title=f"{kind}: {STUDY_METRICS[metric]}", xlabel="weighting († non-monotone)", ylabel=STUDY_METRICS[metric])
+            ax.set(
+                title=f"{kind}: {STUDY_METRICS[metric]}",
+                xlabel="weighting († non-monotone)",
+                ylabel=STUDY_METRICS[metric],
+            )
             ax.tick_params(axis="x", rotation=30)
             if metric in ("fd_classifier", "fid"):
                 ax.set_yscale("log")
@@ -99,20 +125,36 @@ def weighting_study(evaluation: pl.DataFrame) -> plt.Figure:
 
 
 def _error_bars(ax: plt.Axes, frame, metric: str, err: str) -> None:
-    for container, (_, group) in zip(ax.containers, frame.groupby("schedule", sort=False), strict=False):
+    for container, (_, group) in zip(
+        ax.containers, frame.groupby("schedule", sort=False), strict=False
+    ):
         centres = [bar.get_x() + bar.get_width() / 2 for bar in container]
-        ax.errorbar(centres[: len(group)], group[metric], yerr=group[err], fmt="none", ecolor="black", capsize=2)
+        ax.errorbar(
+            centres[: len(group)],
+            group[metric],
+            yerr=group[err],
+            fmt="none",
+            ecolor="black",
+            capsize=2,
+        )
 
 
 def study_table(evaluation: pl.DataFrame) -> str:
     """The weighting study as a Markdown table (weighting rows, process/schedule columns)."""
     metrics = [m for m in STUDY_METRICS if evaluation[m].is_not_null().any()]
-    lines = ["| process | schedule | weighting | monotone | " + " | ".join(STUDY_METRICS[m] for m in metrics) + " |",
-             "|---" * (4 + len(metrics)) + "|"]
+    lines = [
+        "| process | schedule | weighting | monotone | "
+        + " | ".join(STUDY_METRICS[m] for m in metrics)
+        + " |",
+        "|---" * (4 + len(metrics)) + "|",
+    ]
     for r in evaluation.sort("kind", "schedule", "weighting").iter_rows(named=True):
         values = [_fmt(r[m], r["nll_stderr"] if m == "nll_bpd" else None) for m in metrics]
-        lines.append(f"| {r['kind']} | {r['schedule']} | {r['weighting']} | {'yes' if r['monotonic'] else 'no'} | "
-                     + " | ".join(values) + " |")
+        lines.append(
+            f"| {r['kind']} | {r['schedule']} | {r['weighting']} | {'yes' if r['monotonic'] else 'no'} | "
+            + " | ".join(values)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -125,20 +167,38 @@ def _fmt(value: float | None, err: float | None = None) -> str:
 def gap(gap_table: pl.DataFrame) -> plt.Figure:
     """Per log-SNR: the optimal loss, each run's loss (EMA model), and the gap (Xu et al. Fig. 1a, 2)."""
     kinds = gap_table["kind"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(2, len(kinds), figsize=(6 * len(kinds), 7), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(
+        2, len(kinds), figsize=(6 * len(kinds), 7), squeeze=False, sharex="col"
+    )
     units = {"gaussian": "eps-MSE per dim", "masked": "CE nats per dim"}
     for col, kind in enumerate(kinds):
         frame = gap_table.filter(pl.col("kind") == kind).with_columns(
-            (pl.col("weighting") + " / " + pl.col("schedule")).alias("run"))
+            (pl.col("weighting") + " / " + pl.col("schedule")).alias("run")
+        )
         top, bottom = axes[0, col], axes[1, col]
-        sns.lineplot(frame.to_pandas(), x="log_snr", y="model_loss", hue="run", ax=top, marker="o", markersize=3)
+        sns.lineplot(
+            frame.to_pandas(),
+            x="log_snr",
+            y="model_loss",
+            hue="run",
+            ax=top,
+            marker="o",
+            markersize=3,
+        )
         optimal = frame.unique("log_snr").sort("log_snr")
-        top.plot(optimal["log_snr"], optimal["optimal_loss"], color="black", lw=2.5, label="optimal loss")
+        top.plot(
+            optimal["log_snr"], optimal["optimal_loss"], color="black", lw=2.5, label="optimal loss"
+        )
         top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({units[kind]})", yscale="log")
         top.legend(fontsize=7)
         sns.lineplot(frame.to_pandas(), x="log_snr", y="gap", hue="run", ax=bottom, legend=False)
         bottom.axhline(0, color="black", lw=1)
-        bottom.set(title="gap = model loss − optimal loss", xlabel="log-SNR λ", ylabel=f"gap ({units[kind]})", yscale="symlog")
+        bottom.set(
+            title="gap = model loss − optimal loss",
+            xlabel="log-SNR λ",
+            ylabel=f"gap ({units[kind]})",
+            yscale="symlog",
+        )
     fig.tight_layout()
     return fig
 
@@ -149,9 +209,16 @@ def training_curves(training_log: pl.DataFrame, runs: pl.DataFrame) -> plt.Figur
     kinds = frame["kind"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=False):
-        sub = frame.filter(pl.col("kind") == kind).with_columns((pl.col("weighting") + " / " + pl.col("schedule")).alias("run"))
+        sub = frame.filter(pl.col("kind") == kind).with_columns(
+            (pl.col("weighting") + " / " + pl.col("schedule")).alias("run")
+        )
         sns.lineplot(sub.to_pandas(), x="step", y="loss", hue="run", ax=ax)
-        ax.set(title=f"{kind}: weighted training loss", xlabel="step", ylabel="loss per dimension", yscale="log")
+        ax.set(
+            title=f"{kind}: weighted training loss",
+            xlabel="step",
+            ylabel="loss per dimension",
+            yscale="log",
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -166,7 +233,9 @@ def sample_grids(samples: dict[str, np.ndarray], per_run: int = 16) -> plt.Figur
     for ax in axes.flat:
         ax.axis("off")
     for ax, name in zip(axes.flat, names, strict=False):
-        ax.imshow(_tile(samples[name][:per_run]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(
+            _tile(samples[name][:per_run]), cmap="gray", vmin=0, vmax=255, interpolation="nearest"
+        )
         ax.set_title(name.replace("-", " "), fontsize=7)
     fig.tight_layout()
     return fig
@@ -178,11 +247,12 @@ def _tile(images: np.ndarray) -> np.ndarray:
     canvas = np.full((side * (h + 1), side * (w + 1), c), 255, dtype=np.uint8)
     for i, img in enumerate(images):
         r, q = divmod(i, side)
-        canvas[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = img
+        canvas[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = img
     return canvas[..., 0] if c == 1 else canvas
 
 
 # -- scaling laws -------------------------------------------------------------------------------
+
 
 def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str, float]:
     """Least squares of log y = log beta + alpha log x: exponent with a t-interval, and R²."""
@@ -192,8 +262,14 @@ def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str
     fit = stats.linregress(lx, ly)
     n = len(lx)
     half = stats.t.ppf((1 + level) / 2, n - 2) * fit.stderr if n > 2 else float("nan")
-    return {"alpha": fit.slope, "alpha_lo": fit.slope - half, "alpha_hi": fit.slope + half,
-            "beta": float(np.exp(fit.intercept)), "r2": fit.rvalue**2, "n": n}
+    return {
+        "alpha": fit.slope,
+        "alpha_lo": fit.slope - half,
+        "alpha_hi": fit.slope + half,
+        "beta": float(np.exp(fit.intercept)),
+        "r2": fit.rvalue**2,
+        "n": n,
+    }
 
 
 def scaling(points: pl.DataFrame) -> plt.Figure:
@@ -204,14 +280,20 @@ def scaling(points: pl.DataFrame) -> plt.Figure:
     for row, kind in enumerate(kinds):
         sub = points.filter(pl.col("kind") == kind).sort("n_params")
         x = sub["n_params"].to_numpy()
-        for ax, y, title in ((axes[row, 0], sub["loss"].to_numpy(), "loss"),
-                             (axes[row, 1], (sub["loss"] - sub["optimal_loss"]).to_numpy(), "loss − optimal loss")):
+        for ax, y, title in (
+            (axes[row, 0], sub["loss"].to_numpy(), "loss"),
+            (axes[row, 1], (sub["loss"] - sub["optimal_loss"]).to_numpy(), "loss − optimal loss"),
+        ):
             ax.loglog(x, y, "o")
             if len(x) >= 3 and (y > 0).all():
                 f = fit_power_law(x, y)
                 grid = np.geomspace(x.min(), x.max(), 50)
-                ax.loglog(grid, f["beta"] * grid ** f["alpha"], "-",
-                          label=f"α = {f['alpha']:.3f} [{f['alpha_lo']:.3f}, {f['alpha_hi']:.3f}], R² = {f['r2']:.3f}")
+                ax.loglog(
+                    grid,
+                    f["beta"] * grid ** f["alpha"],
+                    "-",
+                    label=f"α = {f['alpha']:.3f} [{f['alpha_lo']:.3f}, {f['alpha_hi']:.3f}], R² = {f['r2']:.3f}",
+                )
                 ax.legend(fontsize=8)
             ax.set(title=f"{kind}: {title}", xlabel="parameters", ylabel=title)
     fig.tight_layout()

@@ -20,13 +20,25 @@ from diffobj.spec import LoadedSpec
 def runs(loaded: LoadedSpec) -> pl.DataFrame:
     monotone = {}
     for process, sched, weight in loaded.combinations():
-        monotone[(process, sched, weight)] = loaded.weighting(weight).is_monotone(loaded.schedule(sched, process))
-    return pl.DataFrame([
-        {"run_id": r.id, "dataset": r.dataset, "process": r.process, "kind": loaded.spec.processes[r.process].kind,
-         "schedule": r.schedule, "weighting": r.weighting, "model": r.model, "seed": r.seed,
-         "monotonic": monotone[(r.process, r.schedule, r.weighting)]}
-        for r in loaded.runs
-    ])
+        monotone[(process, sched, weight)] = loaded.weighting(weight).is_monotone(
+            loaded.schedule(sched, process)
+        )
+    return pl.DataFrame(
+        [
+            {
+                "run_id": r.id,
+                "dataset": r.dataset,
+                "process": r.process,
+                "kind": loaded.spec.processes[r.process].kind,
+                "schedule": r.schedule,
+                "weighting": r.weighting,
+                "model": r.model,
+                "seed": r.seed,
+                "monotonic": monotone[(r.process, r.schedule, r.weighting)],
+            }
+            for r in loaded.runs
+        ]
+    )
 
 
 def _read_csv(path: Path, run_id: str) -> pl.DataFrame:
@@ -39,21 +51,34 @@ def per_run_csv(loaded: LoadedSpec, results: Path, name: str, columns: list[str]
     frames = [_read_csv(results / "runs" / r.id / name, r.id) for r in loaded.runs]
     missing = [c for c in columns if c not in frames[0].columns]
     if missing:
-        raise UserError(f"{results / 'runs' / loaded.runs[0].id / name}: missing column {missing[0]!r}")
+        raise UserError(
+            f"{results / 'runs' / loaded.runs[0].id / name}: missing column {missing[0]!r}"
+        )
     return pl.concat([f.select(columns) for f in frames], how="vertical_relaxed")
 
 
 def training_log(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
-    cols = ["run_id", "step", "images_seen", "loss", "grad_norm", "lr", "images_per_s", "peak_mem_mb"]
+    cols = [
+        "run_id",
+        "step",
+        "images_seen",
+        "loss",
+        "grad_norm",
+        "lr",
+        "images_per_s",
+        "peak_mem_mb",
+    ]
     return per_run_csv(loaded, results, "train_log.csv", cols).with_columns(
-        pl.col("step", "images_seen").cast(pl.Int64), pl.col(cols[3:]).cast(pl.Float64))
+        pl.col("step", "images_seen").cast(pl.Int64), pl.col(cols[3:]).cast(pl.Float64)
+    )
 
 
 def training(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
     cols = ["run_id", "step", "log_snr", "error", "count"]
     frame = per_run_csv(loaded, results, "train_bins.csv", cols)
     return frame.filter(pl.col("count") > 0).with_columns(
-        pl.col("step", "count").cast(pl.Int64), pl.col("log_snr", "error").cast(pl.Float64))
+        pl.col("step", "count").cast(pl.Int64), pl.col("log_snr", "error").cast(pl.Float64)
+    )
 
 
 def optimal_loss(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
@@ -63,12 +88,18 @@ def optimal_loss(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
         if not path.exists():
             raise UserError(f"{path}: missing (the optimal-loss job has not run)")
         frame = pl.read_csv(path)
-        frames.append(frame.select(
-            pl.lit(dataset).alias("dataset"), pl.lit(loaded.spec.processes[process].kind).alias("process"),
-            pl.lit(_schedule_of(loaded, process)).alias("schedule"),
-            pl.col("log_snr", "t").cast(pl.Float64),
-            pl.col("optimal_loss").cast(pl.Float64).clip(lower_bound=0.0), pl.col("stderr").cast(pl.Float64),
-            pl.col("estimator").cast(pl.Utf8), pl.col("n_data", "n_queries").cast(pl.Int64)))
+        frames.append(
+            frame.select(
+                pl.lit(dataset).alias("dataset"),
+                pl.lit(loaded.spec.processes[process].kind).alias("process"),
+                pl.lit(_schedule_of(loaded, process)).alias("schedule"),
+                pl.col("log_snr", "t").cast(pl.Float64),
+                pl.col("optimal_loss").cast(pl.Float64).clip(lower_bound=0.0),
+                pl.col("stderr").cast(pl.Float64),
+                pl.col("estimator").cast(pl.Utf8),
+                pl.col("n_data", "n_queries").cast(pl.Int64),
+            )
+        )
     return pl.concat(frames)
 
 
@@ -83,10 +114,25 @@ def evaluation(loaded: LoadedSpec, results: Path, runs_table: pl.DataFrame) -> p
         fd = _json(d / "fd_classifier.json").get("fd_classifier")
         fid = _json(d / "fid.json").get("fid")
         nll = _json(d / "nll.json")
-        rows.append({"run_id": r.id, "fd_classifier": fd, "fid": fid,
-                     "nll_bpd": nll.get("bpd"), "nll_stderr": nll.get("bpd_stderr")})
-    values = pl.DataFrame(rows, schema={"run_id": pl.Utf8, "fd_classifier": pl.Float64, "fid": pl.Float64,
-                                        "nll_bpd": pl.Float64, "nll_stderr": pl.Float64})
+        rows.append(
+            {
+                "run_id": r.id,
+                "fd_classifier": fd,
+                "fid": fid,
+                "nll_bpd": nll.get("bpd"),
+                "nll_stderr": nll.get("bpd_stderr"),
+            }
+        )
+    values = pl.DataFrame(
+        rows,
+        schema={
+            "run_id": pl.Utf8,
+            "fd_classifier": pl.Float64,
+            "fid": pl.Float64,
+            "nll_bpd": pl.Float64,
+            "nll_stderr": pl.Float64,
+        },
+    )
     keep = ["run_id", "process", "kind", "schedule", "weighting", "model", "seed", "monotonic"]
     return runs_table.select(keep).join(values, on="run_id", how="left")
 
@@ -100,17 +146,32 @@ def _json(path: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
-def gap(loaded: LoadedSpec, results: Path, runs_table: pl.DataFrame, optimal: pl.DataFrame) -> pl.DataFrame:
+def gap(
+    loaded: LoadedSpec, results: Path, runs_table: pl.DataFrame, optimal: pl.DataFrame
+) -> pl.DataFrame:
     """Per run and log-SNR bin centre: model error (EMA model, training data) minus optimal loss."""
     frames = []
     for r in runs_table.iter_rows(named=True):
         bins = _read_csv(results / "runs" / r["run_id"] / "eval_bins.csv", r["run_id"])
-        opt = optimal.filter((pl.col("dataset") == r["dataset"]) & (pl.col("process") == r["kind"])).sort("log_snr")
+        opt = optimal.filter(
+            (pl.col("dataset") == r["dataset"]) & (pl.col("process") == r["kind"])
+        ).sort("log_snr")
         lam = bins["log_snr"].to_numpy().astype(float)
         reference = np.interp(lam, opt["log_snr"].to_numpy(), opt["optimal_loss"].to_numpy())
-        frames.append(pl.DataFrame({
-            "run_id": r["run_id"], "kind": r["kind"], "schedule": r["schedule"], "weighting": r["weighting"],
-            "log_snr": lam, "model_loss": bins["error"].cast(pl.Float64).to_numpy(),
-            "model_stderr": bins["stderr"].cast(pl.Float64).to_numpy(), "optimal_loss": reference,
-        }))
-    return pl.concat(frames).with_columns((pl.col("model_loss") - pl.col("optimal_loss")).alias("gap"))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "run_id": r["run_id"],
+                    "kind": r["kind"],
+                    "schedule": r["schedule"],
+                    "weighting": r["weighting"],
+                    "log_snr": lam,
+                    "model_loss": bins["error"].cast(pl.Float64).to_numpy(),
+                    "model_stderr": bins["stderr"].cast(pl.Float64).to_numpy(),
+                    "optimal_loss": reference,
+                }
+            )
+        )
+    return pl.concat(frames).with_columns(
+        (pl.col("model_loss") - pl.col("optimal_loss")).alias("gap")
+    )

@@ -552,7 +552,7 @@ def convergence_study(
 # -- the critical noise level -------------------------------------------------------------------
 
 def critical_log_snr(
-    log_snr: Sequence[float], loss: Sequence[float], rel_tol: float = 0.01
+    log_snr: Sequence[float], loss: Sequence[float], rel_tol: float = 1e-3
 ) -> float | None:
     """The log-SNR where the optimal loss leaves ~0, going from low to high noise.
 

@@ -2,7 +2,7 @@
 
 - ``optimal_loss_figure``: per process, the optimal loss against log-SNR and against the noise
   scale (Gaussian: x0-scale loss against sigma = exp(-lam/2), as in Xu et al.'s Fig. 1a; masked:
-  nats per dimension against the mask probability), one curve per dataset, with the critical
+  nats per dimension against the keep probability), one curve per dataset, with the critical
   noise level (where the loss leaves ~0) marked.
 - ``convergence_figure``: the estimator study (SNIS / DOL / cDOL against exact).
 
@@ -30,7 +30,7 @@ from diffobj.optimal import critical_log_snr  # noqa: E402
 Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts, CSV rows, or a polars DataFrame
 
 
-def optimal_loss_figure(tables: Mapping[str, Rows], rel_tol: float = 0.01) -> plt.Figure:
+def optimal_loss_figure(tables: Mapping[str, Rows], rel_tol: float = 1e-3) -> plt.Figure:
     """Optimal loss of each dataset (label -> table), one row of two panels per process."""
     by_process: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for label, table in tables.items():
@@ -55,15 +55,16 @@ def _draw_process(axes, process: str, label: str, c: dict[str, np.ndarray], colo
     lam, loss, err = c["log_snr"], c["optimal_loss"], c["stderr"]
     axes[0].plot(lam, loss, "o-", ms=3, color=color, label=label)
     axes[0].fill_between(lam, loss - 2 * err, loss + 2 * err, color=color, alpha=0.2, lw=0)
-    if process == "gaussian":
-        noise, rising = c["sigma_ve"], c["optimal_loss_x0"]
-    else:
-        noise, rising = 1 - c["alpha"], loss
-    axes[1].plot(noise, rising, "o-", ms=3, color=color, label=label)
+    # the second panel's x: VE noise sigma (Gaussian) or keep probability alpha (masked)
+    scale, rising = (c["sigma_ve"], c["optimal_loss_x0"]) if process == "gaussian" else (c["alpha"], loss)
+    axes[1].plot(scale, rising, "o-", ms=3, color=color, label=label)
+    if process == "gaussian":  # the x0 loss falls like exp(-1/sigma^2): show six decades
+        top = np.nanmax(rising)
+        axes[1].set_ylim(top * 1e-6, top * 3)
     critical = critical_log_snr(lam, rising, rel_tol)
     if critical is not None:
-        star = math.exp(-critical / 2) if process == "gaussian" else 1 - _sigmoid(critical)
-        name = "σ*" if process == "gaussian" else "1-α*"
+        star = math.exp(-critical / 2) if process == "gaussian" else _sigmoid(critical)
+        name = "σ*" if process == "gaussian" else "α*"
         axes[0].axvline(critical, color=color, ls="--", lw=1)
         axes[1].axvline(star, color=color, ls="--", lw=1, label=f"{label}: {name} = {star:.3g}")
 
@@ -77,7 +78,7 @@ def _label_process(axes, process: str) -> None:
     else:
         axes[0].set(xlabel="log-SNR λ = log(α/(1−α))", ylabel="optimal CE (nats / dim)",
                     title="Masked: optimal cross-entropy")
-        axes[1].set(xscale="log", xlabel="mask probability 1 − α", ylabel="optimal CE (nats / dim)",
+        axes[1].set(xscale="log", xlabel="keep probability α", ylabel="optimal CE (nats / dim)",
                     title="Masked: optimal cross-entropy")
     for ax in axes:
         ax.legend(fontsize=7)

@@ -37,7 +37,9 @@ class RunConfig:
     def schedule(self) -> Schedule:
         entry = dict(self.raw["schedule"])
         name = entry.pop("name")
-        return schedules.build(name, entry, tuple(self.process["log_snr_range"]), source=f"run {self.run_id}")
+        return schedules.build(
+            name, entry, tuple(self.process["log_snr_range"]), source=f"run {self.run_id}"
+        )
 
     @property
     def weighting(self) -> Weighting:

@@ -55,7 +55,9 @@ class Level:
 
     def expand(self, ndim: int) -> Level:
         """Each field reshaped to broadcast against a batch of ``ndim``-dimensional tensors."""
-        return Level(*(v.reshape(v.shape + (1,) * (ndim - v.dim())) for v in self.__dict__.values()))
+        return Level(
+            *(v.reshape(v.shape + (1,) * (ndim - v.dim())) for v in self.__dict__.values())
+        )
 
 
 @dataclass
@@ -108,7 +110,9 @@ class Schedule:
 
     def level(self, t: torch.Tensor) -> Level:
         t = _f64(t)
-        return Level(t, self.log_snr(t), self.dlog_snr_dt(t), self.alpha(t), self.sigma(t), self.dalpha_dt(t))
+        return Level(
+            t, self.log_snr(t), self.dlog_snr_dt(t), self.alpha(t), self.sigma(t), self.dalpha_dt(t)
+        )
 
     # -- inverse and range -------------------------------------------------------------------
     def t_of_log_snr(self, lam: torch.Tensor, iterations: int = 64) -> torch.Tensor:
@@ -126,9 +130,13 @@ class Schedule:
     def with_log_snr_range(self, lam_min: float, lam_max: float) -> Schedule:
         """This schedule restricted to [lam_min, lam_max] (clamped to what it reaches)."""
         if not lam_min < lam_max:
-            raise ScheduleError(f"schedule {self.name}: log_snr_range needs lam_min < lam_max, got {[lam_min, lam_max]}")
+            raise ScheduleError(
+                f"schedule {self.name}: log_snr_range needs lam_min < lam_max, got {[lam_min, lam_max]}"
+            )
         t0, t1 = self.t_of_log_snr(torch.tensor([lam_max, lam_min])).tolist()
-        clone = Schedule(**{k: v for k, v in self.__dict__.items() if k not in ("log_snr_range", "_t_range")})
+        clone = Schedule(
+            **{k: v for k, v in self.__dict__.items() if k not in ("log_snr_range", "_t_range")}
+        )
         clone.log_snr_range = (lam_min, lam_max)
         clone._t_range = (t0, t1)
         return clone
@@ -155,6 +163,7 @@ def _f64(t: torch.Tensor | float) -> torch.Tensor:
 
 
 # -- construction from expressions ----------------------------------------------------------
+
 
 def _t_fn(c: Compiled) -> TensorFn:
     return lambda t: c(t=t)
@@ -193,8 +202,15 @@ def from_expressions(
             v = a(t=t)
             return da(t=t) / (v * (1 - v))
 
-        return Schedule(name, process, lam_fn, dlam_fn, alpha_fn=_t_fn(a), dalpha_dt_fn=_t_fn(da),
-                        description=description)
+        return Schedule(
+            name,
+            process,
+            lam_fn,
+            dlam_fn,
+            alpha_fn=_t_fn(a),
+            dalpha_dt_fn=_t_fn(da),
+            description=description,
+        )
 
     if sigma is not None:
         s = compile_expr(sigma, ["t"], params)
@@ -204,6 +220,7 @@ def from_expressions(
         def dsigma(t):
             return ds(t=t)
     else:  # variance preserving: sigma^2 = 1 - alpha^2, (sigma^2)' = -2 alpha alpha'
+
         def sigma_fn(t):
             return (1 - a(t=t) ** 2).clamp_min(0).sqrt()
 
@@ -216,8 +233,16 @@ def from_expressions(
     def dlam_fn(t):
         return 2 * (da(t=t) / a(t=t) - dsigma(t) / sigma_fn(t))
 
-    return Schedule(name, process, lam_fn, dlam_fn, alpha_fn=_t_fn(a), sigma_fn=sigma_fn,
-                    dalpha_dt_fn=_t_fn(da), description=description)
+    return Schedule(
+        name,
+        process,
+        lam_fn,
+        dlam_fn,
+        alpha_fn=_t_fn(a),
+        sigma_fn=sigma_fn,
+        dalpha_dt_fn=_t_fn(da),
+        description=description,
+    )
 
 
 def from_density(
@@ -242,7 +267,9 @@ def from_density(
     grid = torch.linspace(lam_min, lam_max, grid_size, dtype=DTYPE)
     p = fn(grid).to(DTYPE)
     if not torch.isfinite(p).all() or (p < 0).any() or not (p > 0).any():
-        raise ScheduleError(f"schedule {name}: density must be finite, >= 0 and not all zero on {list(log_snr_range)}")
+        raise ScheduleError(
+            f"schedule {name}: density must be finite, >= 0 and not all zero on {list(log_snr_range)}"
+        )
     p = p.clamp_min(p.max() * 1e-12)  # keep the inverse CDF strictly monotone
     # survival function t(lam) = P(Lam > lam), trapezoid rule on the grid
     cells = (p[1:] + p[:-1]) / 2 * (grid[1:] - grid[:-1])
@@ -281,27 +308,47 @@ SCHEDULE_KEYS = {"process", "alpha", "sigma", "log_snr", "density", "params", "d
 DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "config" / "schedules.yaml"
 
 
-def build(name: str, entry: Mapping[str, Any], log_snr_range: tuple[float, float], source: str = "<spec>") -> Schedule:
+def build(
+    name: str, entry: Mapping[str, Any], log_snr_range: tuple[float, float], source: str = "<spec>"
+) -> Schedule:
     """Build a library entry and restrict it to ``log_snr_range``; errors name file and key."""
     where = f"{source}: schedules.{name}"
     if not isinstance(entry, Mapping):
         raise ScheduleError(f"{where}: expected a mapping, got {entry!r}")
     unknown = set(entry) - SCHEDULE_KEYS
     if unknown:
-        raise ScheduleError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {sorted(SCHEDULE_KEYS)})")
+        raise ScheduleError(
+            f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {sorted(SCHEDULE_KEYS)})"
+        )
     params = entry.get("params") or {}
-    if not isinstance(params, Mapping) or not all(isinstance(v, int | float) for v in params.values()):
+    if not isinstance(params, Mapping) or not all(
+        isinstance(v, int | float) for v in params.values()
+    ):
         raise ScheduleError(f"{where}.params: expected numbers by name, got {params!r}")
     process = entry.get("process")
     try:
         if "density" in entry:
             if {"alpha", "sigma", "log_snr"} & set(entry):
-                raise ScheduleError(f"{where}: 'density' cannot be combined with alpha/sigma/log_snr")
-            return from_density(name, process, entry["density"], log_snr_range, params=params,
-                                description=entry.get("description", ""))
-        schedule = from_expressions(name, process, alpha=entry.get("alpha"), sigma=entry.get("sigma"),
-                                    log_snr=entry.get("log_snr"), params=params,
-                                    description=entry.get("description", ""))
+                raise ScheduleError(
+                    f"{where}: 'density' cannot be combined with alpha/sigma/log_snr"
+                )
+            return from_density(
+                name,
+                process,
+                entry["density"],
+                log_snr_range,
+                params=params,
+                description=entry.get("description", ""),
+            )
+        schedule = from_expressions(
+            name,
+            process,
+            alpha=entry.get("alpha"),
+            sigma=entry.get("sigma"),
+            log_snr=entry.get("log_snr"),
+            params=params,
+            description=entry.get("description", ""),
+        )
     except ExprError as err:
         raise ScheduleError(f"{where}: {err}") from None
     except ScheduleError as err:

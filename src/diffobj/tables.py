@@ -138,7 +138,9 @@ def validate(name: str, frame: pl.DataFrame) -> pl.DataFrame:
     try:
         return schema.validate(frame, lazy=True)
     except SchemaErrors as err:
-        raise UserError(f"table {name!r} fails its schema:\n{_describe(err.failure_cases)}") from None
+        raise UserError(
+            f"table {name!r} fails its schema:\n{_describe(err.failure_cases)}"
+        ) from None
     except SchemaError as err:
         raise UserError(f"table {name!r} fails its schema: {err}") from None
 

@@ -84,7 +84,9 @@ def build(name: str, entry: Any, source: str = "<spec>") -> Weighting:
         raise WeightingError(f"{where}: expected an expression or a mapping, got {entry!r}")
     unknown = set(entry) - WEIGHTING_KEYS
     if unknown:
-        raise WeightingError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {sorted(WEIGHTING_KEYS)})")
+        raise WeightingError(
+            f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {sorted(WEIGHTING_KEYS)})"
+        )
     if "expr" not in entry:
         raise WeightingError(f"{where}: missing key 'expr'")
     params = dict(entry.get("params") or {})
@@ -96,22 +98,35 @@ def build(name: str, entry: Any, source: str = "<spec>") -> Weighting:
     processes = tuple(entry.get("processes") or PROCESSES)
     bad = [p for p in processes if p not in PROCESSES]
     if bad:
-        raise WeightingError(f"{where}.processes: unknown process {bad[0]!r} (known: {list(PROCESSES)})")
+        raise WeightingError(
+            f"{where}.processes: unknown process {bad[0]!r} (known: {list(PROCESSES)})"
+        )
     try:
         compiled = compile_expr(entry["expr"], VARIABLES, params)
     except ExprError as err:
         raise WeightingError(f"{where}.expr: {err}") from None
-    return Weighting(name, str(entry["expr"]), compiled, params, entry.get("description", ""), processes)
+    return Weighting(
+        name, str(entry["expr"]), compiled, params, entry.get("description", ""), processes
+    )
 
 
 def with_params(base: Weighting, params: Mapping[str, float], name: str) -> Weighting:
     """A library weighting with some parameters overridden, e.g. sigmoid with b = 2."""
     unknown = set(params) - set(base.params)
     if unknown:
-        raise WeightingError(f"weightings.{name}: {base.name} has no parameter {sorted(unknown)[0]!r}")
+        raise WeightingError(
+            f"weightings.{name}: {base.name} has no parameter {sorted(unknown)[0]!r}"
+        )
     merged = {**base.params, **params}
-    return build(name, {"expr": base.expr, "params": merged, "description": base.description,
-                        "processes": list(base.processes)})
+    return build(
+        name,
+        {
+            "expr": base.expr,
+            "params": merged,
+            "description": base.description,
+            "processes": list(base.processes),
+        },
+    )
 
 
 def load_library(path: str | Path = DEFAULT_LIBRARY) -> dict[str, Weighting]:
@@ -123,11 +138,17 @@ def load_library(path: str | Path = DEFAULT_LIBRARY) -> dict[str, Weighting]:
     return {name: build(name, entry, str(path)) for name, entry in entries.items()}
 
 
-def evaluate_on_schedule(weighting: Weighting, schedule: Schedule, process: str, points: int = 257) -> dict[str, torch.Tensor]:
+def evaluate_on_schedule(
+    weighting: Weighting, schedule: Schedule, process: str, points: int = 257
+) -> dict[str, torch.Tensor]:
     """w, total weight and log-SNR on a grid of times over the schedule's range (for tables)."""
     t0, t1 = schedule.t_range
     eps = 1e-6 * (t1 - t0)
     t = torch.linspace(t0 + eps, t1 - eps, points, dtype=DTYPE)
     level = schedule.level(t)
-    return {"t": t, "log_snr": level.log_snr, "weight": weighting(level),
-            "total_weight": weighting.total_weight(level, process)}
+    return {
+        "t": t,
+        "log_snr": level.log_snr,
+        "weight": weighting(level),
+        "total_weight": weighting.total_weight(level, process),
+    }

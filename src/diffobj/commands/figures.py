@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-FIGURES = ("weighting_study", "optimal_loss", "gap", "convergence", "training_curves", "samples", "scaling")
+FIGURES = (
+    "weighting_study",
+    "optimal_loss",
+    "gap",
+    "convergence",
+    "training_curves",
+    "samples",
+    "scaling",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +54,12 @@ def _optimal_loss(loaded, results, out):
     from diffobj.plots_optimal import optimal_loss_figure
 
     table = _table(results, "optimal_loss")
-    return optimal_loss_figure({d: table.filter(pl.col("dataset") == d) for d in table["dataset"].unique(maintain_order=True)})
+    return optimal_loss_figure(
+        {
+            d: table.filter(pl.col("dataset") == d)
+            for d in table["dataset"].unique(maintain_order=True)
+        }
+    )
 
 
 def _convergence(loaded, results, out):
@@ -75,7 +88,9 @@ def _samples(loaded, results, out):
 
     from diffobj import figures
 
-    return figures.sample_grids({r.id: np.load(results / "runs" / r.id / "samples.npz")["images"] for r in loaded.runs})
+    return figures.sample_grids(
+        {r.id: np.load(results / "runs" / r.id / "samples.npz")["images"] for r in loaded.runs}
+    )
 
 
 def _scaling(loaded, results, out):
@@ -100,9 +115,15 @@ def scaling_points(loaded, results):
         kind = loaded.spec.processes[r.process].kind
         shape = tuple(np.load(results / "data" / r.dataset / "images.npy", mmap_mode="r").shape[1:])
         model = build_model(loaded.spec.models[r.model].model_dump(), kind, shape)
-        rows.append({"run_id": r.id, "kind": kind, "n_params": sum(p.numel() for p in model.parameters()),
-                     "loss": 0.5 * np.trapezoid(sub["model_loss"].to_numpy(), lam),
-                     "optimal_loss": 0.5 * np.trapezoid(sub["optimal_loss"].to_numpy(), lam)})
+        rows.append(
+            {
+                "run_id": r.id,
+                "kind": kind,
+                "n_params": sum(p.numel() for p in model.parameters()),
+                "loss": 0.5 * np.trapezoid(sub["model_loss"].to_numpy(), lam),
+                "optimal_loss": 0.5 * np.trapezoid(sub["optimal_loss"].to_numpy(), lam),
+            }
+        )
     return pl.DataFrame(rows)
 
 

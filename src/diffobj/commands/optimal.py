@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="CSV table, one row per level")
     parser.add_argument("--figure", help="also draw the figure (PNG/PDF/SVG)")
     parser.add_argument("--label", help="dataset name in the figure (default: the data's folder)")
-    parser.add_argument("--critical-tol", type=float, default=0.01,
+    parser.add_argument("--critical-tol", type=float, default=1e-3,
                         help="the loss 'leaves 0' at this fraction of its largest value")
     parser.add_argument("--convergence", action="store_true",
                         help="estimator study: SNIS / DOL / cDOL against exact (gaussian)")
@@ -106,7 +106,7 @@ def load_schedule(args: argparse.Namespace) -> schedules.Schedule:
 
 
 def default_subsets(n_data: int) -> list[int]:
-    sizes = [L for L in (16, 64, 256, 1024, 4096, 16384) if L <= n_data // 2]
+    sizes = [L for L in (16, 64, 256, 1024, 4096, 16384) if n_data // 2 >= L]
     return sizes or [max(2, n_data // 2)]
 
 

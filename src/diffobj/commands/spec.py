@@ -11,9 +11,15 @@ from diffobj.io import atomic_path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", default="config/config.yaml", help="experiment YAML")
-    parser.add_argument("--schema", metavar="OUT", help="write the spec's JSON schema to OUT and exit")
-    parser.add_argument("--run-config", nargs=2, metavar=("RUN_ID", "OUT"),
-                        help="write the resolved config of one run to OUT")
+    parser.add_argument(
+        "--schema", metavar="OUT", help="write the spec's JSON schema to OUT and exit"
+    )
+    parser.add_argument(
+        "--run-config",
+        nargs=2,
+        metavar=("RUN_ID", "OUT"),
+        help="write the resolved config of one run to OUT",
+    )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -32,4 +32,3 @@ def run(args: argparse.Namespace) -> None:
     for name, frame in validated.items():  # all validated before the first is written
         tables.write(name, frame, out / f"{name}.parquet")
         print(f"{out / name}.parquet: {frame.height} rows")
-

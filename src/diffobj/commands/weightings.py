@@ -21,17 +21,25 @@ def run(args: argparse.Namespace) -> None:
     from diffobj.weightings import evaluate_on_schedule
 
     loaded = spec.load(args.spec)
-    frames = [_rows(loaded, process, sched, weight, args.points, evaluate_on_schedule)
-              for process, sched, weight in loaded.combinations()]
+    frames = [
+        _rows(loaded, process, sched, weight, args.points, evaluate_on_schedule)
+        for process, sched, weight in loaded.combinations()
+    ]
     table = tables.validate("weightings", pl.concat(frames))
 
     # Shi & Titsias Fig. 1: every weighting that applies to masked diffusion, under MD4 cosine
-    masked_range = next((tuple(p.log_snr_range) for p in loaded.spec.processes.values() if p.kind == "masked"), (-9.21, 9.21))
-    md4 = schedules.build("md4_cosine", loaded.schedule_entries["md4_cosine"], masked_range, str(loaded.path))
+    masked_range = next(
+        (tuple(p.log_snr_range) for p in loaded.spec.processes.values() if p.kind == "masked"),
+        (-9.21, 9.21),
+    )
+    md4 = schedules.build(
+        "md4_cosine", loaded.schedule_entries["md4_cosine"], masked_range, str(loaded.path)
+    )
     names = list(dict.fromkeys(w for _, _, w in loaded.combinations()))
     masked = [
         _frame(loaded.weighting(w), md4, "masked", args.points, evaluate_on_schedule)
-        for w in names if "masked" in loaded.weighting(w).processes
+        for w in names
+        if "masked" in loaded.weighting(w).processes
     ]
     masked_table = tables.validate("weightings", pl.concat(masked))
     figure = figures.weightings(table, masked_table) if args.figure else None
@@ -50,10 +58,14 @@ def _frame(weighting, schedule, kind, points, evaluate):
 
     values = evaluate(weighting, schedule, kind, points)
     n = len(values["t"])
-    return pl.DataFrame({
-        "weighting": [weighting.name] * n,
-        "schedule": [schedule.name] * n,
-        "process": [kind] * n,
-        **{k: v.numpy() for k, v in values.items()},
-        "monotonic": [weighting.is_monotone(schedule)] * n,
-    }).select(["weighting", "schedule", "process", "t", "log_snr", "weight", "total_weight", "monotonic"])
+    return pl.DataFrame(
+        {
+            "weighting": [weighting.name] * n,
+            "schedule": [schedule.name] * n,
+            "process": [kind] * n,
+            **{k: v.numpy() for k, v in values.items()},
+            "monotonic": [weighting.is_monotone(schedule)] * n,
+        }
+    ).select(
+        ["weighting", "schedule", "process", "t", "log_snr", "weight", "total_weight", "monotonic"]
+    )

@@ -40,7 +40,9 @@ def corrupt(x: torch.Tensor, level: Level, eps: torch.Tensor) -> torch.Tensor:
     return lv.alpha.to(x.dtype) * x + lv.sigma.to(x.dtype) * eps
 
 
-def stratified_uniform(batch: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+def stratified_uniform(
+    batch: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Low-discrepancy u in [0, 1): one uniform offset, evenly spaced (VDM's antithetic times).
 
     ``generator`` (if given) lives on ``device``, like every generator of a batch.
@@ -49,7 +51,12 @@ def stratified_uniform(batch: int, generator: torch.Generator | None = None, dev
     return (offset + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0
 
 
-def sample_levels(schedule: Schedule, batch: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> tuple[Level, float]:
+def sample_levels(
+    schedule: Schedule,
+    batch: int,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[Level, float]:
     """Noise levels for a batch (t ~ U on the schedule's range) and the Jacobian t1 - t0."""
     t, jacobian = schedule.time_from_uniform(stratified_uniform(batch, generator, device))
     return schedule.level(t), jacobian
@@ -74,7 +81,10 @@ def weighted_loss(
 
 # -- parameterisations ------------------------------------------------------------------------
 
-def eps_from_prediction(out: torch.Tensor, z: torch.Tensor, level: Level, prediction: str, sigma_data: float = 0.5) -> torch.Tensor:
+
+def eps_from_prediction(
+    out: torch.Tensor, z: torch.Tensor, level: Level, prediction: str, sigma_data: float = 0.5
+) -> torch.Tensor:
     """Convert a network output (already through EDM's c_skip/c_out for F) to eps_hat."""
     lv = level.expand(z.dim())
     a, s = lv.alpha.to(z.dtype), lv.sigma.to(z.dtype)
@@ -109,12 +119,15 @@ class Denoiser(nn.Module):
         self.prediction = prediction
         self.sigma_data = sigma_data
 
-    def forward(self, z: torch.Tensor, level: Level) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, level: Level, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         lv = level.expand(z.dim())
         a, s = lv.alpha.to(z.dtype), lv.sigma.to(z.dtype)
         sd = self.sigma_data
         c_in = 1 / torch.sqrt(a * a * sd * sd + s * s)
-        out = self.net(z * c_in, level.log_snr.to(z.dtype)).to(z.dtype)
+        conditioning = () if labels is None else (labels,)  # class labels of a conditional net
+        out = self.net(z * c_in, level.log_snr.to(z.dtype), *conditioning).to(z.dtype)
         if self.prediction != "F":
             return eps_from_prediction(out, z, level, self.prediction)
         sigma_hat = s / a

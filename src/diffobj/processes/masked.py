@@ -24,7 +24,9 @@ MASK = VOCAB
 LogitsFn = Callable[[torch.Tensor, Level], torch.Tensor]  # (B, ...) tokens -> (B, VOCAB, ...)
 
 
-def corrupt(x: torch.Tensor, level: Level, generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt(
+    x: torch.Tensor, level: Level, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Replace each token by MASK with probability 1 - alpha (per sample level)."""
     keep_prob = level.expand(x.dim()).alpha
     u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)

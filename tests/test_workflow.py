@@ -1,0 +1,166 @@
+"""The Snakemake DAG: dry runs of every spec, bad specs stop before any job, and an end-to-end
+run of a tiny spec whose tables all validate and whose figures all exist."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+
+TINY = {
+    "experiment": "tiny",
+    "datasets": {"digits": {"source": "sklearn_digits"}},
+    "processes": {
+        "gaussian": {"kind": "gaussian", "log_snr_range": [-10, 10]},
+        "masked": {"kind": "masked", "log_snr_range": [-9.21, 9.21]},
+    },
+    "models": {"tiny": {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1}},
+    "training": {
+        "steps": 20,
+        "batch_size": 32,
+        "warmup_steps": 5,
+        "checkpoint_every": 10,
+        "log_every": 5,
+        "precision": "fp32",
+        "log_snr_bins": 8,
+    },
+    "grid": [
+        {
+            "dataset": "digits",
+            "process": "gaussian",
+            "schedule": "vp_cosine",
+            "weighting": ["elbo", "iddpm"],
+            "model": "tiny",
+        },
+        {
+            "dataset": "digits",
+            "process": "masked",
+            "schedule": "md4_cosine",
+            "weighting": ["simple"],
+            "model": "tiny",
+        },
+    ],
+    "optimal_loss": {"levels": 6, "queries": 128},
+    "sampling": {"num": 32, "gaussian_steps": 4, "masked_steps": 8},
+    "evaluation": {"features_epochs": 1},
+    "figures": [
+        "weightings",
+        "weighting_study",
+        "optimal_loss",
+        "gap",
+        "convergence",
+        "training_curves",
+        "samples",
+    ],
+}
+
+
+def snakemake(workdir: Path, spec: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), "--config", f"spec={spec}", *args],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    table = re.search(r"job\s+count\n[-\s]+\n(.*?)\n\s*total", result.stdout + result.stderr, re.S)
+    assert table, result.stdout + result.stderr
+    return {
+        name: int(count) for name, count in re.findall(r"^(\S+)\s+(\d+)$", table.group(1), re.M)
+    }
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "config/config.yaml",
+        "config/experiments/cifar10_weighting_study.yaml",
+        "config/experiments/scaling_digits.yaml",
+    ],
+)
+def test_every_spec_dry_runs(tmp_path, spec):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(
+        b"stand-in: the dry run reads no data"
+    )
+    result = snakemake(tmp_path, ROOT / spec, "-n")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["train"] >= 8 and jobs["all"] == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s["grid"][0].update(weighting=["nope"]), "unknown weighting 'nope'"),
+        (
+            lambda s: (
+                s.update(weightings={"bad": "lam +* 2"}) or s["grid"][0].update(weighting=["bad"])
+            ),
+            "weightings.bad.expr",
+        ),
+        (
+            lambda s: s["datasets"].update(digits={"source": "cifar10", "path": "missing.tar.gz"}),
+            "'missing.tar.gz' does not exist; download cifar-10-python.tar.gz",
+        ),
+    ],
+)
+def test_bad_spec_stops_before_any_job(tmp_path, edit, message):
+    spec = yaml.safe_load(yaml.safe_dump(TINY))
+    edit(spec)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = snakemake(tmp_path, path, "--cores", "1")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e")
+    spec = workdir / "spec.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    result = snakemake(workdir, spec, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, spec
+
+
+def test_end_to_end_tables_validate_and_figures_exist(finished):
+    from diffobj import tables
+
+    workdir, _ = finished
+    results = workdir / "results" / "tiny"
+    for name in tables.SCHEMAS:
+        frame = tables.read(name, results / "tables" / f"{name}.parquet")
+        assert frame.height > 0, name
+    evaluation = tables.read("evaluation", results / "tables" / "evaluation.parquet")
+    assert (
+        evaluation["fd_classifier"].is_not_null().all()
+        and evaluation["nll_bpd"].is_not_null().all()
+    )
+    for figure in TINY["figures"]:
+        for suffix in (".png", ".pdf"):
+            assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 1000, figure
+
+
+def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
+    workdir, spec = finished
+    grown = yaml.safe_load(spec.read_text())
+    grown["grid"][0]["weighting"].append("fm")
+    spec.write_text(yaml.safe_dump(grown))
+    jobs = planned_jobs(snakemake(workdir, spec, "-n"))
+    per_run = {"run_config", "train", "sample", "fd_classifier", "nll"}
+    assert {name: jobs[name] for name in per_run} == dict.fromkeys(per_run, 1)
+    aggregates = {"weightings", "tables", "all"} | {
+        f"figure_{f}" for f in TINY["figures"] if f != "weightings"
+    }
+    assert set(jobs) - per_run <= aggregates
+    assert "prepare_data" not in jobs and "optimal_loss" not in jobs
