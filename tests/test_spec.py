@@ -188,3 +188,10 @@ def test_weightings_command_tabulates_a_weighting_added_to_the_yaml(tmp_path, ro
     flags = dict(table.select("weighting", "monotonic").unique().iter_rows())
     assert flags == {"elbo": True, "my_w": True, "iddpm": False, "simple": True}
     assert fig.stat().st_size > 0 and fig.with_suffix(".pdf").stat().st_size > 0
+
+
+def test_committed_json_schema_is_generated_from_the_spec_models(root):
+    import json
+
+    committed = json.loads((root / "workflow" / "schemas" / "spec.schema.json").read_text())
+    assert committed == spec.json_schema(), "regenerate: diffobj validate --schema workflow/schemas/spec.schema.json"

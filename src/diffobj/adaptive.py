@@ -85,8 +85,14 @@ def lam_weight(weighting: Weighting, level: Level, kind: str) -> torch.Tensor:
 class AdaptiveDensity:
     """The running gap per bin and the sampling schedule built from it."""
 
-    def __init__(self, kind: str, schedule: Schedule, weighting: Weighting, edges: torch.Tensor,
-                 optimal: tuple[np.ndarray, np.ndarray]):
+    def __init__(
+        self,
+        kind: str,
+        schedule: Schedule,
+        weighting: Weighting,
+        edges: torch.Tensor,
+        optimal: tuple[np.ndarray, np.ndarray],
+    ):
         self.kind = kind
         self.schedule = schedule
         self.weighting = weighting
@@ -112,7 +118,9 @@ class AdaptiveDensity:
         window = torch.where(seen, error_sum / count.clamp_min(1), torch.nan)
         fresh = seen & self.running_error.isnan()
         blended = (1 - ERROR_EMA) * self.running_error + ERROR_EMA * window
-        self.running_error = torch.where(fresh, window, torch.where(seen, blended, self.running_error))
+        self.running_error = torch.where(
+            fresh, window, torch.where(seen, blended, self.running_error)
+        )
         self.refresh_schedule()
 
     def gap(self) -> torch.Tensor:
@@ -131,7 +139,10 @@ class AdaptiveDensity:
 
         def p(lam: torch.Tensor) -> torch.Tensor:
             level = level_at(self.schedule, lam)
-            return lam_weight(self.weighting, level, self.kind) * gap.to(lam.device)[bin_index(lam, self.edges)]
+            return (
+                lam_weight(self.weighting, level, self.kind)
+                * gap.to(lam.device)[bin_index(lam, self.edges)]
+            )
 
         return p
 
@@ -145,7 +156,9 @@ class AdaptiveDensity:
         )
 
     # -- the loss -----------------------------------------------------------------------------
-    def loss(self, model_fn: Callable, x: torch.Tensor, generator: torch.Generator | None) -> LossTerms:
+    def loss(
+        self, model_fn: Callable, x: torch.Tensor, generator: torch.Generator | None
+    ) -> LossTerms:
         """The run's weighted loss with lam ~ p and importance weight c W(lam) / p(lam)."""
         if self.density_schedule is None:
             process = gaussian if self.kind == "gaussian" else masked
@@ -162,8 +175,9 @@ class AdaptiveDensity:
         return LossTerms(factor.to(error.dtype) * error, level.log_snr, error.detach())
 
 
-def evaluate_error(kind: str, model_fn: Callable, x: torch.Tensor, level: Level,
-                   generator: torch.Generator | None) -> torch.Tensor:
+def evaluate_error(
+    kind: str, model_fn: Callable, x: torch.Tensor, level: Level, generator: torch.Generator | None
+) -> torch.Tensor:
     """Per-sample unweighted per-dimension error at given levels, as LossTerms.error:
     Gaussian eps-MSE, masked cross-entropy (nats) over masked tokens, both divided by D."""
     if kind == "masked":
@@ -172,4 +186,3 @@ def evaluate_error(kind: str, model_fn: Callable, x: torch.Tensor, level: Level,
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     eps_hat = model_fn(gaussian.corrupt(x, level, eps), level)
     return (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)
-

@@ -97,9 +97,10 @@ def _label(frame: pl.DataFrame) -> pl.DataFrame:
 STUDY_METRICS = {"fd_classifier": "classifier FD ↓", "fid": "FID ↓", "nll_bpd": "NLL (bits/dim) ↓"}
 
 
-def weighting_study(evaluation: pl.DataFrame) -> plt.Figure:
+def weighting_study(evaluation: pl.DataFrame, fd_real: dict[str, float] | None = None) -> plt.Figure:
     """Sample quality and likelihood per weighting × schedule, one row of panels per process.
-    † marks non-monotone weightings (not a weighted sum of improved ELBOs)."""
+    † marks non-monotone weightings (not a weighted sum of improved ELBOs); dotted lines: the
+    classifier FD of held-out real images (``fd_real``, per dataset), the floor of that metric."""
     metrics = [m for m in STUDY_METRICS if evaluation[m].is_not_null().any()]
     kinds = evaluation["kind"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(
@@ -120,6 +121,10 @@ def weighting_study(evaluation: pl.DataFrame) -> plt.Figure:
             ax.tick_params(axis="x", rotation=30)
             if metric in ("fd_classifier", "fid"):
                 ax.set_yscale("log")
+            if metric == "fd_classifier":
+                for dataset, value in (fd_real or {}).items():
+                    ax.axhline(value, color="black", ls=":", lw=1.2, label=f"real test images ({dataset})")
+            ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -190,6 +195,8 @@ def gap(gap_table: pl.DataFrame) -> plt.Figure:
             optimal["log_snr"], optimal["optimal_loss"], color="black", lw=2.5, label="optimal loss"
         )
         top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({units[kind]})", yscale="log")
+        # the optimal loss falls to ~0 below the critical noise level; keep the models readable
+        top.set_ylim(bottom=frame["model_loss"].min() / 100)
         top.legend(fontsize=7)
         sns.lineplot(frame.to_pandas(), x="log_snr", y="gap", hue="run", ax=bottom, legend=False)
         bottom.axhline(0, color="black", lw=1)

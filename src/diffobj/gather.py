@@ -120,7 +120,7 @@ def evaluation(loaded: LoadedSpec, results: Path, runs_table: pl.DataFrame) -> p
                 "fd_classifier": fd,
                 "fid": fid,
                 "nll_bpd": nll.get("bpd"),
-                "nll_stderr": nll.get("bpd_stderr"),
+                "nll_stderr": nll.get("stderr"),
             }
         )
     values = pl.DataFrame(

@@ -49,14 +49,31 @@ VOCAB = 256
 CPU_TILE_BYTES = 256 * 2**20  # working memory of one (queries x data) tile on CPU
 GPU_MEMORY_FRACTION = 0.5  # share of free GPU memory a tile may use
 DEFAULT_BATCH = {"cpu": 512, "cuda": 4096}
+LOG_TINY = -87.0  # exp(-87) ~ 1.6e-38, just above float32's subnormals
 TABLE_COLUMNS = (
-    "log_snr", "t", "optimal_loss", "stderr", "estimator", "n_data", "n_queries", "process",
-    "alpha", "sigma", "sigma_ve", "optimal_loss_x0", "stderr_x0", "subset", "C", "seconds",
-    "queries_per_s", "tflops",
+    "log_snr",
+    "t",
+    "optimal_loss",
+    "stderr",
+    "estimator",
+    "n_data",
+    "n_queries",
+    "process",
+    "alpha",
+    "sigma",
+    "sigma_ve",
+    "optimal_loss_x0",
+    "stderr_x0",
+    "subset",
+    "C",
+    "seconds",
+    "queries_per_s",
+    "tflops",
 )
 
 
 # -- data and devices ---------------------------------------------------------------------------
+
 
 def images_to_unit(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, ...) images as float32 (N, D) in [-1, 1] (x = u8 / 127.5 - 1)."""
@@ -100,6 +117,7 @@ def balanced_sources(n_data: int, n_queries: int, generator: torch.Generator) ->
 
 
 # -- Gaussian: the posterior-mean error of a batch of queries -------------------------------------
+
 
 def posterior_sq_error(
     queries: torch.Tensor,
@@ -145,7 +163,9 @@ def posterior_sq_error(
         new_max = torch.maximum(run_max, logits.max(1).values.double())
         shift = _finite_or_zero(new_max)
         rescale = torch.exp(run_max - shift)
-        weights = logits.sub_(shift.float().unsqueeze(1)).exp_()
+        # floor at float32's smallest normal: exp of huge negatives takes a 10x slower path,
+        # and weights of e^-87 relative to the largest (1) change nothing measurable
+        weights = logits.sub_(shift.float().unsqueeze(1)).clamp_min_(LOG_TINY).exp_()
         weight_sum = weights.sum(1, dtype=torch.float64)
         total = total * rescale + weight_sum
         block_sum = (weights @ block).double() - weight_sum.unsqueeze(1) * src64
@@ -205,18 +225,20 @@ def plan_candidates(
     return SubsetPlan(data[chosen], exclude, zero - math.log(c_value))
 
 
-def check_estimator(estimator: str, n_data: int, subset: int | None, C: float | None) -> None:
-    """UserError for an unknown estimator, a subset size outside 1..N, or C <= 0."""
+def check_estimator(
+    estimator: str, n_data: int, subset: int | None, C: float | None, flag: str = "--subset"
+) -> None:
+    """UserError for an unknown estimator, a subset size outside 1..N (dol/cdol: 2..N), C <= 0."""
     if estimator not in ESTIMATORS:
         raise UserError(f"--estimator {estimator!r}: expected one of {ESTIMATORS}")
     if estimator == "exact":
         return
-    if subset is None:
-        raise UserError(f"--estimator {estimator} needs --subset L (1 <= L <= N = {n_data})")
     smallest = 1 if estimator == "snis" else 2
+    if subset is None:
+        raise UserError(f"--estimator {estimator} needs {flag} L ({smallest} <= L <= N = {n_data})")
     if not smallest <= subset <= n_data:
         raise UserError(
-            f"--subset {subset}: must be in {smallest}..{n_data} (the data has N = {n_data} points)"
+            f"{flag} {subset}: must be in {smallest}..{n_data} (the data has N = {n_data} points)"
         )
     if C is not None and not C > 0:
         raise UserError(f"--C {C}: must be positive")
@@ -255,21 +277,31 @@ def gaussian_query_losses(
     batch = min(n_queries, batch_size or DEFAULT_BATCH[device.type])
     chunk = chunk_size or max(1, tile_budget(device) // (8 * batch))
     losses = torch.empty(n_queries, dtype=torch.float64, device=device)
-    with tqdm(total=n_queries, desc=desc, unit="q", disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=n_queries, desc=desc, unit="q", disable=None if progress else True, leave=False
+    ) as bar:
         for start in range(0, n_queries, batch):
             src = sources[start : start + batch]
             x_src = data[src]
             eps = torch.randn(x_src.shape, generator=query_gen, device=device)
             queries = (alpha * x_src + sigma * eps) / alpha
             plan = plan_candidates(data, src, estimator, subset, C, subset_gen)
-            sq = posterior_sq_error(queries, x_src, plan.candidates, inv_s2, exclude=plan.exclude,
-                                    self_offset=plan.self_offset, chunk_size=min(chunk, n_candidates))
+            sq = posterior_sq_error(
+                queries,
+                x_src,
+                plan.candidates,
+                inv_s2,
+                exclude=plan.exclude,
+                self_offset=plan.self_offset,
+                chunk_size=min(chunk, n_candidates),
+            )
             losses[start : start + len(src)] = sq / dim
             bar.update(len(src))
     return losses
 
 
 # -- masked: the consistent set ------------------------------------------------------------------
+
 
 def masked_query_loss(
     tokens: torch.Tensor,
@@ -298,7 +330,9 @@ def masked_query_loss(
         loss[none_kept] = (math.log(n_data) - counts.log()).mean(1)
     some = (~none_kept).nonzero().squeeze(1)
     if len(some):
-        sizes, counts = _consistent_counts(tokens, src_tokens[some], keep[some], chunk_size, pair_chunk)
+        sizes, counts = _consistent_counts(
+            tokens, src_tokens[some], keep[some], chunk_size, pair_chunk
+        )
         nats = (sizes.log().unsqueeze(1) - counts.log()) * masked[some]
         loss[some] = nats.sum(1) / dim
     return loss
@@ -307,9 +341,13 @@ def masked_query_loss(
 def position_histogram(tokens: torch.Tensor) -> torch.Tensor:
     """(D, 256) float64 counts of each token value at each position."""
     n_data, dim = tokens.shape
-    hist = torch.zeros(dim, VOCAB, dtype=torch.float64, device=tokens.device)
-    ones = torch.ones(tokens.T.shape, dtype=torch.float64, device=tokens.device)
-    return hist.scatter_add_(1, tokens.T.long(), ones)
+    offsets = torch.arange(dim, device=tokens.device) * VOCAB
+    counts = torch.zeros(dim * VOCAB, dtype=torch.float64, device=tokens.device)
+    rows = max(1, tile_budget(tokens.device) // (8 * dim))  # int64 indices of one chunk
+    for start in range(0, n_data, rows):
+        index = (tokens[start : start + rows].long() + offsets).flatten()
+        counts += torch.bincount(index, minlength=dim * VOCAB)
+    return counts.view(dim, VOCAB)
 
 
 def _consistent_counts(
@@ -329,7 +367,7 @@ def _consistent_counts(
     constant = (keep64 * src64.square()).sum(1, keepdim=True)
     budget = tile_budget(device)
     chunk_size = chunk_size or max(1, budget // (10 * batch + 16 * dim))
-    pair_chunk = pair_chunk or max(1, budget // (2 * dim))
+    pair_chunk = pair_chunk or max(1, budget // (10 * dim))  # bool + float64 per pair
     sizes = torch.zeros(batch, dtype=torch.float64, device=device)
     counts = torch.zeros(batch, dim, dtype=torch.float64, device=device)
     for start in range(0, len(tokens), chunk_size):
@@ -365,7 +403,9 @@ def masked_query_losses(
     histogram = position_histogram(tokens)
     batch = min(n_queries, batch_size or DEFAULT_BATCH[device.type])
     losses = torch.empty(n_queries, dtype=torch.float64, device=device)
-    with tqdm(total=n_queries, desc=desc, unit="q", disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=n_queries, desc=desc, unit="q", disable=None if progress else True, leave=False
+    ) as bar:
         for start in range(0, n_queries, batch):
             src = sources[start : start + batch]
             u = torch.rand((len(src), dim), generator=query_gen, dtype=torch.float64, device=device)
@@ -377,6 +417,7 @@ def masked_query_losses(
 
 
 # -- per-level tables ---------------------------------------------------------------------------
+
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     """Mean and its standard error over queries (float64; nan stderr for a single query)."""
@@ -426,7 +467,9 @@ def optimal_loss_table(
         raise UserError(f"--estimator {estimator}: the masked process has only the exact estimator")
     device = resolve_device(device)
     n_data = len(images)
-    data = (images_to_unit(images) if process == "gaussian" else images_to_tokens(images)).to(device)
+    data = (images_to_unit(images) if process == "gaussian" else images_to_tokens(images)).to(
+        device
+    )
     check_estimator(estimator, n_data, subset, C)
     times = level_times(schedule, levels)
     level = schedule.level(times)
@@ -437,32 +480,75 @@ def optimal_loss_table(
         desc = f"level {i + 1}/{levels} lam={lam:+.2f}"
         begin = time.perf_counter()
         if process == "gaussian":
-            x0 = gaussian_query_losses(data, alpha, sigma, queries, estimator=estimator,
-                                       subset=subset, C=C, seed=derive_seed(seed, i),
-                                       batch_size=batch_size, progress=progress, desc=desc)
+            x0 = gaussian_query_losses(
+                data,
+                alpha,
+                sigma,
+                queries,
+                estimator=estimator,
+                subset=subset,
+                C=C,
+                seed=derive_seed(seed, i),
+                batch_size=batch_size,
+                progress=progress,
+                desc=desc,
+            )
             x0_mean, x0_err = mean_and_stderr(x0)
             mean, err = x0_mean * math.exp(lam), x0_err * math.exp(lam)
         else:
-            nats = masked_query_losses(data, alpha, queries, seed=derive_seed(seed, i),
-                                       batch_size=batch_size, progress=progress, desc=desc)
+            nats = masked_query_losses(
+                data,
+                alpha,
+                queries,
+                seed=derive_seed(seed, i),
+                batch_size=batch_size,
+                progress=progress,
+                desc=desc,
+            )
             mean, err = mean_and_stderr(nats)
             x0_mean = x0_err = math.nan
         _synchronize(device)
         seconds = time.perf_counter() - begin
         flops = 4.0 * queries * n_candidates * data.shape[1]
-        rows.append({
-            "log_snr": lam, "t": float(times[i]), "optimal_loss": mean, "stderr": err,
-            "estimator": estimator, "n_data": n_data, "n_queries": queries,
-            "process": process, "alpha": alpha, "sigma": sigma,
-            "sigma_ve": math.exp(-lam / 2) if process == "gaussian" else math.nan,
-            "optimal_loss_x0": x0_mean, "stderr_x0": x0_err,
-            "subset": n_candidates,
-            "C": _c_value(estimator, n_data, subset, C),
-            "seconds": seconds, "queries_per_s": queries / seconds, "tflops": flops / seconds / 1e12,
-        })
-        log.info("%s: optimal loss %.6g ± %.2g, %.0f queries/s, %.3f TFLOP/s (%.2f s)",
-                 desc, mean, err, queries / seconds, flops / seconds / 1e12, seconds)
+        rows.append(
+            {
+                "log_snr": lam,
+                "t": float(times[i]),
+                "optimal_loss": mean,
+                "stderr": err,
+                "estimator": estimator,
+                "n_data": n_data,
+                "n_queries": queries,
+                "process": process,
+                "alpha": alpha,
+                "sigma": sigma,
+                "sigma_ve": math.exp(-lam / 2) if process == "gaussian" else math.nan,
+                "optimal_loss_x0": x0_mean,
+                "stderr_x0": x0_err,
+                "subset": n_candidates,
+                "C": _c_value(estimator, n_data, subset, C),
+                "seconds": seconds,
+                "queries_per_s": queries / seconds,
+                "tflops": flops / seconds / 1e12,
+            }
+        )
+        log.info(
+            "%s: optimal loss %.6g ± %.2g, %.0f queries/s, %.3f TFLOP/s (%.2f s)%s",
+            desc,
+            mean,
+            err,
+            queries / seconds,
+            flops / seconds / 1e12,
+            seconds,
+            _peak_memory(device),
+        )
     return rows
+
+
+def _peak_memory(device: torch.device) -> str:
+    if device.type != "cuda":
+        return ""
+    return f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
 
 
 def _c_value(estimator: str, n_data: int, subset: int | None, C: float | None) -> float:
@@ -481,9 +567,24 @@ def _synchronize(device: torch.device) -> None:
 # -- the estimator study ------------------------------------------------------------------------
 
 STUDY_COLUMNS = (
-    "log_snr", "t", "sigma_ve", "estimator", "subset", "C", "C_factor", "n_data", "n_queries",
-    "estimate", "stderr", "exact", "exact_stderr", "bias", "bias_stderr", "relative_bias",
-    "variance", "rmse",
+    "log_snr",
+    "t",
+    "sigma_ve",
+    "estimator",
+    "subset",
+    "C",
+    "C_factor",
+    "n_data",
+    "n_queries",
+    "estimate",
+    "stderr",
+    "exact",
+    "exact_stderr",
+    "bias",
+    "bias_stderr",
+    "relative_bias",
+    "variance",
+    "rmse",
 )
 
 
@@ -514,7 +615,7 @@ def convergence_study(
     data = images_to_unit(images).to(device)
     n_data = len(data)
     for L in subsets:
-        check_estimator("cdol", n_data, L, None)
+        check_estimator("cdol", n_data, L, None, flag="--subsets")
     for factor in c_factors:
         if not factor > 0:
             raise UserError(f"--C-factors {factor}: must be positive")
@@ -524,32 +625,63 @@ def convergence_study(
     for i in range(levels):
         lam, alpha, sigma = (float(v[i]) for v in (level.log_snr, level.alpha, level.sigma))
         scale = math.exp(lam)
-        common = dict(seed=derive_seed(seed, i), batch_size=batch_size, progress=progress,
-                      desc=f"level {i + 1}/{levels} lam={lam:+.2f}")
+        common = dict(
+            seed=derive_seed(seed, i),
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"level {i + 1}/{levels} lam={lam:+.2f}",
+        )
         exact = gaussian_query_losses(data, alpha, sigma, queries, **common) * scale
         exact_mean, exact_err = mean_and_stderr(exact)
         for L in subsets:
             runs = [("snis", math.nan, math.nan), ("dol", 1.0, L / n_data)]
             runs += [("cdol", f * n_data / L, f) for f in c_factors]
             for estimator, c_value, factor in runs:
-                est = gaussian_query_losses(data, alpha, sigma, queries, estimator=estimator,
-                                            subset=L, C=c_value, **common) * scale
+                est = (
+                    gaussian_query_losses(
+                        data,
+                        alpha,
+                        sigma,
+                        queries,
+                        estimator=estimator,
+                        subset=L,
+                        C=None if estimator == "snis" else c_value,
+                        **common,
+                    )
+                    * scale
+                )
                 mean, err = mean_and_stderr(est)
                 bias, bias_err = mean_and_stderr(est - exact)
-                rows.append({
-                    "log_snr": lam, "t": float(times[i]), "sigma_ve": math.exp(-lam / 2),
-                    "estimator": estimator, "subset": L, "C": c_value, "C_factor": factor,
-                    "n_data": n_data, "n_queries": queries, "estimate": mean, "stderr": err,
-                    "exact": exact_mean, "exact_stderr": exact_err, "bias": bias,
-                    "bias_stderr": bias_err,
-                    "relative_bias": bias / exact_mean if exact_mean > 0 else math.nan,
-                    "variance": err**2, "rmse": math.sqrt(bias**2 + err**2),
-                })
-        log.info("level %d/%d lam=%+.2f: exact %.6g ± %.2g", i + 1, levels, lam, exact_mean, exact_err)
+                rows.append(
+                    {
+                        "log_snr": lam,
+                        "t": float(times[i]),
+                        "sigma_ve": math.exp(-lam / 2),
+                        "estimator": estimator,
+                        "subset": L,
+                        "C": c_value,
+                        "C_factor": factor,
+                        "n_data": n_data,
+                        "n_queries": queries,
+                        "estimate": mean,
+                        "stderr": err,
+                        "exact": exact_mean,
+                        "exact_stderr": exact_err,
+                        "bias": bias,
+                        "bias_stderr": bias_err,
+                        "relative_bias": bias / exact_mean if exact_mean > 0 else math.nan,
+                        "variance": err**2,
+                        "rmse": math.sqrt(bias**2 + err**2),
+                    }
+                )
+        log.info(
+            "level %d/%d lam=%+.2f: exact %.6g ± %.2g", i + 1, levels, lam, exact_mean, exact_err
+        )
     return rows
 
 
 # -- the critical noise level -------------------------------------------------------------------
+
 
 def critical_log_snr(
     log_snr: Sequence[float], loss: Sequence[float], rel_tol: float = 1e-3
@@ -576,4 +708,3 @@ def critical_log_snr(
     j = above[0]
     frac = (threshold - values[j - 1]) / (values[j] - values[j - 1])
     return float(lam[j - 1] + frac * (lam[j] - lam[j - 1]))
-

@@ -37,7 +37,9 @@ def optimal_loss_figure(tables: Mapping[str, Rows], rel_tol: float = 1e-3) -> pl
         columns = _columns(table)
         for process in dict.fromkeys(columns["process"]):
             keep = columns["process"] == process
-            by_process.setdefault(str(process), {})[label] = {k: v[keep] for k, v in columns.items()}
+            by_process.setdefault(str(process), {})[label] = {
+                k: v[keep] for k, v in columns.items()
+            }
     sns.set_theme(context="paper", style="whitegrid")
     fig, axes = plt.subplots(len(by_process), 2, figsize=(11, 4 * len(by_process)), squeeze=False)
     palette = dict(zip(tables, sns.color_palette("tab10", len(tables)), strict=False))
@@ -49,14 +51,18 @@ def optimal_loss_figure(tables: Mapping[str, Rows], rel_tol: float = 1e-3) -> pl
     return fig
 
 
-def _draw_process(axes, process: str, label: str, c: dict[str, np.ndarray], color, rel_tol: float) -> None:
+def _draw_process(
+    axes, process: str, label: str, c: dict[str, np.ndarray], color, rel_tol: float
+) -> None:
     order = np.argsort(c["log_snr"])
     c = {k: v[order] for k, v in c.items()}
     lam, loss, err = c["log_snr"], c["optimal_loss"], c["stderr"]
     axes[0].plot(lam, loss, "o-", ms=3, color=color, label=label)
     axes[0].fill_between(lam, loss - 2 * err, loss + 2 * err, color=color, alpha=0.2, lw=0)
     # the second panel's x: VE noise sigma (Gaussian) or keep probability alpha (masked)
-    scale, rising = (c["sigma_ve"], c["optimal_loss_x0"]) if process == "gaussian" else (c["alpha"], loss)
+    scale, rising = (
+        (c["sigma_ve"], c["optimal_loss_x0"]) if process == "gaussian" else (c["alpha"], loss)
+    )
     axes[1].plot(scale, rising, "o-", ms=3, color=color, label=label)
     if process == "gaussian":  # the x0 loss falls like exp(-1/sigma^2): show six decades
         top = np.nanmax(rising)
@@ -71,15 +77,30 @@ def _draw_process(axes, process: str, label: str, c: dict[str, np.ndarray], colo
 
 def _label_process(axes, process: str) -> None:
     if process == "gaussian":
-        axes[0].set(xlabel="log-SNR λ", ylabel="optimal loss  E‖ε−ε*‖²/D",
-                    title="Gaussian: optimal loss (ε scale)")
-        axes[1].set(xscale="log", yscale="log", xlabel="σ = exp(−λ/2)",
-                    ylabel="optimal loss  E‖x−E[x|z]‖²/D", title="Gaussian: optimal loss (x0 scale)")
+        axes[0].set(
+            xlabel="log-SNR λ",
+            ylabel="optimal loss  E‖ε−ε*‖²/D",
+            title="Gaussian: optimal loss (ε scale)",
+        )
+        axes[1].set(
+            xscale="log",
+            yscale="log",
+            xlabel="σ = exp(−λ/2)",
+            ylabel="optimal loss  E‖x−E[x|z]‖²/D",
+            title="Gaussian: optimal loss (x0 scale)",
+        )
     else:
-        axes[0].set(xlabel="log-SNR λ = log(α/(1−α))", ylabel="optimal CE (nats / dim)",
-                    title="Masked: optimal cross-entropy")
-        axes[1].set(xscale="log", xlabel="keep probability α", ylabel="optimal CE (nats / dim)",
-                    title="Masked: optimal cross-entropy")
+        axes[0].set(
+            xlabel="log-SNR λ = log(α/(1−α))",
+            ylabel="optimal CE (nats / dim)",
+            title="Masked: optimal cross-entropy",
+        )
+        axes[1].set(
+            xscale="log",
+            xlabel="keep probability α",
+            ylabel="optimal CE (nats / dim)",
+            title="Masked: optimal cross-entropy",
+        )
     for ax in axes:
         ax.legend(fontsize=7)
 
@@ -98,22 +119,53 @@ def convergence_figure(rows: Rows) -> plt.Figure:
     for name, keep in variants.items():
         at = keep & (c["subset"] == smallest)
         order = np.argsort(c["log_snr"][at])
-        axes[0].plot(c["log_snr"][at][order], c["estimate"][at][order], "o--", ms=3,
-                     color=colors[name], label=name)
+        axes[0].plot(
+            c["log_snr"][at][order],
+            c["estimate"][at][order],
+            "o--",
+            ms=3,
+            color=colors[name],
+            label=name,
+        )
         sizes = np.unique(c["subset"][keep])
-        axes[1].plot(sizes, [_total_error(c, keep & (c["subset"] == L)) for L in sizes], "o-",
-                     color=colors[name], label=name)
+        axes[1].plot(
+            sizes,
+            [_total_error(c, keep & (c["subset"] == L)) for L in sizes],
+            "o-",
+            color=colors[name],
+            label=name,
+        )
     for L in np.unique(c["subset"]):
         at = (c["subset"] == L) & np.isin(c["estimator"], ["dol", "cdol"])
-        values = sorted({float(v) for v in c["C"][at]})
-        axes[2].plot(values, [_total_error(c, at & (c["C"] == v)) for v in values], "o-",
-                     label=f"L = {int(L)}")
-    axes[0].set(yscale="log", xlabel="log-SNR λ", ylabel="optimal loss (ε scale)",
-                title=f"estimates, L = {int(smallest)}")
-    axes[1].set(xscale="log", yscale="log", xlabel="subset size L",
-                ylabel="Σ|bias| / Σ exact", title="bias against subset size")
-    axes[2].set(xscale="log", yscale="log", xlabel="C (DOL: C = 1)",
-                ylabel="Σ|bias| / Σ exact", title="cDOL: sensitivity to C")
+        factors = sorted({float(v) for v in c["C_factor"][at]})
+        axes[2].plot(
+            factors,
+            [_total_error(c, at & (c["C_factor"] == f)) for f in factors],
+            "o-",
+            label=f"L = {int(L)}",
+        )
+    axes[0].set(
+        ylim=(0, 1.5 * exact[1].max()),
+        xlabel="log-SNR λ",
+        ylabel="optimal loss (ε scale)",
+        title=f"estimates, L = {int(smallest)}",
+    )
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="subset size L",
+        ylabel="Σ|bias| / Σ exact",
+        title="bias against subset size",
+    )
+    axes[1].set_xticks(np.unique(c["subset"]), [str(int(L)) for L in np.unique(c["subset"])])
+    axes[1].minorticks_off()
+    axes[2].set(
+        xscale="log",
+        yscale="log",
+        xlabel="C / (N/L)   (DOL: C = 1, i.e. L/N)",
+        ylabel="Σ|bias| / Σ exact",
+        title="cDOL: sensitivity to C",
+    )
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()

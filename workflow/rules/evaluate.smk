@@ -120,3 +120,22 @@ def evaluation_files():
     if EVAL.nll:
         files += run_files("nll.json")
     return files
+
+
+rule fd_real:
+    """The classifier FD of held-out real images: the floor a perfect model would reach."""
+    input:
+        test=f"{R}/data/{{dataset}}/test/images.npy",
+        ref=f"{R}/features/{{dataset}}-ref.npz",
+        features=f"{R}/features/{{dataset}}.pt",
+    output:
+        f"{R}/features/{{dataset}}-test-fd.json",
+    log:
+        f"{R}/logs/fd_real/{{dataset}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "diffobj fid --samples {input.test} --ref {input.ref} --features {input.features}"
+        " --out {output} > {log} 2>&1"

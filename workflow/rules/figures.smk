@@ -4,8 +4,9 @@
 def figure_inputs(name):
     t = f"{R}/tables"
     return {
-        "weighting_study": [f"{t}/evaluation.parquet"],
-        "optimal_loss": [f"{t}/optimal_loss.parquet"],
+        "weighting_study": [f"{t}/evaluation.parquet"]
+        + ([f"{R}/features/{d}-test-fd.json" for d in sorted({r.dataset for r in LOADED.runs})] if EVAL.fd_classifier else []),
+        "optimal_loss": [f"{R}/optimal/{d}-{p}.csv" for d, p in optimal_pairs()],
         "gap": [f"{t}/gap.parquet"],
         "convergence": [f"{R}/optimal/{d}-{p}-convergence.csv" for d, p in gaussian_pairs()],
         "training_curves": [f"{t}/training_log.parquet", f"{t}/training.parquet"],

@@ -44,4 +44,4 @@ rule train:
         gpu=0,
     shell:
         "OMP_NUM_THREADS={threads} diffobj train --run-config {input.config} --out {params.out}"
-        " {params.optimal} > {log} 2>&1"
+        " --threads {threads} --eval-images 128 --no-progress {params.optimal} > {log} 2>&1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 FIGURES = (
@@ -43,9 +44,12 @@ def _weighting_study(loaded, results, out):
     from diffobj.io import atomic_path
 
     evaluation = _table(results, "evaluation")
+    baselines = {}  # classifier FD of held-out real images, per dataset
+    for path in sorted((results / "features").glob("*-test-fd.json")):
+        baselines[path.name.removesuffix("-test-fd.json")] = json.loads(path.read_text())["fd_classifier"]
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(figures.study_table(evaluation))
-    return figures.weighting_study(evaluation)
+    return figures.weighting_study(evaluation, baselines)
 
 
 def _optimal_loss(loaded, results, out):
@@ -53,13 +57,17 @@ def _optimal_loss(loaded, results, out):
 
     from diffobj.plots_optimal import optimal_loss_figure
 
-    table = _table(results, "optimal_loss")
-    return optimal_loss_figure(
-        {
-            d: table.filter(pl.col("dataset") == d)
-            for d in table["dataset"].unique(maintain_order=True)
-        }
-    )
+    # the raw estimator files: they also hold the x0-scale loss and the VE noise scale
+    pairs = sorted({(r.dataset, r.process) for r in loaded.runs})
+    frames = {}
+    for dataset, process in pairs:
+        frame = pl.read_csv(results / "optimal" / f"{dataset}-{process}.csv")
+        frames[dataset] = (
+            pl.concat([frames[dataset], frame], how="vertical_relaxed")
+            if dataset in frames
+            else frame
+        )
+    return optimal_loss_figure(frames)
 
 
 def _convergence(loaded, results, out):

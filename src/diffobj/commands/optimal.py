@@ -24,15 +24,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="images.npy, uint8 (N, H, W, C)")
     parser.add_argument("--process", required=True, choices=schedules.PROCESSES)
     parser.add_argument("--schedule", required=True, help="schedule name in --schedules-file")
-    parser.add_argument("--levels", type=int, required=True, metavar="K",
-                        help="noise levels: an even grid of the schedule's time range")
-    parser.add_argument("--queries", type=int, required=True, metavar="M",
-                        help="queries per level (about 2-3 N for the exact estimator)")
+    parser.add_argument(
+        "--levels",
+        type=int,
+        required=True,
+        metavar="K",
+        help="noise levels: an even grid of the schedule's time range",
+    )
+    parser.add_argument(
+        "--queries",
+        type=int,
+        required=True,
+        metavar="M",
+        help="queries per level (about 2-3 N for the exact estimator)",
+    )
     parser.add_argument("--estimator", default="exact", choices=optimal.ESTIMATORS)
     parser.add_argument("--subset", type=int, metavar="L", help="subset size of snis/dol/cdol")
     parser.add_argument("--C", type=float, dest="C", help="cDOL self-weight divisor (default 4N/L)")
-    parser.add_argument("--log-snr-range", type=float, nargs=2, metavar=("MIN", "MAX"),
-                        help="default -10 10 (gaussian), -9.21 9.21 (masked)")
+    parser.add_argument(
+        "--log-snr-range",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="default -10 10 (gaussian), -9.21 9.21 (masked)",
+    )
     parser.add_argument("--schedules-file", default=str(schedules.DEFAULT_LIBRARY))
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--seed", type=int, default=0)
@@ -40,14 +55,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="CSV table, one row per level")
     parser.add_argument("--figure", help="also draw the figure (PNG/PDF/SVG)")
     parser.add_argument("--label", help="dataset name in the figure (default: the data's folder)")
-    parser.add_argument("--critical-tol", type=float, default=1e-3,
-                        help="the loss 'leaves 0' at this fraction of its largest value")
-    parser.add_argument("--convergence", action="store_true",
-                        help="estimator study: SNIS / DOL / cDOL against exact (gaussian)")
-    parser.add_argument("--subsets", type=int, nargs="+", metavar="L",
-                        help="study subset sizes (default 16, 64, 256, ... up to N/2)")
-    parser.add_argument("--C-factors", type=float, nargs="+", default=[1.0, 4.0, 16.0],
-                        metavar="F", help="study cDOL at C = F * N / L")
+    parser.add_argument(
+        "--critical-tol",
+        type=float,
+        default=1e-3,
+        help="the loss 'leaves 0' at this fraction of its largest value",
+    )
+    parser.add_argument(
+        "--convergence",
+        action="store_true",
+        help="estimator study: SNIS / DOL / cDOL against exact (gaussian)",
+    )
+    parser.add_argument(
+        "--subsets",
+        type=int,
+        nargs="+",
+        metavar="L",
+        help="study subset sizes (default 16, 64, 256, ... up to N/2)",
+    )
+    parser.add_argument(
+        "--C-factors",
+        type=float,
+        nargs="+",
+        default=[1.0, 4.0, 16.0],
+        metavar="F",
+        help="study cDOL at C = F * N / L",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -64,8 +97,17 @@ def run(args: argparse.Namespace) -> None:
         run_study(args, schedule, images, device)
         return
     rows = optimal.optimal_loss_table(
-        images, args.process, schedule, args.levels, args.queries, estimator=args.estimator,
-        subset=args.subset, C=args.C, seed=args.seed, device=device, batch_size=args.batch_size,
+        images,
+        args.process,
+        schedule,
+        args.levels,
+        args.queries,
+        estimator=args.estimator,
+        subset=args.subset,
+        C=args.C,
+        seed=args.seed,
+        device=device,
+        batch_size=args.batch_size,
     )
     write_csv(args.out, rows, optimal.TABLE_COLUMNS)
     if args.figure:
@@ -80,8 +122,15 @@ def run_study(args: argparse.Namespace, schedule: schedules.Schedule, images, de
         raise UserError("--convergence: the estimator study is for --process gaussian")
     subsets = args.subsets or default_subsets(len(images))
     rows = optimal.convergence_study(
-        images, schedule, args.levels, args.queries, subsets, args.C_factors, seed=args.seed,
-        device=device, batch_size=args.batch_size,
+        images,
+        schedule,
+        args.levels,
+        args.queries,
+        subsets,
+        args.C_factors,
+        seed=args.seed,
+        device=device,
+        batch_size=args.batch_size,
     )
     write_csv(args.out, rows, optimal.STUDY_COLUMNS)
     if args.figure:
@@ -94,13 +143,17 @@ def load_schedule(args: argparse.Namespace) -> schedules.Schedule:
     """The named schedule of --schedules-file, checked against --process, on its lam range."""
     library = schedules.load_library(args.schedules_file)
     if args.schedule not in library:
-        raise UserError(f"--schedule {args.schedule!r}: not in {args.schedules_file} "
-                        f"(known: {', '.join(sorted(library))})")
+        raise UserError(
+            f"--schedule {args.schedule!r}: not in {args.schedules_file} "
+            f"(known: {', '.join(sorted(library))})"
+        )
     entry = library[args.schedule]
     declared = entry.get("process") if isinstance(entry, dict) else None
     if declared != args.process:
-        raise UserError(f"--schedule {args.schedule}: a {declared} schedule in "
-                        f"{args.schedules_file}, but --process is {args.process}")
+        raise UserError(
+            f"--schedule {args.schedule}: a {declared} schedule in "
+            f"{args.schedules_file}, but --process is {args.process}"
+        )
     lam_range = tuple(args.log_snr_range or optimal.DEFAULT_LOG_SNR_RANGE[args.process])
     return schedules.build(args.schedule, entry, lam_range, source=str(args.schedules_file))
 

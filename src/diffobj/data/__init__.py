@@ -23,6 +23,7 @@ SOURCES = tuple(LOADERS)
 
 __all__ = [
     "SOURCES",
+    "TEST_DIR",
     "Loaded",
     "Split",
     "check_images",

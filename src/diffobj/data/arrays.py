@@ -73,3 +73,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def blur_images(images: np.ndarray, sigma: float, radius: int | None = None) -> np.ndarray:
+    """uint8 NHWC images blurred by a separable Gaussian of ``sigma`` pixels (edges replicated),
+    rounded back to uint8: the "degraded real data" of metric sanity checks."""
+    import torch
+    import torch.nn.functional as F
+
+    radius = radius if radius is not None else max(1, int(np.ceil(3 * sigma)))
+    k = torch.exp(-(torch.arange(-radius, radius + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).float()
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    channels = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

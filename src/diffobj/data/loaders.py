@@ -108,7 +108,10 @@ def load_mnist_idx(path: str | Path | None) -> Loaded:
         raise UserError(f"{folder}: expected a folder of idx files; {MNIST_HINT}")
     # locate all four files before reading any, so a missing one is reported first
     files = {
-        prefix: (_find_idx(folder, prefix, "images", "idx3"), _find_idx(folder, prefix, "labels", "idx1"))
+        prefix: (
+            _find_idx(folder, prefix, "images", "idx3"),
+            _find_idx(folder, prefix, "labels", "idx1"),
+        )
         for prefix in ("train", "t10k")
     }
     splits = {}

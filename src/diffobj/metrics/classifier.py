@@ -78,7 +78,7 @@ def train_classifier(
     device: torch.device | str = "cpu",
     log=print,
 ) -> FeatureClassifier:
-    """Adam on cross-entropy with random flips off (digits are not flip-invariant)."""
+    """Adam with a cosine learning rate on cross-entropy; no augmentation (digits are not flip-invariant)."""
     if labels is None:
         raise UserError("the classifier needs labels: the dataset has no labels.npy")
     if epochs < 1:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -295,7 +296,11 @@ def load_inception(
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         try:
-            script = torch.jit.load(str(path), map_location="cpu")
+            with (
+                warnings.catch_warnings()
+            ):  # torch.jit.load is deprecated, and the only reader of this file
+                warnings.simplefilter("ignore", DeprecationWarning)
+                script = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as err:
             raise UserError(
                 f"{path}: not a loadable TorchScript ({str(err).splitlines()[0]})"

@@ -16,10 +16,21 @@ from diffobj.models.unet import MaskedUNet, UNet
 
 KINDS = ("gaussian", "masked")
 # keys of the spec's Model that shape the network ("name" and "label_dropout" do not)
-ARCH_KEYS = ("channels", "channel_mult", "num_blocks", "attention_resolutions", "dropout",
-             "num_classes", "embed_dim")
-DEFAULTS: dict[str, Any] = {"attention_resolutions": [], "dropout": 0.0, "num_classes": 0,
-                            "embed_dim": None}
+ARCH_KEYS = (
+    "channels",
+    "channel_mult",
+    "num_blocks",
+    "attention_resolutions",
+    "dropout",
+    "num_classes",
+    "embed_dim",
+)
+DEFAULTS: dict[str, Any] = {
+    "attention_resolutions": [],
+    "dropout": 0.0,
+    "num_classes": 0,
+    "embed_dim": None,
+}
 
 
 def build_model(model_cfg: Mapping[str, Any], kind: str, image_shape: Sequence[int]) -> nn.Module:
@@ -51,7 +62,9 @@ def check_fits(config: Mapping[str, Any], image_shape: tuple[int, ...], name: st
     c, h, w = image_shape
     mult = list(config.get("channel_mult") or [])
     if not mult or any(int(m) <= 0 for m in mult):
-        raise UserError(f"{where}: channel_mult must be a non-empty list of positive integers, got {mult}")
+        raise UserError(
+            f"{where}: channel_mult must be a non-empty list of positive integers, got {mult}"
+        )
     for key in ("channels", "num_blocks"):
         if int(config[key]) <= 0:
             raise UserError(f"{where}: {key} must be positive, got {config[key]}")

@@ -152,12 +152,15 @@ class Backbone(nn.Module):
         dropout: float = 0.0,
         num_classes: int = 0,
         embed_dim: int | None = None,
+        out_kernel: int = 3,
     ):
         super().__init__()
         emb_dim = embed_dim or 4 * channels
         self.num_classes = num_classes
         self.noise_embed = LogSNREmbedding(channels)
-        self.map = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.map = nn.Sequential(
+            nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         # one extra class index = "no label": the unconditional model of classifier-free guidance
         self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         block = {"emb_dim": emb_dim, "dropout": dropout}
@@ -190,11 +193,13 @@ class Backbone(nn.Module):
             for i in range(num_blocks + 1):
                 last = i == num_blocks
                 self.decoder.append(
-                    ResBlock(ch + skips.pop(), channels * mult, attention=last and res in attn, **block)
+                    ResBlock(
+                        ch + skips.pop(), channels * mult, attention=last and res in attn, **block
+                    )
                 )
                 ch = channels * mult
         self.out_norm = norm(ch)
-        self.out_conv = zero_init(nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.out_conv = zero_init(nn.Conv2d(ch, out_channels, out_kernel, padding=out_kernel // 2))
 
     def embedding(self, log_snr: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         emb = self.map(self.noise_embed(log_snr))
@@ -204,7 +209,9 @@ class Backbone(nn.Module):
             emb = emb + self.label_embed(labels)
         return F.silu(emb)
 
-    def forward(self, h: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         emb = self.embedding(log_snr, labels)
         h = self.stem(h)
         skips = [h]
@@ -229,7 +236,9 @@ class UNet(nn.Module):
         self.image_shape = tuple(image_shape)
         self.backbone = Backbone(c, c, h, **config)
 
-    def forward(self, x: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.backbone(x, log_snr, labels)
 
 
@@ -250,9 +259,13 @@ class MaskedUNet(nn.Module):
         self.token_embed = nn.Embedding(c * (self.VOCAB + 1), width)
         offsets = torch.arange(c) * (self.VOCAB + 1)
         self.register_buffer("offsets", offsets.view(1, c, 1, 1), persistent=False)
-        self.backbone = Backbone(width, c * self.VOCAB, h, **config)
+        # logits read out per pixel (1x1): a 3x3 conv to 256 C channels would cost as much as
+        # the rest of a small network
+        self.backbone = Backbone(width, c * self.VOCAB, h, out_kernel=1, **config)
 
-    def forward(self, tokens: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, c, h, w = tokens.shape
         emb = self.token_embed(tokens + self.offsets).sum(dim=1)  # (B, H, W, width)
         out = self.backbone(emb.permute(0, 3, 1, 2), log_snr, labels)

@@ -1,0 +1,915 @@
+"""Training one run: fast on a GPU, resumable to the bit on a CPU, signal safe.
+
+``train(run_config, out_dir)`` trains the run's network with AdamW (fused on CUDA), linear
+learning-rate warmup, gradient clipping and an EMA whose half-life is counted in images (EDM);
+on a GPU with bf16 autocast and channels_last (precision from the run config), optionally
+torch.compile'd. Every random draw is a function of (seed, rank, step): the data order is a
+seeded permutation per epoch and each step reseeds the noise generator, so a resumed run
+draws exactly what an uninterrupted run draws.
+
+Outputs in RUN_DIR (written at the end, atomically; bad input writes nothing):
+  config.yaml     the run config
+  model.pt        the final EMA network (``load_run`` reads it)
+  train_log.csv   step, images_seen, loss, grad_norm, lr, images_per_s, peak_mem_mb,
+                  error_bin_00 .. error_bin_K-1 (mean unweighted training error per log-SNR bin)
+  train_bins.csv  the same binned errors in long form: step, bin, log_snr, error, count
+  eval_bins.csv   the EMA model's unweighted error at the bin centres on the training data:
+                  log_snr, error, stderr, n (Gaussian eps-MSE per dim, masked CE nats per dim)
+The bins are ``log_snr_bins`` equal bins over the process's log_snr_range: the same edges
+for every run of a process, so runs and the optimal loss line up.
+
+Checkpoints (model, EMA, optimizer, step, RNG states, logs so far) go atomically to the
+checkpoint folder every ``checkpoint_every`` steps and when a signal arrives: the handler only
+sets a flag, the checkpoint is written at the next step boundary, then the process exits:
+  SIGUSR1 / SIGUSR2 -> exit code 3 (EXIT_PREEMPTED: SLURM's pre-walltime signal; requeue and
+                       rerun the same command to resume)
+  SIGTERM           -> exit code 143 (EXIT_TERMINATED, 128 + SIGTERM, after checkpointing)
+The checkpoint folder is ``--checkpoint-dir``, else $DIFFOBJ_CHECKPOINT_DIR/<run_id>, else
+RUN_DIR/checkpoints (not a workflow output, so it survives Snakemake deleting outputs).
+Rerunning the same command resumes; raising training.steps continues a finished run.
+
+Multi-GPU: launched with WORLD_SIZE > 1 (torchrun) or SLURM_NTASKS > 1 (srun, with
+MASTER_ADDR / MASTER_PORT set), training runs under DDP with the batch split across ranks;
+rank 0 writes logs, checkpoints and outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import resource
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from diffobj import adaptive as adaptive_mod
+from diffobj.data.arrays import read_images, read_labels
+from diffobj.errors import UserError
+from diffobj.io import atomic_path, write_csv
+from diffobj.models import build_model, count_parameters
+from diffobj.processes import gaussian, masked
+from diffobj.processes.gaussian import Denoiser
+from diffobj.run_config import RunConfig, dump_run_config, load_run_config
+from diffobj.schedules import Level, Schedule
+
+EXIT_PREEMPTED = 3
+EXIT_TERMINATED = 128 + signal.SIGTERM
+EXIT_CODES = {
+    signal.SIGUSR1: EXIT_PREEMPTED,
+    signal.SIGUSR2: EXIT_PREEMPTED,
+    signal.SIGTERM: EXIT_TERMINATED,
+}
+CHECKPOINT_NAME = "latest.pt"
+MODEL_FORMAT = "diffobj-model-v1"
+CHECKPOINT_FORMAT = "diffobj-checkpoint-v1"
+EMA_RAMPUP = 0.05  # EDM: the EMA half-life is at most 5% of the images seen so far
+ON_DEVICE_BYTES = (
+    4 << 30
+)  # datasets up to 4 GiB live on the GPU; larger ones stream from pinned RAM
+SIGNAL_POLL_STEPS = 10  # DDP: ranks agree on "a signal arrived" every this many steps
+
+ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
+
+
+class Preempted(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Training stopped on a signal after writing its checkpoint; exit with ``code``."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.code = EXIT_CODES[signum]
+        self.step = step
+        super().__init__(
+            f"{signal.Signals(signum).name} received: checkpoint at step {step} in {checkpoint}; "
+            f"exiting with code {self.code} (rerun the same command to resume)"
+        )
+
+
+@dataclass
+class TrainOptions:
+    device: str = "auto"
+    checkpoint_dir: str | Path | None = None
+    optimal_loss: str | Path | None = None
+    eval_images: int = 256  # training images used for eval_bins.csv (per bin centre)
+    adaptive_refresh: int = 200  # steps between refreshes of the adaptive density
+    progress: bool = True
+    stop_after: int | None = None  # testing: checkpoint and stop (as if killed) after this step
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    images_per_s: float
+    peak_mem_mb: float
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- devices and processes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_env() -> Dist:
+    """Rank and world size from torchrun's or SLURM's environment (1 process when neither)."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        return Dist(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
+        return Dist(
+            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+        )
+    return Dist()
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """torch's CPU thread count (None: leave torch's default, one per core)."""
+    if threads is None:
+        return
+    if threads <= 0:
+        raise UserError(f"--threads must be positive, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, rank, step, stream)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+NOISE, DROPOUT, ORDER, EVAL, SAMPLE = range(5)  # streams of step_seed
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    images: torch.Tensor  # uint8 (N, C, H, W), on the device or pinned on the host
+    labels: torch.Tensor | None
+
+    @property
+    def count(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+
+def load_data(config: RunConfig, device: torch.device, need_labels: bool) -> TrainData:
+    images = read_images(config.data_path)
+    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    labels = None
+    if need_labels:
+        path = config.data_path.with_name("labels.npy")
+        labels = torch.from_numpy(read_labels(path, len(images)))
+        classes = int(config.model.get("num_classes", 0))
+        if labels.min() < 0 or labels.max() >= classes:
+            raise UserError(
+                f"{path}: labels must be in 0..{classes - 1} (model num_classes), "
+                f"got {int(labels.min())}..{int(labels.max())}"
+            )
+    if device.type == "cuda":
+        tensor = tensor.to(device) if tensor.numel() <= ON_DEVICE_BYTES else tensor.pin_memory()
+        labels = labels.to(device) if labels is not None else None
+    return TrainData(tensor, labels)
+
+
+class DataOrder:
+    """The seeded data stream: epoch e visits the images in a permutation seeded by (seed, e).
+
+    The images of a step are a function of the step alone, so the data position to resume from
+    is the step (``images_seen`` = step * batch).
+    """
+
+    def __init__(self, count: int, seed: int):
+        self.count = count
+        self.seed = seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(step_seed(self.seed, 0, epoch, ORDER))
+            self._cache = {epoch: torch.randperm(self.count, generator=g)}  # keep one epoch
+        return self._cache[epoch]
+
+    def indices(self, step: int, batch: int, dist_: Dist) -> torch.Tensor:
+        """This rank's share of the stream positions [step * batch, (step + 1) * batch)."""
+        share = batch // dist_.world
+        positions = torch.arange(share) + step * batch + dist_.rank * share
+        epochs = positions // self.count
+        out = torch.empty_like(positions)
+        for epoch in epochs.unique().tolist():
+            sel = epochs == epoch
+            out[sel] = self.permutation(epoch)[positions[sel] % self.count]
+        return out
+
+
+def model_input(images_u8: torch.Tensor, kind: str, device: torch.device) -> torch.Tensor:
+    """Gaussian: x = u8 / 127.5 - 1 in [-1, 1]; masked: the integer pixels as tokens."""
+    x = images_u8.to(device, non_blocking=True)
+    x = x.float() / 127.5 - 1 if kind == "gaussian" else x.long()
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+# -- the network as the process sees it ----------------------------------------------------------
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on a GPU when the run asks for it; plain fp32 on a CPU."""
+    enabled = device.type == "cuda" and precision == "bf16"
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def make_model_fn(
+    net: nn.Module, config: RunConfig, device: torch.device, labels: torch.Tensor | None = None
+) -> ModelFn:
+    """The denoiser callable of a network: Gaussian eps_fn(z, level) -> eps_hat (through
+    ``Denoiser``), masked logits_fn(z_tokens, level) -> logits (B, 256, C, H, W)."""
+    precision = config.training.get("precision", "fp32")
+    if config.kind == "gaussian":
+        process = config.process
+        denoiser = Denoiser(net, process.get("prediction", "eps"), process.get("sigma_data", 0.5))
+
+        def eps_fn(z: torch.Tensor, level: Level) -> torch.Tensor:
+            with autocast_for(device, precision):
+                return denoiser(z, level, labels)
+
+        return eps_fn
+
+    def logits_fn(z: torch.Tensor, level: Level) -> torch.Tensor:
+        with autocast_for(device, precision):
+            return net(z, level.log_snr.float(), labels)
+
+    return logits_fn
+
+
+class Ema:
+    """Exponential moving average of the weights; half-life in images (EDM)."""
+
+    def __init__(self, net: nn.Module, halflife_images: float):
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.halflife = float(halflife_images)
+        self._source = list(net.parameters())  # the same tensors the optimizer updates in place
+        self._target = list(self.net.parameters())
+
+    def update(self, images_seen: int, batch: int) -> None:
+        """One step of the average after a batch of ``batch`` images (``images_seen`` in all)."""
+        halflife = min(self.halflife, images_seen * EMA_RAMPUP)
+        beta = 0.5 ** (batch / max(halflife, 1e-8))
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target, self._source, 1 - beta)
+
+
+# -- binned errors -------------------------------------------------------------------------------
+
+
+class BinWindow:
+    """Sums of the training error and loss since the last log step, per log-SNR bin."""
+
+    def __init__(self, edges: torch.Tensor, device: torch.device):
+        self.edges = edges
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        bins = len(self.edges) - 1
+        self.error_sum = torch.zeros(bins, dtype=torch.float64, device=self.device)
+        self.count = torch.zeros(bins, dtype=torch.float64, device=self.device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.grad_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.steps = 0
+
+    def add(
+        self,
+        log_snr: torch.Tensor,
+        error: torch.Tensor,
+        loss: torch.Tensor,
+        grad_norm: torch.Tensor,
+    ) -> None:
+        idx = adaptive_mod.bin_index(log_snr, self.edges)
+        self.error_sum.index_add_(0, idx, error.detach().double())
+        self.count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+        self.loss_sum += loss.detach().double()
+        self.grad_sum += grad_norm.detach().double()
+        self.steps += 1
+
+    def reduced(self, dist_: Dist) -> dict[str, torch.Tensor]:
+        """The window summed over ranks (loss and grad norm: means over ranks)."""
+        values = torch.cat([self.error_sum, self.count, self.loss_sum[None], self.grad_sum[None]])
+        if dist_.world > 1:
+            dist.all_reduce(values)
+            values[-2:] /= dist_.world
+        bins = len(self.edges) - 1
+        return {
+            "error_sum": values[:bins].cpu(),
+            "count": values[bins : 2 * bins].cpu(),
+            "loss_sum": values[-2].cpu(),
+            "grad_sum": values[-1].cpu(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k) for k in ("error_sum", "count", "loss_sum", "grad_sum", "steps")
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
+
+
+def bin_column(k: int) -> str:
+    return f"error_bin_{k:02d}"
+
+
+# -- signals --------------------------------------------------------------------------------------
+
+
+class SignalFlag:
+    """Records SIGTERM / SIGUSR1 / SIGUSR2; the loop checkpoints at the next step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    @contextmanager
+    def installed(self) -> Iterator[SignalFlag]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # handlers can only be installed from the main thread
+            return
+        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def agreed(self, dist_: Dist, device: torch.device) -> int | None:
+        """The signal any rank received (DDP ranks must stop at the same step)."""
+        if dist_.world == 1:
+            return self.received
+        flag = torch.tensor([self.received or 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+def checkpoint_dir_for(out_dir: Path, run_id: str, override: str | Path | None) -> Path:
+    if override:
+        return Path(override)
+    root = os.environ.get("DIFFOBJ_CHECKPOINT_DIR")
+    return Path(root) / run_id if root else out_dir / "checkpoints"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, fsync, rename: the file is always whole or absent."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a checkpoint is never half-written, so this is a foreign file
+        raise UserError(
+            f"{path}: not a readable checkpoint ({err}); delete it to start over"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a diffobj checkpoint; delete it to start over")
+    return state
+
+
+def _comparable(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run config without the keys a resume may change (more steps, other logging)."""
+    raw = copy.deepcopy(raw)
+    for key in ("steps", "checkpoint_every", "log_every"):
+        raw.get("training", {}).pop(key, None)
+    return raw
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One run's training state; ``run()`` trains to ``training.steps``."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: Path,
+        options: TrainOptions,
+        config_path: Path | None = None,
+    ):
+        self.config = config
+        self.config_path = config_path  # copied verbatim to RUN_DIR/config.yaml
+        self.out_dir = Path(out_dir)
+        self.options = options
+        self.training = config.training
+        self.kind = config.kind
+        self.dist = distributed_env()
+        self.device = resolve_device(options.device, self.dist.local_rank)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels
+        self.batch = int(self.training["batch_size"])
+        if self.batch % self.dist.world:
+            raise UserError(
+                f"run {config.run_id}: training.batch_size {self.batch} is not divisible "
+                f"by the {self.dist.world} processes"
+            )
+        self.schedule: Schedule = config.schedule
+        self.weighting = config.weighting
+        if self.kind not in self.weighting.processes:
+            raise UserError(
+                f"run {config.run_id}: weighting {self.weighting.name!r} is for "
+                f"{list(self.weighting.processes)}, not {self.kind}"
+            )
+        self.edges = adaptive_mod.bin_edges(
+            tuple(config.process["log_snr_range"]), int(self.training.get("log_snr_bins", 16))
+        )
+        self.adaptive = self._adaptive()
+        self.num_classes = int(config.model.get("num_classes", 0) or 0)
+        self.data = load_data(config, self.device, need_labels=self.num_classes > 0)
+        self.order = DataOrder(self.data.count, config.seed)
+        torch.manual_seed(config.seed)  # the initial weights
+        self.net = build_model({**config.model}, self.kind, self.data.image_shape).to(self.device)
+        if self.device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.params = list(self.net.parameters())
+        self.ema = Ema(self.net, float(self.training["ema_halflife_images"]))
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=float(self.training["lr"]),
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=float(self.training.get("weight_decay", 0.0)),
+            fused=self.device.type == "cuda",
+            foreach=self.device.type != "cuda",
+        )
+        self.train_net = self._wrap(self.net)
+        self.noise = torch.Generator(device=self.device)
+        self.window = BinWindow(self.edges, self.device)
+        self.refresh_window = BinWindow(self.edges, self.device)
+        self.step = 0
+        self._saved_step: int | None = None
+        self.log_rows: list[dict[str, Any]] = []
+        self.bin_rows: list[dict[str, Any]] = []
+        self.checkpoint_dir = checkpoint_dir_for(
+            self.out_dir, config.run_id, options.checkpoint_dir
+        )
+
+    def _adaptive(self) -> adaptive_mod.AdaptiveDensity | None:
+        if not self.training.get("adaptive", False):
+            return None
+        if self.options.optimal_loss is None:
+            raise UserError(
+                f"run {self.config.run_id}: training.adaptive is true, which needs "
+                "--optimal-loss TABLE.csv (from `diffobj optimal-loss`)"
+            )
+        table = adaptive_mod.read_optimal_loss(self.options.optimal_loss)
+        return adaptive_mod.AdaptiveDensity(
+            self.kind, self.schedule, self.weighting, self.edges, table
+        )
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
+        if self.training.get("compile", False):
+            net = torch.compile(net)
+        return net
+
+    # -- checkpoint state --------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.checkpoint_dir / CHECKPOINT_NAME
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "run_config": self.config.raw,
+            "step": self.step,
+            "images_seen": self.step
+            * self.batch,  # the data position: the stream is a function of it
+            "world_size": self.dist.world,
+            "model": self.net.state_dict(),
+            "ema": self.ema.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "noise": self.noise.get_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+            },
+            "window": self.window.state_dict(),
+            "refresh_window": self.refresh_window.state_dict(),
+            "adaptive": self.adaptive.state_dict() if self.adaptive else None,
+            "log_rows": self.log_rows,
+            "bin_rows": self.bin_rows,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self._saved_step == self.step:
+            return
+        self._saved_step = self.step
+        if self.dist.main:
+            save_atomic(self.state_dict(), self.checkpoint_path)
+        if self.dist.world > 1:
+            dist.barrier()
+
+    def resume(self) -> bool:
+        state = load_checkpoint(self.checkpoint_path)
+        if state is None:
+            return False
+        if _comparable(state["run_config"]) != _comparable(self.config.raw):
+            raise UserError(
+                f"{self.checkpoint_path}: checkpoint of a different run config; delete it or pass "
+                "another --checkpoint-dir to start over"
+            )
+        steps = int(self.training["steps"])
+        if state["step"] > steps:
+            raise UserError(
+                f"{self.checkpoint_path}: checkpoint at step {state['step']} is beyond "
+                f"training.steps = {steps}"
+            )
+        self.net.load_state_dict(state["model"])
+        self.ema.net.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.noise.set_state(state["rng"]["noise"])
+        if state["rng"]["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.window.load_state_dict(state["window"])
+        self.refresh_window.load_state_dict(state["refresh_window"])
+        if self.adaptive and state["adaptive"] is not None:
+            self.adaptive.load_state_dict(state["adaptive"])
+        self.log_rows = list(state["log_rows"])
+        self.bin_rows = list(state["bin_rows"])
+        self.step = self._saved_step = int(state["step"])
+        return True
+
+    # -- one step ------------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        warmup = int(self.training.get("warmup_steps", 0))
+        return float(self.training["lr"]) * min(1.0, (step + 1) / warmup if warmup else 1.0)
+
+    def train_step(self) -> None:
+        seed, rank, step = self.config.seed, self.dist.rank, self.step
+        idx = self.order.indices(step, self.batch, self.dist)
+        dev_idx = idx.to(self.data.images.device)
+        x = model_input(self.data.images[dev_idx], self.kind, self.device)
+        self.noise.manual_seed(step_seed(seed, rank, step, NOISE))
+        torch.manual_seed(step_seed(seed, rank, step, DROPOUT))  # dropout draws
+        labels = self._labels(dev_idx)
+        model_fn = make_model_fn(self.train_net, self.config, self.device, labels)
+        self.net.train()
+        if self.adaptive is not None:
+            terms = self.adaptive.loss(model_fn, x, self.noise)
+        else:
+            process = gaussian if self.kind == "gaussian" else masked
+            terms = process.weighted_loss(model_fn, x, self.schedule, self.weighting, self.noise)
+        loss = terms.loss.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.params, float(self.training["grad_clip"]))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        self.optimizer.step()
+        self.step += 1
+        self.ema.update(self.step * self.batch, self.batch)
+        self.window.add(terms.log_snr, terms.error, loss, grad_norm)
+        if self.adaptive is not None:
+            self.refresh_window.add(terms.log_snr, terms.error, loss, grad_norm)
+
+    def _labels(self, dev_idx: torch.Tensor) -> torch.Tensor | None:
+        if self.data.labels is None:
+            return None
+        labels = self.data.labels[dev_idx.to(self.data.labels.device)].to(self.device)
+        p = float(self.config.model.get("label_dropout", 0.0))
+        if p > 0:  # classifier-free guidance: the "no label" class index is num_classes
+            drop = torch.rand(labels.shape, generator=self.noise, device=self.device) < p
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return labels
+
+    # -- logging ----------------------------------------------------------------------------------------
+    def log(self, seconds: float, images: int) -> dict[str, Any]:
+        w = self.window.reduced(self.dist)
+        steps = max(self.window.steps, 1)
+        row: dict[str, Any] = {
+            "step": self.step,
+            "images_seen": self.step * self.batch,
+            "loss": float(w["loss_sum"]) / steps,
+            "grad_norm": float(w["grad_sum"]) / steps,
+            "lr": self.lr_at(self.step - 1),
+            "images_per_s": images / seconds if seconds > 0 else float("nan"),
+            "peak_mem_mb": peak_memory_mb(self.device),
+        }
+        centres = adaptive_mod.bin_centres(self.edges)
+        for k in range(len(centres)):
+            count = float(w["count"][k])
+            error = float(w["error_sum"][k]) / count if count else ""
+            row[bin_column(k)] = error
+            if count:
+                self.bin_rows.append(
+                    {
+                        "step": self.step,
+                        "bin": k,
+                        "log_snr": float(centres[k]),
+                        "error": error,
+                        "count": int(count),
+                    }
+                )
+        self.log_rows.append(row)
+        self.window.reset()
+        return row
+
+    def refresh_density(self) -> None:
+        w = self.refresh_window.reduced(self.dist)
+        self.adaptive.update(w["error_sum"], w["count"])
+        self.refresh_window.reset()
+
+    # -- the run ------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        steps = int(self.training["steps"])
+        flag = SignalFlag()
+        with flag.installed():  # from here on a signal means "checkpoint at the next step boundary"
+            resumed = self.resume()
+            self._announce(resumed)
+            stopped, images, seconds = self._loop(steps, flag)
+        peak = peak_memory_mb(self.device)
+        rate = images / seconds if seconds else float("nan")
+        if stopped:
+            return TrainResult(self.out_dir, self.step, rate, peak, self.log_rows)
+        if self.dist.main:
+            self.write_outputs()
+            print(
+                f"{self.config.run_id}: {steps} steps, {rate:.1f} images/s, peak memory "
+                f"{peak:.0f} MB ({'GPU' if self.device.type == 'cuda' else 'CPU RSS'}); "
+                f"outputs in {self.out_dir}",
+                file=sys.stderr,
+            )
+        if self.dist.world > 1:
+            dist.barrier()
+        return TrainResult(self.out_dir, self.step, rate, peak, self.log_rows)
+
+    def _loop(self, steps: int, flag: SignalFlag) -> tuple[bool, int, float]:
+        """Train to ``steps``; returns (stopped early, images trained, seconds in the loop)."""
+        from tqdm import tqdm
+
+        log_every = int(self.training["log_every"])
+        checkpoint_every = int(self.training["checkpoint_every"])
+        total_images, total_seconds = 0, 0.0
+        bar = tqdm(
+            total=steps,
+            initial=self.step,
+            desc=self.config.run_id,
+            unit="step",
+            disable=not (self.options.progress and self.dist.main),
+            mininterval=1.0,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        with bar:
+            window_start, window_step = time.perf_counter(), self.step
+            while self.step < steps:
+                self.train_step()
+                bar.update(1)
+                if self.step % log_every == 0 or self.step == steps:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    seconds = time.perf_counter() - window_start
+                    images = (self.step - window_step) * self.batch
+                    total_images, total_seconds = total_images + images, total_seconds + seconds
+                    row = self.log(seconds, images)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}")
+                    window_start, window_step = time.perf_counter(), self.step
+                if self.adaptive is not None and self.step % self.options.adaptive_refresh == 0:
+                    self.refresh_density()
+                if self.step % checkpoint_every == 0 or self.step == steps:
+                    self.save_checkpoint()
+                received = self._poll_signal(flag)
+                if received is not None and self.step < steps:
+                    self.save_checkpoint()
+                    raise Preempted(received, self.step, self.checkpoint_path)
+                if self.options.stop_after is not None and self.step >= self.options.stop_after:
+                    self.save_checkpoint()
+                    return True, total_images, total_seconds
+        return False, total_images, total_seconds
+
+    def _poll_signal(self, flag: SignalFlag) -> int | None:
+        if self.dist.world > 1 and self.step % SIGNAL_POLL_STEPS:
+            return None
+        return flag.agreed(self.dist, self.device)
+
+    def _announce(self, resumed: bool) -> None:
+        if not self.dist.main:
+            return
+        params = count_parameters(self.net)
+        precision = self.training.get("precision", "fp32") if self.device.type == "cuda" else "fp32"
+        where = f"resuming at step {self.step}" if resumed else "from scratch"
+        print(
+            f"{self.config.run_id}: {self.kind}, {params / 1e6:.2f}M parameters, "
+            f"device {device_description(self.device)}, {precision}, world size {self.dist.world}, "
+            f"{self.data.count} images {self.data.image_shape}, {where} "
+            f"(checkpoints in {self.checkpoint_dir})",
+            file=sys.stderr,
+        )
+
+    # -- outputs ---------------------------------------------------------------------------------------------
+    def write_outputs(self) -> None:
+        eval_rows = self.evaluate_bins()
+        bins = len(self.edges) - 1
+        columns = [
+            "step",
+            "images_seen",
+            "loss",
+            "grad_norm",
+            "lr",
+            "images_per_s",
+            "peak_mem_mb",
+            *(bin_column(k) for k in range(bins)),
+        ]
+        out = self.out_dir
+        write_csv(out / "train_log.csv", self.log_rows, columns)
+        write_csv(
+            out / "train_bins.csv", self.bin_rows, ["step", "bin", "log_snr", "error", "count"]
+        )
+        write_csv(out / "eval_bins.csv", eval_rows, ["log_snr", "error", "stderr", "n"])
+        save_atomic(self.model_record(), out / "model.pt")
+        self._write_config(out / "config.yaml")
+
+    def _write_config(self, path: Path) -> None:
+        source = self.config_path
+        if source is not None and Path(source).resolve() == path.resolve():
+            return
+        with atomic_path(path) as tmp:
+            if source is not None:
+                shutil.copyfile(source, tmp)
+            else:
+                tmp.write_text(dump_run_config(self.config.raw))
+
+    def model_record(self) -> dict[str, Any]:
+        return {
+            "format": MODEL_FORMAT,
+            "run_config": self.config.raw,
+            "kind": self.kind,
+            "image_shape": list(self.data.image_shape),
+            "step": self.step,
+            "images_seen": self.step * self.batch,
+            "ema": {k: v.detach().cpu() for k, v in self.ema.net.state_dict().items()},
+        }
+
+    @torch.no_grad()
+    def evaluate_bins(self) -> list[dict[str, Any]]:
+        """The EMA model's unweighted error at each bin centre on (a seeded subset of) the data."""
+        net = self.ema.net.eval()
+        model_fn = make_model_fn(net, self.config, self.device)
+        g = torch.Generator().manual_seed(step_seed(self.config.seed, 0, 0, EVAL))
+        n = min(self.options.eval_images, self.data.count)
+        idx = torch.randperm(self.data.count, generator=g)[:n].sort().values
+        noise = torch.Generator(device=self.device)
+        batch = max(self.batch, 256)
+        rows = []
+        for k, lam in enumerate(adaptive_mod.bin_centres(self.edges).tolist()):
+            errors = []
+            for start in range(0, n, batch):
+                chunk = idx[start : start + batch].to(self.data.images.device)
+                x = model_input(self.data.images[chunk], self.kind, self.device)
+                noise.manual_seed(step_seed(self.config.seed, k, start, EVAL))
+                lam_t = torch.full((x.shape[0],), lam, dtype=torch.float64, device=self.device)
+                level = adaptive_mod.level_at(self.schedule, lam_t)
+                errors.append(
+                    adaptive_mod.evaluate_error(self.kind, model_fn, x, level, noise).double().cpu()
+                )
+            e = torch.cat(errors)
+            stderr = float(e.std() / math.sqrt(len(e))) if len(e) > 1 else float("nan")
+            rows.append({"log_snr": lam, "error": float(e.mean()), "stderr": stderr, "n": len(e)})
+        return rows
+
+
+def train(
+    run_config: str | Path | RunConfig, out_dir: str | Path, options: TrainOptions | None = None
+) -> TrainResult:
+    """Train one run (resuming from its checkpoint if there is one); see the module docstring.
+
+    Raises ``Preempted`` after checkpointing when SIGTERM / SIGUSR1 / SIGUSR2 arrives.
+    """
+    options = options or TrainOptions()
+    config_path = None if isinstance(run_config, RunConfig) else Path(run_config)
+    config = run_config if isinstance(run_config, RunConfig) else load_run_config(run_config)
+    dist_ = distributed_env()
+    if dist_.world > 1 and not dist.is_initialized():
+        backend = "nccl" if options.device != "cpu" and torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(dist_.local_rank)
+        dist.init_process_group(backend, rank=dist_.rank, world_size=dist_.world)
+    return Trainer(config, Path(out_dir), options, config_path).run()
+
+
+# -- loading a trained run ----------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to sample or evaluate."""
+
+    config: RunConfig
+    kind: str
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    schedule: Schedule
+    net: nn.Module  # the EMA network, eval mode, on ``device``
+    denoiser: ModelFn  # Gaussian eps_fn(z, level) -> eps_hat; masked logits_fn(z, level) -> logits
+    device: torch.device
+    step: int
+
+    def conditioned(self, labels: torch.Tensor | None) -> ModelFn:
+        """The denoiser with class labels (class-conditional models; None = unconditional)."""
+        return make_model_fn(self.net, self.config, self.device, labels)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> LoadedRun:
+    """The final EMA model of a trained run directory (RUN_DIR/model.pt)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "model.pt"
+    if not path.is_file():
+        raise UserError(f"run directory {run_dir} has no model.pt (train it first)")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{path}: not a readable model file ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path}: not a diffobj model file")
+    raw = record["run_config"]
+    config = RunConfig(str(raw["run_id"]), raw)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    shape = tuple(int(s) for s in record["image_shape"])
+    net = build_model({**config.model}, record["kind"], shape)
+    net.load_state_dict(record["ema"])
+    net = net.to(dev).eval().requires_grad_(False)
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    return LoadedRun(
+        config,
+        record["kind"],
+        shape,
+        config.schedule,
+        net,
+        make_model_fn(net, config, dev),
+        dev,
+        int(record["step"]),
+    )
