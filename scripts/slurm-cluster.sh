@@ -7,7 +7,8 @@
 #   scripts/slurm-cluster.sh status   say which daemons run; exit 0 only when the node is usable
 #
 # Daemons: munged, MariaDB (mysqld_safe), slurmdbd (accounting, so `sacct` works),
-# slurmctld and slurmd; one node (this host, its CPUs) in one partition `debug`.
+# slurmctld and slurmd; one node (this host, >= 4 CPUs, >= 32 GB declared, 2 pretend GPUs)
+# in one partition `debug`.
 # Needs root: it writes /etc/slurm, creates a MariaDB database and runs the daemons as root.
 # `start` and `stop` are idempotent. State, logs and PID files live in $STATE_DIR.
 set -euo pipefail
@@ -20,6 +21,7 @@ DB_NAME=slurm_acct_db
 DB_USER=slurm
 DB_PASS=slurmdbpass # local socket only; the database holds nothing but job accounting
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+MIN_CPUS=${DIFFOBJ_SLURM_MIN_CPUS:-4}
 MEMORY_MB=${DIFFOBJ_SLURM_MEMORY_MB:-32768}
 FAKE_GPUS=${DIFFOBJ_SLURM_FAKE_GPUS:-2}
 START_TIMEOUT_S=${DIFFOBJ_SLURM_START_TIMEOUT_S:-90}
@@ -44,10 +46,10 @@ pid_alive() { # pid_alive PIDFILE: the process named in PIDFILE runs
 }
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND until it succeeds
-    local deadline=$((SECONDS + $1)) what=$2
+    local timeout_s=$1 what=$2 deadline=$((SECONDS + $1))
     shift 2
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "timed out after ${deadline}s waiting for $what (logs: $STATE_DIR/*.log)"
+        ((SECONDS < deadline)) || die "timed out after ${timeout_s}s waiting for $what (logs: $STATE_DIR/*.log)"
         sleep 0.5
     done
 }
@@ -99,24 +101,23 @@ make_fake_gpus() {
         [[ -e /dev/diffobj-fakegpu$i ]] && continue
         if ! mknod /dev/diffobj-fakegpu$i c 1 3 2>/dev/null; then
             log "cannot create /dev/diffobj-fakegpu$i (mknod): the node gets no GPUs"
-            MEMORY_MB=${DIFFOBJ_SLURM_MEMORY_MB:-32768}
-FAKE_GPUS=0
+            FAKE_GPUS=0
             return
         fi
     done
 }
 
 write_slurm_conf() {
-    local host node_line real_mb mem_mb
+    local host cpus real_mb mem_mb node_line
     host=$(hostname -s)
-    # `slurmd -C` prints this machine's node line (CPUs, sockets, cores, memory). The memory
-    # is declared as at least MEMORY_MB (config_overrides lets slurmd accept that), so rules
-    # sized for a real cluster (mem_mb=16000) are still scheduled on a small machine; nothing
-    # enforces memory limits here.
-    node_line=$(slurmd -C | head -n1)
-    real_mb=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")
+    # The node declares at least MIN_CPUS CPUs and MEMORY_MB of memory (config_overrides lets
+    # slurmd accept more than the machine has; nothing binds CPUs or enforces memory here),
+    # so that rules sized for a real cluster are scheduled and a few jobs run side by side.
+    cpus=$(nproc)
+    ((cpus < MIN_CPUS)) && cpus=$MIN_CPUS
+    real_mb=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
     mem_mb=$((real_mb * 9 / 10 > MEMORY_MB ? real_mb * 9 / 10 : MEMORY_MB))
-    node_line=$(sed "s/RealMemory=[0-9]*/RealMemory=$mem_mb/" <<<"$node_line")
+    node_line="NodeName=$host CPUs=$cpus RealMemory=$mem_mb"
     mkdir -p "$SLURM_ETC"
     cat >"$SLURM_ETC/slurm.conf" <<EOF
 # Written by scripts/slurm-cluster.sh: a single-node test cluster.

@@ -69,7 +69,7 @@ def _submissions(output: str) -> dict[str, list[tuple[str, Path]]]:
 
 WORKFLOW = f"""
 rule all:
-    input: "out/gathered.txt", "out/count.txt", "out/sleeper.txt", "out/broken.txt"
+    input: "out/gathered.txt", "out/count.txt", "out/sleeper.txt", "out/broken.txt", "out/ddp.txt"
 
 rule hello:
     output: "out/hello-{{i}}.txt"
@@ -95,6 +95,24 @@ rule sleeper:
 rule broken:
     output: "out/broken.txt"
     shell: "echo broken-on-purpose >&2; exit 5"
+
+# two (pretend) GPUs: two tasks, each runs the command under torch.distributed
+rule ddp:
+    output: "out/ddp.txt"
+    resources: gpu=2
+    shell: "{sys.executable} ddp.py {{output}}"
+"""
+
+# Rank 0 writes the rule's output, rank 1 a side file: "world_size local_rank all_reduce(1+2)".
+DDP_SCRIPT = """
+import os, sys, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+total = torch.tensor([dist.get_rank() + 1.0])
+dist.all_reduce(total)
+path = sys.argv[1] if dist.get_rank() == 0 else "out/ddp-rank1.txt"
+with open(path, "w") as f:
+    f.write(f"{os.environ['WORLD_SIZE']} {os.environ['LOCAL_RANK']} {int(total.item())}")
+dist.destroy_process_group()
 """
 
 
@@ -103,6 +121,7 @@ def workflow(cluster, tmp_path_factory):
     """One `snakemake --profile slurm` run of a workflow with every kind of job."""
     workdir = tmp_path_factory.mktemp("slurm-workflow")
     (workdir / "Snakefile").write_text(WORKFLOW)
+    (workdir / "ddp.py").write_text(DDP_SCRIPT)
     run = subprocess.run(PROFILE_RUN, cwd=workdir, capture_output=True, text=True, timeout=600)
     output = run.stdout + run.stderr
     return run.returncode, output, workdir, _submissions(output)
@@ -145,6 +164,15 @@ def test_failing_job_reports_its_state_and_log(workflow):
     assert f"Job log: {log}" in output
     assert "broken-on-purpose" in log.read_text()
     assert _sacct(job_id) == ["FAILED"]
+
+
+def test_job_with_two_gpus_runs_two_ranks_of_torch_distributed(workflow):
+    _, output, workdir, jobs = workflow
+    ((job_id, log),) = jobs["ddp"]
+    assert (workdir / "out/ddp.txt").read_text() == "2 0 3", output
+    assert (workdir / "out/ddp-rank1.txt").read_text() == "2 1 3"
+    assert "rank 1/2" in log.with_name(f"{job_id}_1_log.out").read_text()  # task 1's log
+    assert _sacct(job_id) == ["COMPLETED"]
 
 
 def _queued(job_ids: list[str]) -> list[str]:

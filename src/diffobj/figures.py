@@ -97,7 +97,9 @@ def _label(frame: pl.DataFrame) -> pl.DataFrame:
 STUDY_METRICS = {"fd_classifier": "classifier FD ↓", "fid": "FID ↓", "nll_bpd": "NLL (bits/dim) ↓"}
 
 
-def weighting_study(evaluation: pl.DataFrame, fd_real: dict[str, float] | None = None) -> plt.Figure:
+def weighting_study(
+    evaluation: pl.DataFrame, fd_real: dict[str, float] | None = None
+) -> plt.Figure:
     """Sample quality and likelihood per weighting × schedule, one row of panels per process.
     † marks non-monotone weightings (not a weighted sum of improved ELBOs); dotted lines: the
     classifier FD of held-out real images (``fd_real``, per dataset), the floor of that metric."""
@@ -123,7 +125,9 @@ def weighting_study(evaluation: pl.DataFrame, fd_real: dict[str, float] | None =
                 ax.set_yscale("log")
             if metric == "fd_classifier":
                 for dataset, value in (fd_real or {}).items():
-                    ax.axhline(value, color="black", ls=":", lw=1.2, label=f"real test images ({dataset})")
+                    ax.axhline(
+                        value, color="black", ls=":", lw=1.2, label=f"real test images ({dataset})"
+                    )
             ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
@@ -204,7 +208,6 @@ def gap(gap_table: pl.DataFrame) -> plt.Figure:
             title="gap = model loss − optimal loss",
             xlabel="log-SNR λ",
             ylabel=f"gap ({units[kind]})",
-            yscale="symlog",
         )
     fig.tight_layout()
     return fig

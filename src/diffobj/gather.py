@@ -58,16 +58,9 @@ def per_run_csv(loaded: LoadedSpec, results: Path, name: str, columns: list[str]
 
 
 def training_log(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
-    cols = [
-        "run_id",
-        "step",
-        "images_seen",
-        "loss",
-        "grad_norm",
-        "lr",
-        "images_per_s",
-        "peak_mem_mb",
-    ]
+    from diffobj.train import LOG_COLUMNS
+
+    cols = ["run_id", *LOG_COLUMNS]
     return per_run_csv(loaded, results, "train_log.csv", cols).with_columns(
         pl.col("step", "images_seen").cast(pl.Int64), pl.col(cols[3:]).cast(pl.Float64)
     )

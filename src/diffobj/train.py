@@ -72,6 +72,8 @@ EXIT_CODES = {
     signal.SIGTERM: EXIT_TERMINATED,
 }
 CHECKPOINT_NAME = "latest.pt"
+# train_log.csv: the scalar columns every consumer reads (binned errors follow them)
+LOG_COLUMNS = ("step", "images_seen", "loss", "grad_norm", "lr", "images_per_s", "peak_mem_mb")
 MODEL_FORMAT = "diffobj-model-v1"
 CHECKPOINT_FORMAT = "diffobj-checkpoint-v1"
 EMA_RAMPUP = 0.05  # EDM: the EMA half-life is at most 5% of the images seen so far
@@ -774,16 +776,7 @@ class Trainer:
     def write_outputs(self) -> None:
         eval_rows = self.evaluate_bins()
         bins = len(self.edges) - 1
-        columns = [
-            "step",
-            "images_seen",
-            "loss",
-            "grad_norm",
-            "lr",
-            "images_per_s",
-            "peak_mem_mb",
-            *(bin_column(k) for k in range(bins)),
-        ]
+        columns = [*LOG_COLUMNS, *(bin_column(k) for k in range(bins))]
         out = self.out_dir
         write_csv(out / "train_log.csv", self.log_rows, columns)
         write_csv(
