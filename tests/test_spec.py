@@ -194,4 +194,6 @@ def test_committed_json_schema_is_generated_from_the_spec_models(root):
     import json
 
     committed = json.loads((root / "workflow" / "schemas" / "spec.schema.json").read_text())
-    assert committed == spec.json_schema(), "regenerate: diffobj validate --schema workflow/schemas/spec.schema.json"
+    assert committed == spec.json_schema(), (
+        "regenerate: diffobj validate --schema workflow/schemas/spec.schema.json"
+    )

@@ -846,12 +846,17 @@ def train(
     config_path = None if isinstance(run_config, RunConfig) else Path(run_config)
     config = run_config if isinstance(run_config, RunConfig) else load_run_config(run_config)
     dist_ = distributed_env()
-    if dist_.world > 1 and not dist.is_initialized():
+    owns_group = dist_.world > 1 and not dist.is_initialized()
+    if owns_group:
         backend = "nccl" if options.device != "cpu" and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(dist_.local_rank)
         dist.init_process_group(backend, rank=dist_.rank, world_size=dist_.world)
-    return Trainer(config, Path(out_dir), options, config_path).run()
+    try:
+        return Trainer(config, Path(out_dir), options, config_path).run()
+    finally:
+        if owns_group:  # gloo/nccl abort at exit when the group is left open
+            dist.destroy_process_group()
 
 
 # -- loading a trained run ----------------------------------------------------------------------------

@@ -42,6 +42,8 @@ rule train:
         mem_mb=8000,
         runtime=60,
         gpu=0,
+        # checkpoints on SIGUSR1 and exits 3: the submitit executor requeues it and it resumes
+        resumable=1,
     shell:
         "OMP_NUM_THREADS={threads} diffobj train --run-config {input.config} --out {params.out}"
         " --threads {threads} --eval-images 128 --no-progress {params.optimal} > {log} 2>&1"

@@ -46,7 +46,9 @@ def _weighting_study(loaded, results, out):
     evaluation = _table(results, "evaluation")
     baselines = {}  # classifier FD of held-out real images, per dataset
     for path in sorted((results / "features").glob("*-test-fd.json")):
-        baselines[path.name.removesuffix("-test-fd.json")] = json.loads(path.read_text())["fd_classifier"]
+        baselines[path.name.removesuffix("-test-fd.json")] = json.loads(path.read_text())[
+            "fd_classifier"
+        ]
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(figures.study_table(evaluation))
     return figures.weighting_study(evaluation, baselines)
