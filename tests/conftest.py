@@ -10,6 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
+def one_cpu_thread():
+    """Tiny networks gain nothing from threads, and oversubscribed cores (parallel test runs)
+    slow multi-threaded torch down many times."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def root() -> Path:
     return ROOT
 

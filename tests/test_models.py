@@ -11,15 +11,7 @@ from diffobj.models.unet import group_count
 from diffobj.processes.gaussian import Denoiser
 from diffobj.schedules import Level
 
-
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny networks gain nothing from threads, and oversubscribed cores (parallel test runs)
-    slow multi-threaded torch down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 TINY = {"channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attention_resolutions": [4]}

@@ -27,15 +27,7 @@ from diffobj.sample import (
     write_samples,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny networks gain nothing from threads, and oversubscribed cores (parallel test runs)
-    slow multi-threaded torch down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,15 +34,7 @@ from diffobj.train import (
     train,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Tiny networks gain nothing from threads, and oversubscribed cores (parallel test runs)
-    slow multi-threaded torch down many times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,8 +223,9 @@ def test_checkpoint_dir_can_live_elsewhere(tmp_path, monkeypatch):
     assert (tmp_path / "mine" / CHECKPOINT_NAME).is_file()
 
 
-def _start(cfg: Path, out: Path) -> subprocess.Popen:
-    cmd = [
+def _train_command(cfg: Path, out: Path) -> list[str]:
+    """`diffobj train` on the CPU with a small final evaluation, as a subprocess argv."""
+    return [
         sys.executable,
         "-m",
         "diffobj.cli",
@@ -246,9 +239,11 @@ def _start(cfg: Path, out: Path) -> subprocess.Popen:
         "--no-progress",
         "--eval-images",
         "8",
-        "--threads",
-        "1",
     ]
+
+
+def _start(cfg: Path, out: Path) -> subprocess.Popen:
+    cmd = [*_train_command(cfg, out), "--threads", "1"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     # the announcement comes after the signal handlers are installed
     for line in proc.stderr:
@@ -408,21 +403,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
             "MASTER_PORT": str(port),
             "OMP_NUM_THREADS": "1",
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "diffobj.cli",
-            "train",
-            "--run-config",
-            str(cfg),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--eval-images",
-            "8",
-        ]
+        cmd = _train_command(cfg, out)
         procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT))
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
