@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/snakemake --cores all
-	$(VENV)/bin/snakemake --cores 1 --report results/default/report.html
+	@echo "report: results/default/report.html (study: results/default/figures/weighting_study.md)"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks workflow/scripts

@@ -47,4 +47,5 @@ rule all:
     input:
         all_tables(),
         all_figures(),
+        f"{R}/report.html" if "weighting_study" in S.figures else [],
     default_target: True

@@ -109,3 +109,33 @@ def test_unknown_kind_is_a_user_error():
 def test_group_count_divides_the_channels(channels):
     g = group_count(channels)
     assert channels % g == 0 and 1 <= g <= 32 and channels // g >= min(4, channels)
+
+
+MLP = {"preset": "mlp", "channels": 32, "num_blocks": 2}
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 4, 4)])
+def test_mlp_heads_have_the_unet_interfaces(shape):
+    x = torch.randn(4, *shape)
+    tokens = torch.randint(0, 257, (4, *shape))
+    lam = torch.linspace(-3, 3, 4)
+    assert build_model(MLP, "gaussian", shape)(x, lam).shape == x.shape
+    assert build_model(MLP, "masked", shape)(tokens, lam).shape == (4, 256, *shape)
+
+
+def test_mlp_starts_at_zero_and_then_depends_on_every_input():
+    net = build_model({**MLP, "num_classes": 10}, "gaussian", (1, 8, 8))
+    x, lam = torch.randn(3, 1, 8, 8), torch.zeros(3)
+    assert torch.equal(net(x, lam), torch.zeros_like(x))  # zero-initialised residual and output
+    perturb(net)
+    base = net(x, lam, torch.tensor([1, 2, 3]))
+    x2 = x.clone()
+    x2[0, 0, 7, 7] += 1.0  # one pixel moves every output of that image: one receptive field
+    assert (net(x2, lam, torch.tensor([1, 2, 3]))[0] != base[0]).all()
+    assert not torch.allclose(net(x, lam + 1, torch.tensor([1, 2, 3])), base)
+    assert not torch.allclose(net(x, lam, torch.tensor([4, 2, 3]))[0], base[0])
+
+
+def test_an_unknown_preset_is_a_user_error():
+    with pytest.raises(UserError, match="preset must be one of"):
+        build_model({**MLP, "preset": "resnet"}, "gaussian", (1, 8, 8))

@@ -19,7 +19,7 @@ TINY = {
         "gaussian": {"kind": "gaussian", "log_snr_range": [-10, 10]},
         "masked": {"kind": "masked", "log_snr_range": [-9.21, 9.21]},
     },
-    "models": {"tiny": {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1}},
+    "models": {"tiny": {"preset": "mlp", "channels": 32, "num_blocks": 1}},
     "training": {
         "steps": 20,
         "batch_size": 32,
@@ -123,14 +123,66 @@ def test_bad_spec_stops_before_any_job(tmp_path, edit, message):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("e2e")
+def run_tiny(workdir: Path) -> tuple[Path, Path]:
     spec = workdir / "spec.yaml"
     spec.write_text(yaml.safe_dump(TINY))
     result = snakemake(workdir, spec, "--cores", "2")
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir, spec
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    return run_tiny(tmp_path_factory.mktemp("e2e"))
+
+
+# columns that measure the machine's speed, not the experiment
+TIMING_COLUMNS = {"images_per_s", "peak_mem_mb"}
+
+
+def test_the_dag_twice_gives_identical_tables_apart_from_timing(finished, tmp_path):
+    import polars as pl
+
+    from diffobj import tables
+
+    first = finished[0] / "results" / "tiny"
+    second = run_tiny(tmp_path)[0] / "results" / "tiny"
+    for name in tables.SCHEMAS:
+        a, b = (pl.read_parquet(d / "tables" / f"{name}.parquet") for d in (first, second))
+        keep = [c for c in a.columns if c not in TIMING_COLUMNS]
+        assert a.select(keep).equals(b.select(keep)), name
+        if not TIMING_COLUMNS & set(a.columns):
+            a_bytes, b_bytes = (
+                (d / "tables" / f"{name}.parquet").read_bytes() for d in (first, second)
+            )
+            assert a_bytes == b_bytes, name
+        assert tables.read_provenance(
+            first / "tables" / f"{name}.parquet"
+        ) == tables.read_provenance(second / "tables" / f"{name}.parquet")
+    report = [(d / "figures" / "weighting_study.md").read_text() for d in (first, second)]
+    assert report[0] == report[1]
+
+
+def test_tables_and_report_carry_provenance(finished):
+    from diffobj import tables
+
+    results = finished[0] / "results" / "tiny"
+    record = tables.read_provenance(results / "tables" / "evaluation.parquet")
+    for key in (
+        "diffobj",
+        "git_commit",
+        "git_dirty",
+        "python",
+        "torch",
+        "numpy",
+        "cpu",
+        "spec_sha256",
+    ):
+        assert key in record, key
+    assert record["seeds"] == [0]
+    assert record["jobs"]["train"] and all("1 thread(s)" in j for j in record["jobs"]["train"])
+    text = (results / "figures" / "weighting_study.md").read_text()
+    assert f"spec_sha256: {record['spec_sha256']}" in text
 
 
 def test_end_to_end_tables_validate_and_figures_exist(finished):
@@ -164,3 +216,36 @@ def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     }
     assert set(jobs) - per_run <= aggregates
     assert "prepare_data" not in jobs and "optimal_loss" not in jobs
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# flags for a closed network and a root user (no sandbox), as the machines here need
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_the_report_opens_in_a_browser_with_every_image_loaded(finished):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    report = finished[0] / "results" / "tiny" / "report.html"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(report.as_uri(), wait_until="load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.alt, e.complete && e.naturalWidth > 0])"
+        )
+        heading = page.text_content("h1")
+        browser.close()
+    assert heading == "Weighting study"
+    assert sorted(alt for alt, _ in images) == sorted(TINY["figures"])
+    assert all(loaded for _, loaded in images), images

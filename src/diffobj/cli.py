@@ -26,20 +26,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nll": ("nll", "negative log-likelihood bound in bits per dimension"),
     "tables": ("tables", "gather results into validated parquet tables"),
     "figures": ("figures", "draw the figures of an experiment"),
+    "report": ("report", "the experiment's HTML report: study text and every figure"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's module is imported.
+
+    Every workflow job is one ``diffobj`` call, so importing each command's dependencies (torch,
+    polars, pandera, seaborn) for every call would cost a second or more per job.
+    """
     parser = argparse.ArgumentParser(prog="diffobj", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"diffobj.commands.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"diffobj.commands.{module_name}":
-                raise
-            continue  # a command not built yet
         cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if only not in (None, name):
+            continue
+        module = importlib.import_module(f"diffobj.commands.{module_name}")
         getattr(module, "add_arguments_" + name.replace("-", "_"), module.add_arguments)(cmd)
         cmd.set_defaults(
             func=getattr(module, "run_" + name.replace("-", "_"), getattr(module, "run", None))
@@ -47,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is one), or None."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=_command_in(argv) or "")
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -98,29 +98,58 @@ STUDY_METRICS = {"fd_classifier": "classifier FD ↓", "fid": "FID ↓", "nll_bp
 
 
 def weighting_study(
-    evaluation: pl.DataFrame, fd_real: dict[str, float] | None = None
+    study: pl.DataFrame, evaluation: pl.DataFrame, fd_real: dict[str, float] | None = None
 ) -> plt.Figure:
-    """Sample quality and likelihood per weighting × schedule, one row of panels per process.
-    † marks non-monotone weightings (not a weighted sum of improved ELBOs); dotted lines: the
-    classifier FD of held-out real images (``fd_real``, per dataset), the floor of that metric."""
-    metrics = [m for m in STUDY_METRICS if evaluation[m].is_not_null().any()]
-    kinds = evaluation["kind"].unique(maintain_order=True).to_list()
+    """Sample quality and likelihood per weighting, one row of panels per process: the mean over
+    seeds with its 95% interval (``diffobj.study``) and each seed's value as a dot. † marks
+    non-monotone weightings (not a weighted sum of improved ELBOs); dotted line: the classifier FD
+    of held-out real images (``fd_real``, per dataset), the floor of that metric."""
+    metrics = [m for m in STUDY_METRICS if study[m].is_not_null().any()]
+    kinds = study["kind"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(
         len(kinds), len(metrics), figsize=(4.8 * len(metrics), 3.4 * len(kinds)), squeeze=False
     )
     for row, kind in enumerate(kinds):
-        frame = _label(evaluation.filter(pl.col("kind") == kind)).to_pandas()
+        configs = _label(study.filter(pl.col("kind") == kind)).with_columns(
+            (pl.col("schedule") + " / " + pl.col("model")).alias("schedule / model")
+        )
+        names = configs["weighting "].unique(maintain_order=True).to_list()
+        series = configs["schedule / model"].unique(maintain_order=True).to_list()
+        seeds = _label(evaluation.filter(pl.col("kind") == kind))
         for col, metric in enumerate(metrics):
             ax = axes[row, col]
-            sns.barplot(frame, x="weighting ", y=metric, hue="schedule", ax=ax, errorbar=None)
-            if metric == "nll_bpd":
-                _error_bars(ax, frame, metric, "nll_stderr")
+            width = 0.8 / len(series)
+            for j, (name, group) in enumerate(
+                configs.group_by("schedule / model", maintain_order=True)
+            ):
+                x = (
+                    np.array([names.index(w) for w in group["weighting "]])
+                    + (j - (len(series) - 1) / 2) * width
+                )
+                y = group[metric].to_numpy()
+                err = np.vstack(
+                    [y - group[f"{metric}_lo"].to_numpy(), group[f"{metric}_hi"].to_numpy() - y]
+                )
+                ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=f"{name[0]} (mean, 95% CI)")
+                dots = seeds.filter((pl.col("schedule") + " / " + pl.col("model")) == name[0])
+                ax.scatter(
+                    [
+                        names.index(w) + (j - (len(series) - 1) / 2) * width
+                        for w in dots["weighting "]
+                    ],
+                    dots[metric].to_numpy(),
+                    s=9,
+                    color="grey",
+                    alpha=0.7,
+                    zorder=3,
+                    label="one seed" if j == 0 else None,
+                )
+            ax.set_xticks(range(len(names)), names, rotation=30)
             ax.set(
                 title=f"{kind}: {STUDY_METRICS[metric]}",
                 xlabel="weighting († non-monotone)",
                 ylabel=STUDY_METRICS[metric],
             )
-            ax.tick_params(axis="x", rotation=30)
             if metric in ("fd_classifier", "fid"):
                 ax.set_yscale("log")
             if metric == "fd_classifier":
@@ -128,108 +157,71 @@ def weighting_study(
                     ax.axhline(
                         value, color="black", ls=":", lw=1.2, label=f"real test images ({dataset})"
                     )
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
 
-def _error_bars(ax: plt.Axes, frame, metric: str, err: str) -> None:
-    for container, (_, group) in zip(
-        ax.containers, frame.groupby("schedule", sort=False), strict=False
-    ):
-        centres = [bar.get_x() + bar.get_width() / 2 for bar in container]
-        ax.errorbar(
-            centres[: len(group)],
-            group[metric],
-            yerr=group[err],
-            fmt="none",
-            ecolor="black",
-            capsize=2,
-        )
+UNITS = {"gaussian": "eps-MSE per dim", "masked": "CE, nats per dim"}
+# one colour per weighting, one dash per schedule; the band is the 95% interval over seeds
+LINES = {"hue": "weighting", "style": "schedule", "errorbar": ("ci", 95), "seed": 0}
 
 
-def study_table(evaluation: pl.DataFrame) -> str:
-    """The weighting study as a Markdown table (weighting rows, process/schedule columns)."""
-    metrics = [m for m in STUDY_METRICS if evaluation[m].is_not_null().any()]
-    lines = [
-        "| process | schedule | weighting | monotone | "
-        + " | ".join(STUDY_METRICS[m] for m in metrics)
-        + " |",
-        "|---" * (4 + len(metrics)) + "|",
-    ]
-    for r in evaluation.sort("kind", "schedule", "weighting").iter_rows(named=True):
-        values = [_fmt(r[m], r["nll_stderr"] if m == "nll_bpd" else None) for m in metrics]
-        lines.append(
-            f"| {r['kind']} | {r['schedule']} | {r['weighting']} | {'yes' if r['monotonic'] else 'no'} | "
-            + " | ".join(values)
-            + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None, err: float | None = None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4g} ± {err:.2g}" if err is not None else f"{value:.4g}"
+def _legend_outside(ax: plt.Axes) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def gap(gap_table: pl.DataFrame) -> plt.Figure:
-    """Per log-SNR: the optimal loss, each run's loss (EMA model), and the gap (Xu et al. Fig. 1a, 2)."""
+    """Per log-SNR: the optimal loss, each weighting's loss (EMA model, training images, mean over
+    seeds) and the gap (Xu et al. Fig. 1a, 2)."""
     kinds = gap_table["kind"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(
-        2, len(kinds), figsize=(6 * len(kinds), 7), squeeze=False, sharex="col"
+        2, len(kinds), figsize=(6.5 * len(kinds), 7), squeeze=False, sharex="col"
     )
-    units = {"gaussian": "eps-MSE per dim", "masked": "CE nats per dim"}
     for col, kind in enumerate(kinds):
-        frame = gap_table.filter(pl.col("kind") == kind).with_columns(
-            (pl.col("weighting") + " / " + pl.col("schedule")).alias("run")
-        )
+        frame = gap_table.filter(pl.col("kind") == kind).sort("weighting", "schedule")
         top, bottom = axes[0, col], axes[1, col]
-        sns.lineplot(
-            frame.to_pandas(),
-            x="log_snr",
-            y="model_loss",
-            hue="run",
-            ax=top,
-            marker="o",
-            markersize=3,
-        )
+        sns.lineplot(frame.to_pandas(), x="log_snr", y="model_loss", ax=top, **LINES)
         optimal = frame.unique("log_snr").sort("log_snr")
         top.plot(
             optimal["log_snr"], optimal["optimal_loss"], color="black", lw=2.5, label="optimal loss"
         )
-        top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({units[kind]})", yscale="log")
+        top.set(
+            title=f"{kind}: loss per noise level",
+            ylabel=f"loss ({UNITS[kind]})",
+            yscale="log",
+        )
         # the optimal loss falls to ~0 below the critical noise level; keep the models readable
-        top.set_ylim(bottom=frame["model_loss"].min() / 100)
-        top.legend(fontsize=7)
-        sns.lineplot(frame.to_pandas(), x="log_snr", y="gap", hue="run", ax=bottom, legend=False)
+        top.set_ylim(bottom=max(frame["model_loss"].min(), 1e-12) / 100)
+        _legend_outside(top)
+        sns.lineplot(frame.to_pandas(), x="log_snr", y="gap", ax=bottom, legend=False, **LINES)
         bottom.axhline(0, color="black", lw=1)
         bottom.set(
             title="gap = model loss − optimal loss",
             xlabel="log-SNR λ",
-            ylabel=f"gap ({units[kind]})",
+            ylabel=f"gap ({UNITS[kind]})",
         )
     fig.tight_layout()
     return fig
 
 
 def training_curves(training_log: pl.DataFrame, runs: pl.DataFrame) -> plt.Figure:
-    """Training loss (as optimised, i.e. weighted) against step, one panel per process."""
+    """Training loss (as optimised, i.e. weighted) against images seen, one panel per process;
+    the band is the 95% interval over seeds."""
     frame = training_log.join(runs.select("run_id", "kind", "schedule", "weighting"), on="run_id")
     kinds = frame["kind"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=False):
-        sub = frame.filter(pl.col("kind") == kind).with_columns(
-            (pl.col("weighting") + " / " + pl.col("schedule")).alias("run")
-        )
-        sns.lineplot(sub.to_pandas(), x="step", y="loss", hue="run", ax=ax)
+        sub = frame.filter(pl.col("kind") == kind).sort("weighting", "schedule")
+        sns.lineplot(sub.to_pandas(), x="images_seen", y="loss", ax=ax, **LINES)
         ax.set(
             title=f"{kind}: weighted training loss",
-            xlabel="step",
-            ylabel="loss per dimension",
+            xlabel="training images seen",
+            ylabel=f"weighted loss ({UNITS[kind]})",
             yscale="log",
         )
-        ax.legend(fontsize=7)
+        _legend_outside(ax)
     fig.tight_layout()
     return fig
 

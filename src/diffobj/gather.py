@@ -104,30 +104,69 @@ def evaluation(loaded: LoadedSpec, results: Path, runs_table: pl.DataFrame) -> p
     rows = []
     for r in loaded.runs:
         d = results / "runs" / r.id
-        fd = _json(d / "fd_classifier.json").get("fd_classifier")
-        fid = _json(d / "fid.json").get("fid")
+        fd = _json(d / "fd_classifier.json")
         nll = _json(d / "nll.json")
         rows.append(
             {
                 "run_id": r.id,
-                "fd_classifier": fd,
-                "fid": fid,
+                "fd_classifier": fd.get("fd_classifier"),
+                **_percentiles("fd_classifier", fd.get("bootstrap")),
+                "fid": _json(d / "fid.json").get("fid"),
                 "nll_bpd": nll.get("bpd"),
                 "nll_stderr": nll.get("stderr"),
             }
         )
-    values = pl.DataFrame(
-        rows,
-        schema={
-            "run_id": pl.Utf8,
-            "fd_classifier": pl.Float64,
-            "fid": pl.Float64,
-            "nll_bpd": pl.Float64,
-            "nll_stderr": pl.Float64,
-        },
-    )
+    values = pl.DataFrame(rows, schema=EVALUATION_SCHEMA)
     keep = ["run_id", "process", "kind", "schedule", "weighting", "model", "seed", "monotonic"]
     return runs_table.select(keep).join(values, on="run_id", how="left")
+
+
+EVALUATION_SCHEMA = {
+    "run_id": pl.Utf8,
+    "fd_classifier": pl.Float64,
+    "fd_classifier_lo": pl.Float64,
+    "fd_classifier_hi": pl.Float64,
+    "fid": pl.Float64,
+    "nll_bpd": pl.Float64,
+    "nll_stderr": pl.Float64,
+}
+
+
+def _percentiles(metric: str, replicates: list[float] | None) -> dict[str, float | None]:
+    """The run's 95% bootstrap interval over samples (None without replicates)."""
+    if not replicates:
+        return {f"{metric}_lo": None, f"{metric}_hi": None}
+    lo, hi = np.percentile(np.asarray(replicates, dtype=float), [2.5, 97.5])
+    return {f"{metric}_lo": float(lo), f"{metric}_hi": float(hi)}
+
+
+def replicates(
+    loaded: LoadedSpec, results: Path, seed: int = 0
+) -> dict[str, dict[str, np.ndarray]]:
+    """Within-run bootstrap replicates per metric and run: the classifier FD's over samples (from
+    the FD job) and the NLL's over test images (resampled here from the per-image bounds)."""
+    from diffobj.study import bootstrap_means
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, np.ndarray]] = {"fd_classifier": {}, "nll_bpd": {}}
+    for r in loaded.runs:
+        d = results / "runs" / r.id
+        fd = _json(d / "fd_classifier.json").get("bootstrap")
+        if fd:
+            out["fd_classifier"][r.id] = np.asarray(fd, dtype=float)
+        per_image = _json(d / "nll.json").get("per_image_bpd")
+        if per_image:
+            out["nll_bpd"][r.id] = bootstrap_means(np.asarray(per_image, dtype=float), 1000, rng)
+    return out
+
+
+def job_runtimes(loaded: LoadedSpec, results: Path) -> dict[str, list[dict]]:
+    """Per compute stage, the runtime records (device, threads, versions) its jobs wrote."""
+    files = {"train": "runtime.json", "fd_classifier": "fd_classifier.json", "nll": "nll.json"}
+    return {
+        stage: [_json(results / "runs" / r.id / name).get("runtime") for r in loaded.runs]
+        for stage, name in files.items()
+    }
 
 
 def _json(path: Path) -> dict:

@@ -59,6 +59,9 @@ class Process(Strict):
 
 
 class Model(Strict):
+    preset: Literal["diffobj_unet", "mlp"] = Field(
+        "diffobj_unet", description="the network: the DDPM++-style U-Net, or a residual MLP"
+    )
     channels: int = Field(64, gt=0)
     channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2])
     num_blocks: int = Field(2, gt=0)
@@ -129,7 +132,14 @@ class Evaluation(Strict):
     )
     nll: bool = True
     nll_samples_per_image: int = Field(1, gt=0)
+    nll_time_sampling: Literal["schedule", "log_snr", "alpha"] = Field(
+        "log_snr",
+        description="how the NLL draws noise levels: the same bound, different variance",
+    )
     features_epochs: int = Field(8, gt=0)
+    bootstrap: int = Field(
+        200, ge=0, description="replicates over samples for the classifier FD's interval; 0: none"
+    )
 
 
 class Spec(Strict):

@@ -5,7 +5,10 @@ table, the column, the check and the failing rows.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandera.polars as pa
 import polars as pl
@@ -13,6 +16,7 @@ from pandera.errors import SchemaError, SchemaErrors
 
 from diffobj.errors import UserError
 from diffobj.io import atomic_path
+from diffobj.provenance import PARQUET_KEY, as_text
 
 PROCESS_KINDS = ["gaussian", "masked"]
 
@@ -100,9 +104,35 @@ class Evaluation(pa.DataFrameModel):
     seed: int
     monotonic: bool
     fd_classifier: float = pa.Field(ge=0, nullable=True)
+    fd_classifier_lo: float = pa.Field(ge=0, nullable=True)  # bootstrap over samples, 95%
+    fd_classifier_hi: float = pa.Field(ge=0, nullable=True)
     fid: float = pa.Field(ge=0, nullable=True)
     nll_bpd: float = pa.Field(ge=0, nullable=True)
     nll_stderr: float = pa.Field(ge=0, nullable=True)
+
+
+class Study(pa.DataFrameModel):
+    """Per configuration (process, schedule, weighting, model): mean over seeds and 95% interval
+    (two-level bootstrap, ``diffobj.study``) of each metric."""
+
+    kind: str = pa.Field(isin=PROCESS_KINDS)
+    schedule: str
+    weighting: str
+    model: str
+    monotonic: bool
+    n_seeds: int = pa.Field(gt=0)
+    fd_classifier: float = pa.Field(ge=0, nullable=True)
+    fd_classifier_lo: float = pa.Field(ge=0, nullable=True)
+    fd_classifier_hi: float = pa.Field(ge=0, nullable=True)
+    fid: float = pa.Field(ge=0, nullable=True)
+    fid_lo: float = pa.Field(ge=0, nullable=True)
+    fid_hi: float = pa.Field(ge=0, nullable=True)
+    nll_bpd: float = pa.Field(ge=0, nullable=True)
+    nll_bpd_lo: float = pa.Field(ge=0, nullable=True)
+    nll_bpd_hi: float = pa.Field(ge=0, nullable=True)
+
+    class Config:
+        strict = True
 
 
 class Gap(pa.DataFrameModel):
@@ -126,6 +156,7 @@ SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
     "training": Training,
     "optimal_loss": OptimalLoss,
     "evaluation": Evaluation,
+    "study": Study,
     "gap": Gap,
 }
 
@@ -154,13 +185,22 @@ def _describe(failures: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write(name: str, frame: pl.DataFrame, path: str | Path) -> pl.DataFrame:
-    """Validate, then write parquet atomically; nothing is written if validation fails."""
+def write(
+    name: str, frame: pl.DataFrame, path: str | Path, provenance: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
+    """Validate, then write parquet atomically; nothing is written if validation fails.
+    ``provenance`` goes into the file's key-value metadata (``read_provenance`` reads it)."""
     frame = validate(name, frame)
+    metadata = {PARQUET_KEY: as_text(provenance)} if provenance is not None else None
     with atomic_path(path) as tmp:
-        frame.write_parquet(tmp)
+        frame.write_parquet(tmp, metadata=metadata)
     return frame
 
 
 def read(name: str, path: str | Path) -> pl.DataFrame:
     return validate(name, pl.read_parquet(path))
+
+
+def read_provenance(path: str | Path) -> dict[str, Any] | None:
+    text = pl.read_parquet_metadata(path).get(PARQUET_KEY)
+    return json.loads(text) if text is not None else None

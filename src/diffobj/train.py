@@ -57,10 +57,11 @@ from torch import nn
 from diffobj import adaptive as adaptive_mod
 from diffobj.data.arrays import read_images, read_labels
 from diffobj.errors import UserError
-from diffobj.io import atomic_path, write_csv
+from diffobj.io import atomic_path, write_csv, write_json
 from diffobj.models import build_model, count_parameters
 from diffobj.processes import gaussian, masked
 from diffobj.processes.gaussian import Denoiser
+from diffobj.provenance import runtime
 from diffobj.run_config import RunConfig, dump_run_config, load_run_config
 from diffobj.schedules import Level, Schedule
 
@@ -783,6 +784,7 @@ class Trainer:
             out / "train_bins.csv", self.bin_rows, ["step", "bin", "log_snr", "error", "count"]
         )
         write_csv(out / "eval_bins.csv", eval_rows, ["log_snr", "error", "stderr", "n"])
+        write_json(out / "runtime.json", {"runtime": runtime(self.device)})
         save_atomic(self.model_record(), out / "model.pt")
         self._write_config(out / "config.yaml")
 

@@ -38,7 +38,7 @@ def run_files(name):
 
 
 def all_tables():
-    names = ["runs", "weightings", "training", "training_log", "evaluation"]
+    names = ["runs", "weightings", "training", "training_log", "evaluation", "study"]
     if S.optimal_loss.enabled:
         names += ["optimal_loss", "gap"]
     return [f"{R}/tables/{n}.parquet" for n in names]

@@ -50,8 +50,8 @@ rule fd_classifier:
         mem_mb=4000,
         runtime=30,
     shell:
-        "diffobj fid --samples {input.samples} --ref {input.ref} --features {input.features}"
-        " --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} diffobj fid --samples {input.samples} --ref {input.ref}"
+        " --features {input.features} --bootstrap {EVAL.bootstrap} --seed 0 --out {output} > {log} 2>&1"
 
 
 rule fid_reference:
@@ -108,7 +108,8 @@ rule nll:
         gpu=0,
     shell:
         "OMP_NUM_THREADS={threads} diffobj nll --run {params.out} --data {input.test}"
-        " --samples-per-image {EVAL.nll_samples_per_image} --seed 0 --out {output} > {log} 2>&1"
+        " --samples-per-image {EVAL.nll_samples_per_image} --time-sampling {EVAL.nll_time_sampling}"
+        " --seed 0 --out {output} > {log} 2>&1"
 
 
 def evaluation_files():

@@ -1,10 +1,13 @@
 # One rule per figure named in the spec; each reads validated tables (or run files) only.
 
+CAPTIONS = f"{workflow.basedir}/workflow/report"  # the figure captions, shared with snakemake --report
+
 
 def figure_inputs(name):
     t = f"{R}/tables"
     return {
-        "weighting_study": [f"{t}/evaluation.parquet"]
+        "weighting_study": [f"{t}/evaluation.parquet", f"{t}/study.parquet", f"{t}/runs.parquet"]
+        + ([f"{t}/gap.parquet"] if S.optimal_loss.enabled else [])
         + ([f"{R}/features/{d}-test-fd.json" for d in sorted({r.dataset for r in LOADED.runs})] if EVAL.fd_classifier else []),
         "optimal_loss": [f"{R}/optimal/{d}-{p}.csv" for d, p in optimal_pairs()],
         "gap": [f"{t}/gap.parquet"],
@@ -38,3 +41,20 @@ for _figure in [f for f in S.figures if f != "weightings"]:
             runtime=30,
         shell:
             "diffobj figures --spec {SPEC} --results {R} --figure {params.figure} --out {output} > {log} 2>&1"
+
+
+rule report:
+    """One self-contained HTML page: the generated study text and every figure with its caption."""
+    input:
+        all_figures(),
+    output:
+        f"{R}/report.html",
+    log:
+        f"{R}/logs/report.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "diffobj report --spec {SPEC} --results {R} --captions {CAPTIONS}"
+        " --out {output} > {log} 2>&1"

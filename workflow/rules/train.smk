@@ -30,6 +30,7 @@ rule train:
         log=f"{R}/runs/{{run}}/train_log.csv",
         bins=f"{R}/runs/{{run}}/train_bins.csv",
         eval_bins=f"{R}/runs/{{run}}/eval_bins.csv",
+        runtime=f"{R}/runs/{{run}}/runtime.json",
     params:
         out=lambda w: run_dir(w.run),
         optimal=lambda w, input: f"--optimal-loss {input.optimal}" if "optimal" in input.keys() else "",

@@ -16,6 +16,7 @@ from diffobj.data import read_images
 from diffobj.io import write_json
 from diffobj.metrics.fid import compute_statistics, evaluate, make_extractor, resolve_device
 from diffobj.metrics.frechet import Statistics
+from diffobj.provenance import runtime
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +50,13 @@ def add_arguments_fid(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ref", required=True, help="reference statistics from `diffobj fid-ref`")
     parser.add_argument("--out", required=True, help="result (.json)")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        help="replicates of the distance over resampled samples (for intervals); 0: none",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     _add_common(parser)
 
 
@@ -85,8 +93,15 @@ def run_fid(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         progress=not args.quiet,
         log=print,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
     )
-    result = {**result, "samples": str(args.samples), "ref": str(args.ref)}
+    result = {
+        **result,
+        "samples": str(args.samples),
+        "ref": str(args.ref),
+        "runtime": runtime(extractor.device),
+    }
     write_json(args.out, result)
     print(f"{args.out}: {extractor.metric} = {result[extractor.metric]:.6g} (n = {result['n']})")
 

@@ -40,18 +40,27 @@ def _table(results: Path, name: str):
 
 
 def _weighting_study(loaded, results, out):
-    from diffobj import figures
+    from diffobj import figures, study, tables
     from diffobj.io import atomic_path
 
-    evaluation = _table(results, "evaluation")
+    evaluation, configs = _table(results, "evaluation"), _table(results, "study")
     baselines = {}  # classifier FD of held-out real images, per dataset
     for path in sorted((results / "features").glob("*-test-fd.json")):
         baselines[path.name.removesuffix("-test-fd.json")] = json.loads(path.read_text())[
             "fd_classifier"
         ]
+    gap_path = results / "tables" / "gap.parquet"
+    gaps = study.elbo_gap(tables.read("gap", gap_path)) if gap_path.exists() else None
+    text = study.markdown(
+        configs,
+        gaps,
+        _table(results, "runs"),
+        tables.read_provenance(results / "tables" / "study.parquet") or {},
+        baselines,
+    )
     with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(figures.study_table(evaluation))
-    return figures.weighting_study(evaluation, baselines)
+        tmp.write_text(text)
+    return figures.weighting_study(configs, evaluation, baselines)
 
 
 def _optimal_loss(loaded, results, out):

@@ -18,6 +18,7 @@ from diffobj.data import read_images
 from diffobj.errors import UserError
 from diffobj.io import write_json
 from diffobj.metrics import nll
+from diffobj.provenance import runtime
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> None:
         "data": str(args.data),
         "seed": args.seed,
         "seconds": seconds,
+        "runtime": runtime(loaded.device),
     }
     write_json(args.out, result)
     print(

@@ -13,22 +13,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffobj import gather, spec, tables
+    from diffobj import gather, spec, study, tables
 
     loaded = spec.load(args.spec)
     results, out = Path(args.results), Path(args.out_dir)
     runs = tables.validate("runs", gather.runs(loaded))
+    evaluation = tables.validate("evaluation", gather.evaluation(loaded, results, runs))
     frames = {
         "runs": runs,
         "training_log": gather.training_log(loaded, results),
         "training": gather.training(loaded, results),
-        "evaluation": gather.evaluation(loaded, results, runs),
+        "evaluation": evaluation,
+        "study": study.configurations(evaluation, gather.replicates(loaded, results)),
     }
     if loaded.spec.optimal_loss.enabled:
         optimal = tables.validate("optimal_loss", gather.optimal_loss(loaded, results))
         frames["optimal_loss"] = optimal
         frames["gap"] = gather.gap(loaded, results, runs, optimal)
     validated = {name: tables.validate(name, frame) for name, frame in frames.items()}
+    record = experiment_provenance(loaded, results)
     for name, frame in validated.items():  # all validated before the first is written
-        tables.write(name, frame, out / f"{name}.parquet")
+        tables.write(name, frame, out / f"{name}.parquet", provenance=record)
         print(f"{out / name}.parquet: {frame.height} rows")
+
+
+def experiment_provenance(loaded, results: Path) -> dict:
+    """Code, libraries, spec and seeds of the experiment, and how its jobs ran."""
+    from diffobj import gather, provenance
+
+    return {
+        **provenance.environment(loaded),
+        "jobs": provenance.job_summary(gather.job_runtimes(loaded, results)),
+    }

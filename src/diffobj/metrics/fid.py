@@ -61,6 +61,10 @@ class Extractor:
     info: dict[str, Any]
     model: torch.nn.Module
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def check(self, images: np.ndarray, where: str) -> None:
         check_images(images, where)
 
@@ -148,10 +152,12 @@ def compute_statistics(
     batch_size: int | None = None,
     progress: bool = False,
     log=None,
+    keep: list[torch.Tensor] | None = None,
 ) -> Statistics:
-    """float64 mean and covariance of the features of uint8 NHWC ``images``."""
+    """float64 mean and covariance of the features of uint8 NHWC ``images``; with ``keep``, the
+    feature batches are also appended to it (for the bootstrap)."""
     extractor.check(images, where)
-    device = next(extractor.model.parameters()).device
+    device = extractor.device
     batch_size = batch_size or default_batch_size(extractor, device)
     moments = FeatureMoments(extractor.dim, device)
     starts = range(0, len(images), batch_size)
@@ -165,7 +171,10 @@ def compute_statistics(
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(
                 device
             )
-            moments.update(extractor(batch))
+            features = extractor(batch)
+            moments.update(features)
+            if keep is not None:
+                keep.append(features.to(torch.float64))
     elapsed = time.perf_counter() - start_time
     if log:
         peak = (
@@ -180,6 +189,28 @@ def compute_statistics(
     return moments.statistics(
         {"feature": extractor.feature, "resolution": height, "channels": channels}
     )
+
+
+def bootstrap_distances(
+    features: torch.Tensor, ref: Statistics, replicates: int, seed: int, device: torch.device
+) -> list[float]:
+    """Fréchet distances of ``replicates`` resamples (with replacement) of the feature rows.
+
+    A resample is a multinomial count per row, so its moments are count-weighted sums of the
+    rows: no copy of the features per replicate.
+    """
+    f = features.to(device=device, dtype=torch.float64)
+    n = f.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(replicates):
+        counts = torch.bincount(torch.randint(0, n, (n,), generator=g), minlength=n)
+        w = counts.to(device=device, dtype=torch.float64)
+        mu = (w @ f) / n
+        sigma = ((f * w[:, None]).T @ f - n * torch.outer(mu, mu)) / (n - 1)
+        stats = Statistics(mu.cpu().numpy(), sigma.cpu().numpy(), {"n": n})
+        out.append(frechet_distance(stats, ref, device))
+    return out
 
 
 def check_reference(
@@ -213,17 +244,35 @@ def evaluate(
     batch_size: int | None = None,
     progress: bool = False,
     log=None,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """The Fréchet distance of ``samples`` to ``ref`` under ``extractor``, with its provenance."""
+    """The Fréchet distance of ``samples`` to ``ref`` under ``extractor``, with its provenance.
+
+    ``bootstrap`` > 0 adds that many replicates of the distance over samples drawn with
+    replacement (the reference held fixed): the spread a different set of samples would give.
+    """
     extractor.check(samples, where)
     check_reference(ref, extractor, samples, ref_path)
+    kept: list[torch.Tensor] | None = [] if bootstrap else None
     stats = compute_statistics(
-        samples, extractor, where=where, batch_size=batch_size, progress=progress, log=log
+        samples,
+        extractor,
+        where=where,
+        batch_size=batch_size,
+        progress=progress,
+        log=log,
+        keep=kept,
     )
-    device = next(extractor.model.parameters()).device
+    device = extractor.device
     value = frechet_distance(stats, ref, device)
+    extra = {}
+    if bootstrap:
+        replicates = bootstrap_distances(torch.cat(kept), ref, bootstrap, seed, device)
+        extra = {"bootstrap": replicates, "bootstrap_seed": seed}
     return {
         extractor.metric: value,
+        **extra,
         "n": stats.meta["n"],
         "n_ref": ref.meta.get("n"),
         "feature": extractor.feature,

@@ -102,6 +102,8 @@ class Bound:
             "process": self.process,
             "bpd": bpd,
             "stderr": stderr,
+            # per image, for intervals that resample images (and seeds) in the tables
+            "per_image_bpd": (self.total / scale).tolist(),
             "terms_bpd": {
                 name: float(getattr(self, name).mean() / scale)
                 for name in ("prior", "reconstruction", "diffusion")

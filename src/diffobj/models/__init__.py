@@ -12,9 +12,15 @@ from typing import Any
 from torch import nn
 
 from diffobj.errors import UserError
+from diffobj.models.mlp import MLP, MaskedMLP
 from diffobj.models.unet import MaskedUNet, UNet
 
 KINDS = ("gaussian", "masked")
+# preset -> (Gaussian head, masked head)
+PRESETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "diffobj_unet": (UNet, MaskedUNet),
+    "mlp": (MLP, MaskedMLP),
+}
 # keys of the spec's Model that shape the network ("name" and "label_dropout" do not)
 ARCH_KEYS = (
     "channels",
@@ -34,7 +40,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 def build_model(model_cfg: Mapping[str, Any], kind: str, image_shape: Sequence[int]) -> nn.Module:
-    """The network for a run: ``UNet`` (Gaussian, raw output for ``Denoiser``) or ``MaskedUNet``.
+    """The network for a run: the spec's ``preset`` (default the U-Net) with the head of ``kind``
+    (Gaussian: raw output for ``Denoiser``; masked: 256-way logits per dimension).
 
     ``model_cfg`` holds the keys of the spec's ``models`` entry; ``image_shape`` is (C, H, W).
     A model that does not fit the data (a resolution not divisible by 2^(levels-1), an
@@ -45,9 +52,13 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, image_shape: Sequence[i
     config = {**DEFAULTS, **{k: model_cfg[k] for k in ARCH_KEYS if k in model_cfg}}
     name = model_cfg.get("name", "<model>")
     shape = tuple(int(s) for s in image_shape)
-    check_fits(config, shape, name)
-    head = UNet if kind == "gaussian" else MaskedUNet
-    return head(shape, **config)
+    preset = model_cfg.get("preset", "diffobj_unet")
+    if preset not in PRESETS:
+        raise UserError(f"model {name!r}: preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if preset == "diffobj_unet":
+        check_fits(config, shape, name)
+    gaussian_head, masked_head = PRESETS[preset]
+    return (gaussian_head if kind == "gaussian" else masked_head)(shape, **config)
 
 
 def resolutions(height: int, levels: int) -> list[int]:
@@ -90,4 +101,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MaskedUNet", "UNet", "build_model", "check_fits", "count_parameters"]
+__all__ = [
+    "MLP",
+    "PRESETS",
+    "MaskedMLP",
+    "MaskedUNet",
+    "UNet",
+    "build_model",
+    "check_fits",
+    "count_parameters",
+]
