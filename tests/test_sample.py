@@ -230,6 +230,20 @@ def test_sampling_a_trained_run(trained_runs, kind, sampler):
     np.testing.assert_array_equal(images, again)  # seeded
 
 
+def test_md4_sampling_options_on_a_trained_run(trained_runs):
+    options = {"grid": "md4_cosine", "top_p": 0.9, "final_argmax": True}
+    images = sample_run(
+        trained_runs["masked"], "ancestral", 3, 3, progress=False, device="cpu", **options
+    )
+    assert images.shape == (3, 8, 8, 1)
+    with pytest.raises(UserError, match="nor a schedule of"):
+        sample_run(trained_runs["masked"], "ancestral", 3, 3, device="cpu", grid="cosin")
+    with pytest.raises(UserError, match="--top-p must be in"):
+        sample_run(trained_runs["masked"], "ancestral", 3, 3, device="cpu", top_p=1.5)
+    with pytest.raises(UserError, match="ancestral sampler only"):
+        sample_run(trained_runs["gaussian"], "ddpm", 3, 3, device="cpu", top_p=0.9)
+
+
 def test_sample_command_writes_npz_and_png(trained_runs, tmp_path):
     out = tmp_path / "samples.npz"
     proc = subprocess.run(
