@@ -130,6 +130,15 @@ def test_monotone_flags(weighting, schedule):
     assert _non_increasing_in_lam(closed_weighting(weighting, schedule, t)) is flag
 
 
+@pytest.mark.parametrize("name", sorted(WEIGHTINGS))
+def test_library_descriptions_claim_the_pinned_monotone_flag(name):
+    description = WEIGHTING_LIBRARY[name].description
+    if "not monotone" in description:
+        assert not WEIGHTINGS[name].monotone
+    elif "monotone" in description:
+        assert WEIGHTINGS[name].monotone
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_schedule_is_its_closed_form(name):
     s = build(name)
