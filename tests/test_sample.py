@@ -230,6 +230,31 @@ def test_sampling_a_trained_run(trained_runs, kind, sampler):
     np.testing.assert_array_equal(images, again)  # seeded
 
 
+def test_md4_sampling_options_on_a_trained_run(trained_runs, tmp_path):
+    options = {"grid": "md4_cosine", "top_p": 0.9, "final_argmax": True}
+    images = sample_run(
+        trained_runs["masked"], "ancestral", 3, 3, progress=False, device="cpu", **options
+    )
+    assert images.shape == (3, 8, 8, 1)
+    with pytest.raises(UserError, match="nor a schedule of"):
+        sample_run(trained_runs["masked"], "ancestral", 3, 3, device="cpu", grid="cosin")
+    with pytest.raises(UserError, match="--top-p must be in"):
+        sample_run(trained_runs["masked"], "ancestral", 3, 3, device="cpu", top_p=1.5)
+    with pytest.raises(UserError, match="ancestral sampler only"):
+        sample_run(trained_runs["gaussian"], "ddpm", 3, 3, device="cpu", top_p=0.9)
+    out = tmp_path / "md4.npz"
+    argv = ["--grid", "md4_cosine", "--top-p", "0.9", "--final-argmax", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffobj.cli", "sample", "--run", str(trained_runs["masked"])]
+        + ["--sampler", "ancestral", "--steps", "3", "--num", "2", "--no-progress", *argv],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as f:
+        assert f["images"].shape == (2, 8, 8, 1)
+
+
 def test_sample_command_writes_npz_and_png(trained_runs, tmp_path):
     out = tmp_path / "samples.npz"
     proc = subprocess.run(

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from scipy import stats
 
 from diffobj import schedules, weightings
 from diffobj.weightings import WeightingError
@@ -82,10 +83,28 @@ def test_fm_total_weight_stays_finite_at_the_end_of_md4_cosine(schedule_library,
 
 
 def test_edm_weighting_is_the_lognormal_density_times_its_loss_weight(weighting_library):
+    # EDM's recipe, converted to w(lam) by w = 2 p(lam) c_eps(lam) (SCIENCE §2.1):
+    # - training draws ln sigma ~ N(P_mean = -1.2, P_std = 1.2) and lam = -2 ln sigma, so
+    #   P(Lam <= lam) = P(ln sigma >= -lam/2), the normal's survival function at -lam/2; p is
+    #   its derivative (a central difference here, from EDM's own sigma distribution);
+    # - the loss is (sigma^2 + sigma_d^2)/(sigma sigma_d)^2 ||D(x + sigma n) - x||^2 and
+    #   D = x_noisy - sigma eps_hat, so on the eps-MSE it weighs c_eps = sigma^2 times that.
+    # The library keeps ddm_dynamical's normalisation N(lam; 2.4, 2.4)(e^{-lam} + sigma_d^2),
+    # which is sigma_d^2 / 2 times the recipe.
     lam = torch.linspace(-8, 8, 17, dtype=torch.float64)
+    h = 1e-5
+
+    def cdf(x):
+        return stats.norm.sf(-x.numpy() / 2, loc=-1.2, scale=1.2)
+
+    p = torch.from_numpy((cdf(lam + h) - cdf(lam - h)) / (2 * h))
+    sigma, sigma_d = torch.exp(-lam / 2), 0.5
+    c_eps = sigma**2 * (sigma**2 + sigma_d**2) / (sigma * sigma_d) ** 2
+    recipe = 2 * p * c_eps
     level = schedules.Level(lam, lam, lam, lam, lam, lam)
-    pdf = torch.exp(-((lam - 2.4) ** 2) / (2 * 2.4**2)) / (2.4 * math.sqrt(2 * math.pi))
-    assert torch.allclose(weighting_library["edm"](level), pdf * (torch.exp(-lam) + 0.25))
+    torch.testing.assert_close(
+        weighting_library["edm"](level), sigma_d**2 / 2 * recipe, rtol=1e-7, atol=0
+    )
 
 
 def test_parameters_can_be_overridden(weighting_library):

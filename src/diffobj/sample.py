@@ -16,7 +16,10 @@ Masked (``logits_fn(z, level) -> logits (B, 256, ...)``):
 - ``ancestral``: MD4 / MDLM ancestral unmasking; from t to s each masked token is revealed with
   probability (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from softmax(logits); the
   last step reveals every remaining token (alpha = 1). Steps where nothing is revealed skip the
-  network.
+  network. Options (MD4's): the time grid (``masked_times``: uniform in t, MD4's cosine grid, or
+  the log-SNRs of any schedule at uniform times), top-p (nucleus) sampling of the revealed
+  values, and ``final_argmax``: step to the end of the range (lam_max) instead of alpha = 1,
+  then fill the tokens still masked by the argmax of the logits there.
 
 ``sample_run`` draws images from a trained run: uint8 NHWC (Gaussian: EDM's rounding of
 x * 127.5 + 128), in batches, with a progress bar; ``write_samples`` writes samples.npz and a
@@ -192,6 +195,49 @@ def sample_categorical(logits: torch.Tensor, generator: torch.Generator) -> torc
     return (logits.double() + gumbel).argmax(dim=-1)
 
 
+MASKED_GRIDS = ("uniform", "cosine")  # or the name of a schedule
+
+
+def masked_times(schedule: Schedule, steps: int, grid: str | Schedule = "uniform") -> torch.Tensor:
+    """``steps + 1`` times from t1 (lam_min, all masked) down to t0 (lam_max).
+
+    ``uniform``: uniform in the schedule's time. ``cosine``: MD4's grid, t = cos(pi/2 (1 - u))
+    for u uniform, on the normalised time of the range. A Schedule: the times at which this
+    schedule's log-SNR equals that schedule's at uniform times of the same log-SNR range (MD4's
+    cosine grid on the linear schedule is the md4_cosine schedule's grid)."""
+    t0, t1 = schedule.t_range
+    if isinstance(grid, Schedule):
+        other = grid.with_log_snr_range(*schedule.log_snr_endpoints())
+        o0, o1 = other.t_range
+        u = torch.arange(steps, -1, -1, dtype=DTYPE) / steps
+        return schedule.t_of_log_snr(other.log_snr(o0 + (o1 - o0) * u))
+    if grid == "uniform":  # as time_grid, so the default grid is bit for bit the old one
+        return torch.cat([time_grid(schedule, steps), torch.tensor([t0], dtype=DTYPE)])
+    if grid == "cosine":
+        u = torch.arange(steps, -1, -1, dtype=DTYPE) / steps
+        return t0 + (t1 - t0) * torch.cos(math.pi / 2 * (1 - u))
+    raise UserError(
+        f"masked grid: expected one of {list(MASKED_GRIDS)} or a schedule, got {grid!r}"
+    )
+
+
+def reveal_probability(alpha_t: float, alpha_s: float) -> float:
+    """P(a token masked at t is unmasked at s < t) = (alpha_s - alpha_t) / (1 - alpha_t)."""
+    return (alpha_s - alpha_t) / (1 - alpha_t)
+
+
+def top_p_logits(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter over the last axis: keep the smallest set of most probable values whose
+    total probability is >= p (values tied with the least probable kept one stay too, as in
+    MD4's threshold search); the others get -inf."""
+    probs = torch.softmax(logits.double(), dim=-1)
+    ranked = probs.sort(dim=-1, descending=True).values
+    # the kept set ends at the first rank whose cumulative mass reaches p
+    last = (ranked.cumsum(dim=-1) < p).sum(dim=-1, keepdim=True).clamp_max(ranked.shape[-1] - 1)
+    threshold = ranked.gather(-1, last)
+    return logits.masked_fill(probs < threshold, -math.inf)
+
+
 def ancestral(
     logits_fn: ModelFn,
     schedule: Schedule,
@@ -201,23 +247,33 @@ def ancestral(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: Progress = None,
+    grid: str | Schedule = "uniform",
+    top_p: float | None = None,
+    final_argmax: bool = False,
 ) -> torch.Tensor:
     """MD4 ancestral unmasking from all-masked tokens; returns int64 tokens in 0..255."""
     device = torch.device(device)
-    levels = schedule.level(time_grid(schedule, steps))
+    levels = schedule.level(masked_times(schedule, steps, grid))
+    alphas = levels.alpha.tolist()
+    if not final_argmax:
+        alphas[-1] = 1.0  # the last step reveals every token still masked
     z = torch.full(shape, MASK, dtype=torch.long, device=device)
     for i in range(steps):
-        a_t = float(levels.alpha[i])
-        a_s = float(levels.alpha[i + 1]) if i + 1 < steps else 1.0
-        reveal_prob = (a_s - a_t) / (1 - a_t)
+        reveal_prob = reveal_probability(alphas[i], alphas[i + 1])
         u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
         reveal = (z == MASK) & (u < reveal_prob)
         if bool(reveal.any()):
             logits = logits_fn(z, _batch_level(levels, i, shape[0], device))
             chosen = logits.movedim(1, -1)[reveal]  # (revealed tokens, 256)
+            if top_p is not None:
+                chosen = top_p_logits(chosen, top_p)
             z[reveal] = sample_categorical(chosen, generator)
         if progress:
             progress()
+    left = z == MASK
+    if final_argmax and bool(left.any()):  # MD4's decode: the mode of the logits at lam_max
+        logits = logits_fn(z, _batch_level(levels, steps, shape[0], device))
+        z[left] = logits.movedim(1, -1)[left].argmax(dim=-1)
     return z
 
 
@@ -252,6 +308,36 @@ def check_sampler(
         raise UserError(f"--eta must be in [0, 1], got {eta}")
 
 
+def masked_options(
+    sampler: str,
+    grid: str,
+    top_p: float | None,
+    final_argmax: bool,
+    log_snr_range: tuple[float, float],
+    schedules_library: str | Path | None,
+) -> dict:
+    """The ancestral sampler's options, checked; a grid naming a schedule is built from the
+    library file. Empty for the defaults (so Gaussian samplers accept them)."""
+    from diffobj import schedules
+
+    if (grid, top_p, final_argmax) == ("uniform", None, False):
+        return {}
+    if sampler != "ancestral":
+        raise UserError("--grid, --top-p and --final-argmax apply to the ancestral sampler only")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    options = {"top_p": top_p, "final_argmax": final_argmax, "grid": grid}
+    if grid not in MASKED_GRIDS:
+        path = Path(schedules_library or schedules.DEFAULT_LIBRARY)
+        library = schedules.load_library(path)
+        if grid not in library:
+            raise UserError(
+                f"--grid: {grid!r} is neither {' nor '.join(MASKED_GRIDS)} nor a schedule of {path}"
+            )
+        options["grid"] = schedules.build(grid, library[grid], log_snr_range, str(path))
+    return options
+
+
 def sample_run(
     run_dir: str | Path,
     sampler: str,
@@ -264,9 +350,14 @@ def sample_run(
     device: str = "auto",
     progress: bool = True,
     compile: bool = False,
+    grid: str = "uniform",
+    top_p: float | None = None,
+    final_argmax: bool = False,
+    schedules_library: str | Path | None = None,
 ) -> np.ndarray:
     """``num`` uint8 NHWC images from a trained run. Batch b draws from a generator seeded by
-    (seed, b): the output depends on the seed and the batch size, nothing else."""
+    (seed, b): the output depends on the seed and the batch size, nothing else. ``grid``,
+    ``top_p`` and ``final_argmax`` are the ancestral sampler's options (see ``ancestral``)."""
     from tqdm import tqdm
 
     from diffobj.train import SAMPLE, load_run, make_model_fn, step_seed
@@ -274,11 +365,14 @@ def sample_run(
     check_sampler(None, sampler, steps, num, batch_size, eta)
     run = load_run(run_dir, device)
     check_sampler(run.kind, sampler, steps, num, batch_size, eta)
+    log_snr_range = tuple(run.config.process["log_snr_range"])
+    extra = masked_options(sampler, grid, top_p, final_argmax, log_snr_range, schedules_library)
     model_fn = run.denoiser
     if compile:
         model_fn = make_model_fn(torch.compile(run.net), run.config, run.device)
     fn = {"ddpm": ddpm, "ddim": ddim, "heun": heun, "ancestral": ancestral}[sampler]
-    extra = {"eta": eta or 0.0} if sampler == "ddim" else {}
+    if sampler == "ddim":
+        extra = {"eta": eta or 0.0}
     batches = math.ceil(num / batch_size)
     out = []
     with (

@@ -122,6 +122,14 @@ class Sampling(Strict):
     gaussian_steps: int = Field(18, gt=0)
     masked_sampler: Literal["ancestral"] = "ancestral"
     masked_steps: int = Field(64, gt=0)
+    masked_grid: str = Field(
+        "uniform",
+        description="uniform | cosine (MD4's) | a schedule of schedules_library (its log-SNRs)",
+    )
+    masked_top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling")
+    masked_final_argmax: bool = Field(
+        False, description="MD4: stop at lam_max, fill the masks left by the argmax"
+    )
 
 
 class Evaluation(Strict):
@@ -291,9 +299,23 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
     )
     weighting_entries = _merge_weightings(root / spec.weightings_library, spec.weightings, path)
     _check_references(spec, path, schedule_entries, weighting_entries)
+    _check_masked_grid(spec, path, root)
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries)
     _check_buildable(loaded)
     return loaded
+
+
+def _check_masked_grid(spec: Spec, path: Path, root: Path) -> None:
+    """The sample command reads a grid schedule from the library file, not the spec's additions."""
+    from diffobj.sample import MASKED_GRIDS
+
+    grid = spec.sampling.masked_grid
+    library = schedules.load_library(root / spec.schedules_library)
+    if grid not in MASKED_GRIDS and grid not in library:
+        raise SpecError(
+            f"{path}: sampling.masked_grid: {grid!r} is neither {' nor '.join(MASKED_GRIDS)} "
+            f"nor a schedule of {spec.schedules_library}"
+        )
 
 
 def _find_root(path: Path) -> Path:

@@ -1,9 +1,26 @@
 SAMPLING = S.sampling
 
 
+def masked_sampler_options():
+    """MD4's options, only where the spec sets them (so default commands stay as they were)."""
+    opts = ""
+    if SAMPLING.masked_grid != "uniform":
+        opts += f" --grid {SAMPLING.masked_grid}"
+    if SAMPLING.masked_grid not in ("uniform", "cosine"):
+        opts += f" --schedules-library {S.schedules_library}"
+    if SAMPLING.masked_top_p is not None:
+        opts += f" --top-p {SAMPLING.masked_top_p}"
+    if SAMPLING.masked_final_argmax:
+        opts += " --final-argmax"
+    return opts
+
+
 def sampler_args(wildcards):
     if kind(RUNS[wildcards.run].process) == "masked":
-        return f"--sampler {SAMPLING.masked_sampler} --steps {SAMPLING.masked_steps}"
+        return (
+            f"--sampler {SAMPLING.masked_sampler} --steps {SAMPLING.masked_steps}"
+            + masked_sampler_options()
+        )
     return f"--sampler {SAMPLING.gaussian_sampler} --steps {SAMPLING.gaussian_steps}"
 
 

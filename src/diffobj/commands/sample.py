@@ -1,7 +1,7 @@
 """diffobj sample --run RUN_DIR --sampler NAME --steps N --num S --out samples.npz
 
 Gaussian samplers: ddpm, ddim (--eta, default 0), heun (N steps = 2N - 1 network evaluations);
-masked: ancestral. Writes samples.npz (key ``images``: uint8, N x H x W x C) and samples.png.
+masked: ancestral (--grid, --top-p, --final-argmax: MD4's options). Writes samples.npz (key ``images``: uint8, N x H x W x C) and samples.png.
 """
 
 from __future__ import annotations
@@ -33,6 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="output .npz (a .png grid is written beside it)"
     )
+    parser.add_argument(
+        "--grid",
+        default="uniform",
+        help="ancestral time grid: uniform | cosine (MD4's) | a schedule of --schedules-library",
+    )
+    parser.add_argument("--top-p", type=float, help="ancestral: nucleus sampling, in (0, 1]")
+    parser.add_argument(
+        "--final-argmax",
+        action="store_true",
+        help="ancestral (MD4): stop at lam_max and fill the masks left by the argmax",
+    )
+    parser.add_argument(
+        "--schedules-library", help="schedule library for --grid (default config/schedules.yaml)"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -56,6 +70,10 @@ def run(args: argparse.Namespace) -> None:
         device=args.device,
         progress=not args.no_progress,
         compile=args.compile,
+        grid=args.grid,
+        top_p=args.top_p,
+        final_argmax=args.final_argmax,
+        schedules_library=args.schedules_library,
     )
     seconds = time.perf_counter() - start
     png = write_samples(images, args.out)
