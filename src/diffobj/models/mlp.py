@@ -11,7 +11,9 @@ network starts as a function of the embedding alone. The noise level enters as t
 sinusoidal log-SNR features the U-Net uses.
 
 Two heads share the trunk, with the interfaces of ``unet.UNet`` and ``unet.MaskedUNet``:
-- ``MLP`` (Gaussian): x (B, C, H, W) -> raw output (B, C, H, W).
+- ``MLP`` (Gaussian): x (B, C, H, W) -> raw output (B, C, H, W); the trunk returns features
+  per pixel, read out by one small MLP shared by all pixels that also sees the pixel's own
+  noisy value (``PixelHead``).
 - ``MaskedMLP``: tokens 0..256 (256 = mask) -> logits (B, 256, C, H, W). Every value shares
   one token embedding (as MD4's shared embedding) plus a learned position embedding; the trunk
   returns a small feature vector per position, read out by one shared linear map to 256 logits,
@@ -19,6 +21,8 @@ Two heads share the trunk, with the interfaces of ``unet.UNet`` and ``unet.Maske
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -93,19 +97,49 @@ class Trunk(nn.Module):
         return self.out(F.silu(self.out_norm(h)))
 
 
+class PixelHead(nn.Module):
+    """One small MLP shared by every pixel: the pixel's trunk features and Fourier features of
+    its own noisy value -> its output.
+
+    Denoising at low noise is a per-pixel function of the pixel's value (snap it to the data's
+    grid), the same function for every pixel: shared weights learn it once, where the trunk
+    alone would learn it 64 times. The Fourier features (VDM, Kingma et al. 2021, App. C) resolve
+    the fine scale of that function: periods 2^-n of the [-1, 1] range, down to a few of the 256
+    levels.
+    """
+
+    FREQUENCIES = 2.0 ** torch.arange(1, 9)  # pi·2^n for n = 1..8
+
+    def __init__(self, features: int, hidden: int = 64):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * self.FREQUENCIES, persistent=False)
+        self.fc0 = nn.Linear(features + 1 + 2 * len(self.FREQUENCIES), hidden)
+        self.fc1 = zero_init(nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """features (B, D, k), values (B, D) -> (B, D)."""
+        angles = values[..., None] * self.freqs
+        h = torch.cat([features, values[..., None], angles.sin(), angles.cos()], dim=-1)
+        return self.fc1(F.silu(self.fc0(h))).squeeze(-1)
+
+
 class MLP(nn.Module):
     """Gaussian head: x (B, C, H, W) and log-SNR (B,) -> raw output (B, C, H, W)."""
 
     def __init__(self, image_shape: tuple[int, int, int], **config):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        dims = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
-        self.trunk = Trunk(dims, dims, **config)
+        self.dims = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        self.trunk = Trunk(self.dims, self.dims * TOKEN_DIM, **config)
+        self.head = PixelHead(TOKEN_DIM)
 
     def forward(
         self, x: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.trunk(x.flatten(1), log_snr, labels).view(x.shape)
+        b = x.shape[0]
+        values = x.reshape(b, self.dims)
+        features = self.trunk(values, log_snr, labels).view(b, self.dims, TOKEN_DIM)
+        return self.head(features, values).view(x.shape)
 
 
 class MaskedMLP(nn.Module):
