@@ -282,6 +282,7 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
     weighting_entries = _merge_weightings(root / spec.weightings_library, spec.weightings, path)
     _check_references(spec, path, schedule_entries, weighting_entries)
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries)
+    loaded.root = root
     _check_buildable(loaded)
     return loaded
 
@@ -409,13 +410,46 @@ def _check_references(
 def _check_buildable(loaded: LoadedSpec) -> None:
     """Build every schedule and weighting the grid uses, so a bad expression fails now."""
     for process, sched, weight in loaded.combinations():
-        loaded.schedule(sched, process)
+        schedule = loaded.schedule(sched, process)
         w = loaded.weighting(weight)
         kind = loaded.spec.processes[process].kind
         if kind not in w.processes:
             raise SpecError(
                 f"{loaded.path}: weighting {weight!r} is for {list(w.processes)}, not for {kind} process {process!r}"
             )
+        weightings.check_values(w, schedule, kind, f"{loaded.path}: weightings.{weight}")
+
+
+def check_libraries(loaded: LoadedSpec) -> tuple[int, int]:
+    """Every schedule and weighting of the libraries and the spec, named in the grid or not.
+
+    The grid's combinations are checked on their processes' ranges by ``load``; here every
+    schedule is built on the default range of its kind, and every weighting is checked under
+    every schedule of the processes it is for. Returns (schedules, weightings) checked.
+    """
+    built = []
+    for name, entry in loaded.schedule_entries.items():
+        kind = entry.get("process") if isinstance(entry, dict) else None
+        lam_range = schedules.DEFAULT_LOG_SNR_RANGE.get(kind, (-10.0, 10.0))
+        source = _entry_source(loaded, "schedules", name)
+        built.append(schedules.build(name, entry, lam_range, source))
+    for name, entry in loaded.weighting_entries.items():
+        source = _entry_source(loaded, "weightings", name)
+        w = weightings.build(name, entry, source)
+        for schedule in built:
+            if schedule.process in w.processes:
+                weightings.check_values(
+                    w, schedule, schedule.process, f"{source}: weightings.{name}"
+                )
+    return len(built), len(loaded.weighting_entries)
+
+
+def _entry_source(loaded: LoadedSpec, what: str, name: str) -> str:
+    """The file an entry comes from: the spec (its additions) or the library file."""
+    if name in getattr(loaded.spec, what):
+        return str(loaded.path)
+    library = getattr(loaded.spec, f"{what}_library")
+    return str(Path(getattr(loaded, "root", ".")) / library)
 
 
 DOWNLOADS = {
