@@ -307,7 +307,14 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
 # -- the YAML library -------------------------------------------------------------------------
 
 SCHEDULE_KEYS = {"process", "alpha", "sigma", "log_snr", "density", "params", "description"}
-DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "config" / "schedules.yaml"
+def library_file(name: str) -> Path:
+    """config/<name> of the working directory (the repository root, where Snakemake runs and
+    where an installed wheel finds the libraries), else of this source checkout."""
+    here = Path.cwd() / "config" / name
+    return here if here.exists() else Path(__file__).resolve().parents[2] / "config" / name
+
+
+DEFAULT_LIBRARY = library_file("schedules.yaml")
 
 
 def build(

@@ -20,11 +20,11 @@ import torch
 
 from diffobj.errors import UserError
 from diffobj.expr import Compiled, ExprError, compile_expr
-from diffobj.schedules import DTYPE, PROCESSES, Level, Schedule, _load_yaml_mapping
+from diffobj.schedules import DTYPE, PROCESSES, Level, Schedule, _load_yaml_mapping, library_file
 
 VARIABLES = ("lam", "t", "alpha", "dalpha_dt", "dlam_dt")
 WEIGHTING_KEYS = {"expr", "params", "description", "processes"}
-DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "config" / "weightings.yaml"
+DEFAULT_LIBRARY = library_file("weightings.yaml")
 
 
 class WeightingError(UserError):
