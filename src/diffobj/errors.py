@@ -30,4 +30,4 @@ def missing_extra(err: ModuleNotFoundError) -> str | None:
     extra = EXTRAS.get(module)
     if extra is None:
         return None
-    return f"this command needs {module!r}, from the {extra} extra: pip install \"diffobj[{extra}]\""
+    return f'this command needs {module!r}, from the {extra} extra: pip install "diffobj[{extra}]"'

@@ -307,6 +307,8 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
 # -- the YAML library -------------------------------------------------------------------------
 
 SCHEDULE_KEYS = {"process", "alpha", "sigma", "log_snr", "density", "params", "description"}
+
+
 def library_file(name: str) -> Path:
     """config/<name> of the working directory (the repository root, where Snakemake runs and
     where an installed wheel finds the libraries), else of this source checkout."""
