@@ -244,3 +244,14 @@ def test_validate_reports_that_the_libraries_check_out(root, capsys):
     }
     expected = f"libraries: {n['schedules']} schedules and {n['weightings']} weightings check out"
     assert expected in capsys.readouterr().out
+
+
+def test_resources_default_to_cpu_and_a_stage_keeps_the_defaults_it_omits(tmp_path, root):
+    default = spec.load(write_spec(tmp_path, MINIMAL), root).spec.resources
+    assert all(getattr(default, stage).gpus == 0 for stage in spec.STAGE_DEFAULTS)
+    assert (default.train.mem_mb, default.train.runtime, default.train.threads) == (8000, 60, 1)
+    data = {**MINIMAL, "resources": {"train": {"gpus": 2, "threads": 8}}}
+    train = spec.load(write_spec(tmp_path, data), root).spec.resources.train
+    assert (train.gpus, train.threads, train.mem_mb, train.runtime) == (2, 8, 8000, 60)
+    with pytest.raises(UserError, match="resources.trian: unknown key"):
+        spec.load(write_spec(tmp_path, {**MINIMAL, "resources": {"trian": {"gpus": 1}}}), root)
