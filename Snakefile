@@ -1,7 +1,7 @@
 # diffobj: the experiment DAG. The spec is config/config.yaml unless given:
 #   snakemake --cores all
-#   snakemake --cores all --config spec=config/experiments/cifar10_weighting_study.yaml
-#   snakemake --profile slurm
+#   snakemake --cores all --configfile config/experiments/scaling_digits.yaml
+#   snakemake --profile slurm --configfile config/experiments/cifar10_weighting_study.yaml
 # The spec is validated by diffobj.spec before any job runs; each rule is one `diffobj` command.
 
 import os
@@ -14,8 +14,34 @@ from diffobj import spec as diffobj_spec
 # rules call `diffobj`: make the one of this Python (e.g. .venv/bin) the one they find
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-SPEC = config.get("spec", "config/config.yaml")
+DEFAULT_SPEC = Path(workflow.basedir) / "config" / "config.yaml"
+
+
+configfile: str(DEFAULT_SPEC)
+
+
+def given_spec():
+    """The spec is the file given with --configfile (the last one; cluster jobs get the same
+    list), loaded whole by diffobj.spec: Snakemake merges it over config/config.yaml key by
+    key, so the merged `config` would mix two experiments. `--config spec=FILE` works too."""
+    files = [str(f) for f in workflow.overwrite_configfiles]
+    overrides = dict(workflow.config_settings.config)
+    other = sorted(set(overrides) - {"spec"})
+    if other:
+        raise UserError(
+            f"--config {other[0]}=...: set it in the spec file instead; --config takes only spec=FILE"
+        )
+    if "spec" in overrides and files:
+        raise UserError("give the spec once: --configfile FILE or --config spec=FILE, not both")
+    path = overrides.get("spec") or (files[-1] if files else str(DEFAULT_SPEC))
+    absolute = Path(path).resolve()
+    # relative to the working directory when inside it, so shell commands do not depend on how
+    # the spec was named (and do not re-run when it is named differently)
+    return os.path.relpath(absolute) if absolute.is_relative_to(Path.cwd()) else str(absolute)
+
+
 try:
+    SPEC = given_spec()
     LOADED = diffobj_spec.load(SPEC)
     diffobj_spec.check_files(LOADED)
 except UserError as err:

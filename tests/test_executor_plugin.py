@@ -338,3 +338,70 @@ def test_two_tasks_run_the_command_under_torch_distributed(tmp_path):
     # world size 2, local rank = rank on one machine, all_reduce of 1 + 2
     assert (tmp_path / "rank0.txt").read_text() == "2 0 3"
     assert (tmp_path / "rank1.txt").read_text() == "2 1 3"
+
+
+# ---- the experiment's resources reach sbatch -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_SLURM = {  # sbatch accepts everything; no job is ever seen again (it ends as VANISHED)
+    "sbatch": 'echo "Submitted batch job 4242"',
+    "srun": "exit 0",
+    "sacct": "exit 1",
+    "squeue": "exit 0",
+    "scancel": "exit 0",
+}
+
+
+def _train_sbatch_script(tmp_path: Path, spec: str) -> str:
+    """The sbatch script of one train job of `spec` under `--profile slurm`: the workflow's
+    own rules and profile, with SLURM's commands replaced by stand-ins that accept the job."""
+    import yaml
+
+    from diffobj import spec as diffobj_spec
+
+    for name in ("Snakefile", "workflow", "config", "slurm"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(b"stand-in, never read")
+    loaded = diffobj_spec.load(ROOT / spec, ROOT)
+    run = loaded.runs[0]
+    results = tmp_path / "results" / loaded.experiment
+    # the train job's inputs exist, so that it is the one job submitted
+    for path in ("images.npy", "labels.npy", "meta.json", "test/images.npy"):
+        (results / "data" / run.dataset / path).parent.mkdir(parents=True, exist_ok=True)
+        (results / "data" / run.dataset / path).write_bytes(b"")
+    (results / "runs" / run.id).mkdir(parents=True)
+    (results / "runs" / run.id / "config.yaml").write_text(yaml.safe_dump(run.resolved()))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command, body in FAKE_SLURM.items():
+        (bin_dir / command).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / command).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    argv = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--configfile", spec]
+    argv += ["--seconds-between-status-checks", "1", "--retries", "0"]
+    target = f"results/{loaded.experiment}/runs/{run.id}/model.pt"
+    result = subprocess.run(
+        [*argv, target], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    scripts = sorted((tmp_path / ".snakemake/submitit/rule_train").glob("*_submission.sh"))
+    assert len(scripts) == 1, result.stdout + result.stderr
+    return scripts[0].read_text()
+
+
+def test_a_gpu_specs_sbatch_script_requests_its_gpus(tmp_path):
+    import yaml
+
+    spec = "config/experiments/cifar10_weighting_study.yaml"
+    train = yaml.safe_load((ROOT / spec).read_text())["resources"]["train"]
+    script = _train_sbatch_script(tmp_path, spec)
+    assert f"#SBATCH --gpus-per-node={train['gpus']}\n" in script
+    assert f"#SBATCH --cpus-per-task={train['threads']}\n" in script
+    assert f"#SBATCH --mem={train['mem_mb']}M\n" in script
+    assert f"#SBATCH --time={train['runtime']}\n" in script
+
+
+def test_the_default_specs_sbatch_script_requests_no_gpu(tmp_path):
+    script = _train_sbatch_script(tmp_path, "config/config.yaml")
+    assert "--gpus-per-node" not in script and "--gres" not in script
+    assert "#SBATCH --cpus-per-task=1\n" in script and "#SBATCH --mem=8000M\n" in script

@@ -1,6 +1,7 @@
 """User expressions: whitelisted math only, compiled to torch, differentiated symbolically."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -91,3 +92,38 @@ def test_derivatives_of_abs_and_max_are_the_sign_and_the_step():
     d = compile_expr("abs(lam) + max(lam, 1)", ["lam"]).diff("lam")
     x = torch.tensor([-2.0, -0.5, 0.5, 2.0], dtype=torch.float64)
     assert torch.equal(d(lam=x), torch.sign(x) + (x > 1).double())
+
+
+# ---- bounded parsing: hostile input is refused at once, never folded or evaluated -----------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # sympy would fold 9**387420489 exactly: an integer of ~370 million digits
+        ("9**9**9**9", "'9**9**9' has the exponent 387420489"),
+        ("lam ** 1000000000", "has the exponent 1000000000 (at most 1000"),
+        ("(lam**1000)**1000", "has the exponent 1000000 (at most 1000"),
+        # sympy distributes the power over the coefficient: 2**1000 * lam**1000
+        ("(2*lam)**1000", "beyond float64's range"),
+        ("10**300 * 10**300", "beyond float64's range"),
+        ("1" * 400, "beyond float64's range"),
+        ("1e999", "not a finite real number"),
+        ("1 / 0", "not a finite real number"),
+        ("sqrt(-1)", "not a finite real number"),
+        ("exp(" * 50 + "lam" + ")" * 50, "nested too deeply"),
+        ("lam" + " + lam" * 300, "characters (at most 1000)"),
+        ("(" * 300 + "lam" + ")" * 300, "not valid math"),  # Python's own nesting limit
+    ],
+)
+def test_hostile_expressions_are_refused_in_one_line(text, message):
+    with pytest.raises(ExprError, match=re.escape(message)) as err:
+        compile_expr(text, ["lam"])
+    assert "\n" not in str(err.value) and len(str(err.value)) < 250
+
+
+def test_bounds_leave_ordinary_powers_and_constants_exact():
+    lam = LAM
+    assert torch.allclose(compile_expr("(2*lam)**10", ["lam"])(lam=lam), 1024 * lam**10)
+    assert torch.equal(compile_expr("2**-3 + 0*lam", ["lam"])(lam=lam), torch.full_like(lam, 0.125))
+    assert compile_expr("2**999 / 2**998", ["lam"])(lam=lam).unique().item() == 2.0

@@ -1,6 +1,7 @@
 """Schedules against their closed forms: log-SNR, its derivative, its inverse, endpoints."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -120,3 +121,34 @@ def test_bad_declarations_name_the_schedule(entry, message):
     with pytest.raises(ScheduleError, match=message) as err:
         schedules.build("mine", entry, RANGE, "lib.yaml")
     assert "mine" in str(err.value)
+
+
+# ---- a schedule must decrease and cover its process's log-SNR range --------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        # lam = 5 - 10 t reaches only [-5, 5]: training would silently skip |lam| > 5
+        (
+            {"process": "gaussian", "log_snr": "5 - 10*t"},
+            "covers only [-5, 5] on t in [0, 1], not the process's log_snr_range [-10, 10]",
+        ),
+        # rises at the start: d/dt (20 - 40 t + 3 sin(20 t)) = 20 > 0 at t = 0
+        ({"process": "gaussian", "log_snr": "20 - 40*t + 3*sin(20*t)"}, "must decrease with t"),
+        # log(1/2 - t) is -inf at t = 1/2 (and nan after)
+        ({"process": "gaussian", "log_snr": "log(1/2 - t)"}, "log-SNR is -inf at t = 0.5 "),
+    ],
+)
+def test_schedule_that_does_not_decrease_over_its_range_is_refused(entry, message):
+    with pytest.raises(ScheduleError, match=re.escape(message)) as err:
+        schedules.build("mine", entry, RANGE, "lib.yaml")
+    assert str(err.value).startswith("lib.yaml: schedules.mine: ")
+    if "sin" in entry["log_snr"]:  # the t named is one where lam rises: -40 + 60 cos(20 t) > 0
+        t = float(re.search(r"but lam\(([\d.e-]+)\)", str(err.value)).group(1))
+        assert -40 + 60 * math.cos(20 * t) > 0
+
+
+def test_schedule_that_overshoots_its_range_is_accepted_and_restricted():
+    s = schedules.build("wide", {"process": "gaussian", "log_snr": "30 - 60*t"}, RANGE, "lib")
+    assert s.t_range == pytest.approx((1 / 3, 2 / 3), abs=1e-12)  # 30 - 60 t = +-10

@@ -2,7 +2,8 @@
 
 Skipped unless `sinfo` answers. With DIFFOBJ_SLURM_START=1 (and root) the tests start the
 local cluster themselves and stop it afterwards. About 2.5 minutes: the walltime tests
-wait for SLURM's one-minute minimum time limit.
+wait for SLURM's one-minute minimum time limit. Nothing here needs GPUs: CI's cluster has
+none (DIFFOBJ_SLURM_FAKE_GPUS=0), and the default experiment's resources ask for none.
 """
 
 import os
@@ -96,10 +97,11 @@ rule broken:
     output: "out/broken.txt"
     shell: "echo broken-on-purpose >&2; exit 5"
 
-# two (pretend) GPUs: two tasks, each runs the command under torch.distributed
+# two tasks (as for two GPUs; CI's cluster has none), each runs the command under
+# torch.distributed
 rule ddp:
     output: "out/ddp.txt"
-    resources: gpu=2
+    resources: tasks_per_node=2
     shell: "{sys.executable} ddp.py {{output}}"
 """
 
@@ -166,7 +168,7 @@ def test_failing_job_reports_its_state_and_log(workflow):
     assert _sacct(job_id) == ["FAILED"]
 
 
-def test_job_with_two_gpus_runs_two_ranks_of_torch_distributed(workflow):
+def test_job_with_two_tasks_runs_two_ranks_of_torch_distributed(workflow):
     _, output, workdir, jobs = workflow
     ((job_id, log),) = jobs["ddp"]
     assert (workdir / "out/ddp.txt").read_text() == "2 0 3", output
@@ -225,3 +227,43 @@ def test_ctrl_c_cancels_running_and_queued_jobs(cluster, tmp_path):
             snakemake.kill()
     _wait_until(lambda: not _queued(job_ids), 30, "squeue to be empty")
     assert all(_sacct(job_id) == ["CANCELLED"] for job_id in job_ids)
+
+
+# The default experiment's resources (no `resources:` key: CPU-sized) on the reduced grid of
+# the workflow tests: one Gaussian run, no optimal loss, no classifier FD, one figure.
+def _reduced_default() -> dict:
+    from test_workflow import TINY
+
+    spec = {k: v for k, v in TINY.items() if k != "grid"}
+    spec["grid"] = [{**TINY["grid"][0], "weighting": ["elbo"]}]
+    spec["optimal_loss"] = {"enabled": False}
+    spec["evaluation"] = {"fd_classifier": False, "nll": True}
+    spec["figures"] = ["weightings"]
+    return spec
+
+
+def test_default_experiment_runs_through_the_profile_on_a_cluster_without_gpus(cluster, tmp_path):
+    import yaml
+
+    assert "resources" not in yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for name in ("Snakefile", "workflow", "config"):
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(_reduced_default()))
+    run = subprocess.run(
+        [*PROFILE_RUN, "--configfile", "spec.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-5000:]
+    jobs = _submissions(output)
+    assert {"prepare_data", "train", "nll", "tables", "weightings"} <= set(jobs), output
+    for rule, submitted in jobs.items():
+        for job_id, log in submitted:
+            assert _sacct(job_id) == ["COMPLETED"], (rule, log.read_text()[-2000:])
+            script = next(log.parent.glob(f"{job_id}_submission.sh")).read_text()
+            assert "--gpus-per-node" not in script and "--gres" not in script
+    tables = tmp_path / "results" / "tiny" / "tables"
+    assert {p.name for p in tables.glob("*.parquet")} >= {"runs.parquet", "evaluation.parquet"}

@@ -197,3 +197,61 @@ def test_committed_json_schema_is_generated_from_the_spec_models(root):
     assert committed == spec.json_schema(), (
         "regenerate: diffobj validate --schema workflow/schemas/spec.schema.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("9**9**9**9", "weightings.bad.expr: expression '9**9**9**9': '9**9**9' has the exponent"),
+        ("exp(exp(exp(lam)))", "weightings.bad: w = inf at lam = 10 "),
+        ("-lam", "weightings.bad: w = -10 < 0 at lam = 10 "),
+        ("lam ** 1000000000", "weightings.bad.expr: expression 'lam ** 1000000000': 'lam "),
+        ("0 * sigmoid(lam)", "weightings.bad: w = 0 everywhere"),
+    ],
+)
+def test_hostile_weighting_in_the_grid_is_one_line_exit_2(tmp_path, root, capsys, expr, message):
+    data = {**MINIMAL, "weightings": {"bad": expr}}
+    data["grid"] = [{**MINIMAL["grid"][0], "weighting": ["bad"]}]
+    path = write_spec(tmp_path, data)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: {message}" in err
+
+
+@pytest.mark.parametrize(
+    ("library", "entry", "message"),
+    [
+        ("weightings", '"-lam"', "weightings.unused: w = -10 < 0 at lam = 10 "),
+        ("schedules", "{process: masked, alpha: t}", "schedules.unused: log-SNR must decrease"),
+    ],
+)
+def test_validate_checks_library_entries_no_grid_names(
+    tmp_path, root, capsys, library, entry, message
+):
+    lib = tmp_path / f"{library}.yaml"
+    lib.write_text((root / "config" / f"{library}.yaml").read_text() + f"\nunused: {entry}\n")
+    path = write_spec(tmp_path, {**MINIMAL, f"{library}_library": str(lib)})
+    spec.load(path, root)  # the grid does not use it: the spec itself loads
+    assert main(["validate", str(path)]) == 2
+    assert f"{lib}: {message}" in capsys.readouterr().err
+
+
+def test_validate_reports_that_the_libraries_check_out(root, capsys):
+    assert main(["validate", str(root / "config" / "config.yaml")]) == 0
+    n = {
+        k: len(yaml.safe_load((root / "config" / f"{k}.yaml").read_text()))
+        for k in ("schedules", "weightings")
+    }
+    expected = f"libraries: {n['schedules']} schedules and {n['weightings']} weightings check out"
+    assert expected in capsys.readouterr().out
+
+
+def test_resources_default_to_cpu_and_a_stage_keeps_the_defaults_it_omits(tmp_path, root):
+    default = spec.load(write_spec(tmp_path, MINIMAL), root).spec.resources
+    assert all(getattr(default, stage).gpus == 0 for stage in spec.STAGE_DEFAULTS)
+    assert (default.train.mem_mb, default.train.runtime, default.train.threads) == (8000, 60, 1)
+    data = {**MINIMAL, "resources": {"train": {"gpus": 2, "threads": 8}}}
+    train = spec.load(write_spec(tmp_path, data), root).spec.resources.train
+    assert (train.gpus, train.threads, train.mem_mb, train.runtime) == (2, 8, 8000, 60)
+    with pytest.raises(UserError, match="resources.trian: unknown key"):
+        spec.load(write_spec(tmp_path, {**MINIMAL, "resources": {"trian": {"gpus": 1}}}), root)

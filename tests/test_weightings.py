@@ -1,6 +1,8 @@
 """Weightings against the formulas of SCIENCE §2 and the identities of §7."""
 
 import math
+import re
+import sys
 
 import pytest
 import torch
@@ -141,3 +143,52 @@ def test_bad_weightings_name_file_and_weighting(entry, message):
     with pytest.raises(WeightingError, match=message) as err:
         weightings.build("mine", entry, "w.yaml")
     assert "w.yaml: weightings.mine" in str(err.value)
+
+
+# ---- a weighting must be finite, >= 0 and not all zero on its process's range ---------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        # -lam is most negative at the top of the range, lam = 10
+        ("-lam", "w = -10 < 0 at lam = 10 "),
+        # lam**400 overflows float64 (10**400) at the top of the range
+        ("lam**400", "w = inf at lam = 10 "),
+        ("0 * sigmoid(lam)", "w = 0 everywhere"),
+        # 1 + sin(lam) touches 0 (at lam = -pi/2, 3pi/2) but is never below it
+        ("1 + sin(lam)", None),
+    ],
+)
+def test_weighting_values_are_checked_on_the_log_snr_range(schedule_library, expr, message):
+    w = weightings.build("mine", expr, "w.yaml")
+    s = schedule(schedule_library, "vp_cosine")
+    if message is None:  # >= 0 everywhere, zero only at isolated points: accepted
+        weightings.check_values(w, s, "gaussian", "w.yaml: weightings.mine")
+        return
+    with pytest.raises(WeightingError, match=re.escape(message)) as err:
+        weightings.check_values(w, s, "gaussian", "w.yaml: weightings.mine")
+    assert str(err.value).startswith("w.yaml: weightings.mine: ")
+    assert "schedule vp_cosine, gaussian log-SNR range [-10, 10]" in str(err.value)
+
+
+def test_triple_exponential_is_refused_where_it_overflows(schedule_library):
+    # exp(exp(exp(lam))) exceeds float64 (e^709.78) once exp(lam) > log(709.78), lam > 1.880
+    w = weightings.build("mine", "exp(exp(exp(lam)))", "w.yaml")
+    s = schedule(schedule_library, "rectified_flow")
+    with pytest.raises(WeightingError, match=r"w = inf at lam = ([\d.]+) ") as err:
+        weightings.check_values(w, s, "gaussian", "w.yaml: weightings.mine")
+    lam = float(re.search(r"at lam = ([\d.]+)", str(err.value)).group(1))
+    assert lam > math.log(math.log(sys.float_info.max))
+
+
+def test_every_library_weighting_passes_under_every_schedule_of_its_processes(
+    schedule_library, weighting_library
+):
+    for w in weighting_library.values():
+        for name, entry in schedule_library.items():
+            if entry["process"] in w.processes:
+                s = schedule(
+                    schedule_library, name, schedules.DEFAULT_LOG_SNR_RANGE[entry["process"]]
+                )
+                weightings.check_values(w, s, entry["process"], f"weightings.{w.name}")

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from diffobj.errors import UserError
+from diffobj.errors import UserError, missing_extra
 
 # subcommand -> (module under diffobj.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as err:
         print(f"diffobj {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional extra is not installed
+        hint = missing_extra(err)
+        if hint is None:
+            raise
+        print(f"diffobj {args.command}: error: {hint}", file=sys.stderr)
         return 2
     return 0
 

@@ -5,6 +5,11 @@ operations and power, unary minus, calls of whitelisted functions, whitelisted n
 is then rebuilt as a sympy expression. Compiled callables evaluate that sympy tree with torch
 operations, so the same expression runs on CPU or GPU tensors and can be differentiated
 symbolically.
+
+Parsing is bounded whatever the input: the text's length and the tree's depth and size are
+limited before sympy sees it, and every power is checked before sympy builds it, since sympy
+folds constant powers exactly (``9**9**9**9`` would be an integer of ~10^8 digits, a hang).
+Numbers stay within float64's range, so an expression that parses also evaluates.
 """
 
 from __future__ import annotations
@@ -66,6 +71,13 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., sympy.Expr]]] = {
 }
 CONSTANTS: dict[str, sympy.Expr] = {"pi": sympy.pi, "e": sympy.E}
 
+# Bounds of a parse. Library expressions are a few dozen characters; these are far above that.
+MAX_LENGTH = 1000  # characters
+MAX_DEPTH = 40  # nesting of the syntax tree
+MAX_NODES = 400  # nodes of the syntax tree
+MAX_EXPONENT = 1000  # |p| of a numeric exponent
+MAX_BITS = 1000  # |numbers| within 2**+-1000 (about 1e+-301; float64 reaches 2**1024)
+
 _BINARY = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
@@ -86,15 +98,20 @@ def parse(text: str, names: Iterable[str], params: Mapping[str, float] | None = 
         raise ExprError(
             f"expression {text!r}: expected a string of math, got {type(text).__name__}"
         )
-    source = str(text)
-    try:
-        tree = ast.parse(source.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ExprError(f"expression {source!r}: not valid math ({err.msg})") from None
+    source = str(text).strip()
+    tree = _syntax_tree(source)
+    shown = _short(source)
 
     def fail(node: ast.AST, what: str) -> ExprError:
-        token = ast.get_source_segment(source.strip(), node) or type(node).__name__
-        return ExprError(f"expression {source!r}: {what} {token!r} is not allowed")
+        token = _short(ast.get_source_segment(source, node) or type(node).__name__)
+        return ExprError(f"expression {shown!r}: {what} {token!r} is not allowed")
+
+    def checked(node: ast.AST, value: sympy.Expr) -> sympy.Expr:
+        problem = _number_problem(value)
+        if problem:
+            token = _short(ast.get_source_segment(source, node) or source)
+            raise ExprError(f"expression {shown!r}: {token!r} {problem}")
+        return value
 
     def build(node: ast.AST) -> sympy.Expr:
         if isinstance(node, ast.Expression):
@@ -102,19 +119,26 @@ def parse(text: str, names: Iterable[str], params: Mapping[str, float] | None = 
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, int | float):
                 raise fail(node, "constant")
-            return (
+            number = (
                 sympy.Float(node.value)
                 if isinstance(node.value, float)
                 else sympy.Integer(node.value)
             )
+            return checked(node, number)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-            return _BINARY[type(node.op)](build(node.left), build(node.right))
+            left, right = build(node.left), build(node.right)
+            if isinstance(node.op, ast.Pow):
+                problem = _power_problem(left, right)
+                if problem:
+                    token = _short(ast.get_source_segment(source, node) or source)
+                    raise ExprError(f"expression {shown!r}: {token!r} {problem}")
+            return checked(node, _BINARY[type(node.op)](left, right))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             operand = build(node.operand)
             return -operand if isinstance(node.op, ast.USub) else operand
         if isinstance(node, ast.Name):
             if node.id in params:
-                return sympy.Float(params[node.id])
+                return checked(node, sympy.Float(params[node.id]))
             if node.id in allowed:
                 return sympy.Symbol(node.id, real=True)
             if node.id in CONSTANTS:
@@ -128,13 +152,79 @@ def parse(text: str, names: Iterable[str], params: Mapping[str, float] | None = 
             arity, builder = FUNCTIONS[node.func.id]
             if len(node.args) != arity:
                 raise ExprError(
-                    f"expression {source!r}: {node.func.id} takes {arity} argument(s), "
+                    f"expression {shown!r}: {node.func.id} takes {arity} argument(s), "
                     f"got {len(node.args)}"
                 )
-            return builder(*(build(arg) for arg in node.args))
+            return checked(node, builder(*(build(arg) for arg in node.args)))
         raise fail(node, "syntax")
 
     return build(tree)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """Text for a one-line message: a long expression is cut, not printed whole."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _syntax_tree(source: str) -> ast.Expression:
+    """The Python syntax tree of ``source``, refused when too long, deep or large to be math."""
+    if len(source) > MAX_LENGTH:
+        raise ExprError(
+            f"expression {_short(source)!r}: {len(source)} characters (at most {MAX_LENGTH})"
+        )
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as err:
+        raise ExprError(f"expression {_short(source)!r}: not valid math ({err.msg})") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ExprError(f"expression {_short(source)!r}: nested too deeply to be math") from None
+    stack, count = [(tree, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH or count > MAX_NODES:
+            raise ExprError(
+                f"expression {_short(source)!r}: nested too deeply or too long "
+                f"(at most depth {MAX_DEPTH} and {MAX_NODES} terms)"
+            )
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return tree
+
+
+def _bits(number: sympy.Number) -> float:
+    """log2 of the magnitude (of numerator and denominator for rationals); inf if not finite."""
+    if number.is_Rational:
+        return max(abs(number.p).bit_length(), abs(number.q).bit_length())
+    if number.is_Float:
+        _, mantissa, exponent, bit_count = number._mpf_
+        return abs(exponent + bit_count) if mantissa else 0  # inf/nan have mantissa 0, bc -1
+    return math.inf
+
+
+def _number_problem(expr: sympy.Expr) -> str | None:
+    """Why ``expr`` cannot be evaluated in float64 (a huge or infinite number), or None."""
+    if expr.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo, sympy.I):
+        return "is not a finite real number (a division by zero, or a root of a negative?)"
+    for power in expr.atoms(sympy.Pow):
+        if power.exp.is_Number and abs(power.exp) > MAX_EXPONENT:
+            return f"has the exponent {power.exp} (at most {MAX_EXPONENT} in absolute value)"
+    for number in expr.atoms(sympy.Number):
+        if not number.is_finite or _bits(number) > MAX_BITS:
+            return f"holds a number beyond float64's range (|x| up to 2**{MAX_BITS})"
+    return None
+
+
+def _power_problem(base: sympy.Expr, exponent: sympy.Expr) -> str | None:
+    """Why sympy must not build base**exponent (it would fold a huge number), or None."""
+    if not exponent.is_Number:
+        return None  # sympy folds nothing with a symbolic exponent
+    if not exponent.is_finite or abs(exponent) > MAX_EXPONENT:
+        return f"has the exponent {exponent} (at most {MAX_EXPONENT} in absolute value)"
+    coefficient = abs(base.as_coeff_Mul()[0])  # sympy distributes the power over it
+    finite = coefficient.is_Number and coefficient.is_finite and coefficient != 0
+    if finite and abs(float(exponent)) * abs(math.log2(float(coefficient))) > MAX_BITS:
+        return f"is beyond float64's range (|x| up to 2**{MAX_BITS})"
+    return None
 
 
 # sympy node -> torch evaluation. Anything else sympy produces is an error, not a silent fallback.
@@ -167,7 +257,7 @@ def _evaluate(
     if expr.is_Symbol:
         return env[expr]
     if expr.is_Number or expr in (sympy.pi, sympy.E):
-        return torch.full_like(like, float(expr))
+        return torch.full_like(like, _as_float(expr))
     if isinstance(expr, sympy.Piecewise):  # first true condition wins, as in sympy
         out = torch.full_like(like, math.nan)
         for value, cond in reversed(expr.args):
@@ -196,6 +286,14 @@ def _evaluate(
             f"expression {expr}: sympy produced {expr.func.__name__}, which has no torch form"
         )
     return func(*args)
+
+
+def _as_float(number: sympy.Expr) -> float:
+    """A sympy number as a float; one beyond float64 (from a derivative's factors) is +-inf."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.copysign(math.inf, float(sympy.sign(number)))
 
 
 def _fold(

@@ -30,6 +30,8 @@ from diffobj.errors import UserError
 from diffobj.expr import Compiled, ExprError, compile_expr
 
 PROCESSES = ("gaussian", "masked")
+# The range a library entry is checked on when the spec has no process of its kind.
+DEFAULT_LOG_SNR_RANGE = {"gaussian": (-10.0, 10.0), "masked": (-9.21, 9.21)}
 DTYPE = torch.float64  # schedule math is cheap; float64 keeps the ends of the range exact
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
@@ -305,7 +307,16 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
 # -- the YAML library -------------------------------------------------------------------------
 
 SCHEDULE_KEYS = {"process", "alpha", "sigma", "log_snr", "density", "params", "description"}
-DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "config" / "schedules.yaml"
+
+
+def library_file(name: str) -> Path:
+    """config/<name> of the working directory (the repository root, where Snakemake runs and
+    where an installed wheel finds the libraries), else of this source checkout."""
+    here = Path.cwd() / "config" / name
+    return here if here.exists() else Path(__file__).resolve().parents[2] / "config" / name
+
+
+DEFAULT_LIBRARY = library_file("schedules.yaml")
 
 
 def build(
@@ -354,16 +365,49 @@ def build(
     except ScheduleError as err:
         raise ScheduleError(f"{source}: {err}") from None
     _check_decreasing(schedule, where)
-    return schedule.with_log_snr_range(*log_snr_range)
+    restricted = schedule.with_log_snr_range(*log_snr_range)
+    _check_covers(restricted, where)
+    return restricted
 
 
-def _check_decreasing(schedule: Schedule, where: str) -> None:
-    t = torch.linspace(0.01, 0.99, 99, dtype=DTYPE)
+def _check_decreasing(schedule: Schedule, where: str, points: int = 2001) -> None:
+    """lam(t) finite and strictly decreasing inside (0, 1); the error names a t where not."""
+    t = torch.linspace(0.0, 1.0, points + 2, dtype=DTYPE)[1:-1]
     lam = schedule.log_snr(t)
-    if not torch.isfinite(lam).all():
-        raise ScheduleError(f"{where}: log-SNR is not finite inside (0, 1)")
-    if not (lam[1:] < lam[:-1]).all():
-        raise ScheduleError(f"{where}: log-SNR must decrease with t (more noise later)")
+    bad = ~torch.isfinite(lam)
+    if bad.any():
+        at = float(t[bad][0])
+        raise ScheduleError(f"{where}: log-SNR is {float(lam[bad][0])} at t = {at:.6g} in (0, 1)")
+    rising = lam[1:] >= lam[:-1]
+    if rising.any():
+        i = int(rising.nonzero()[0])
+        raise ScheduleError(
+            f"{where}: log-SNR must decrease with t (more noise later), but lam({float(t[i]):.6g})"
+            f" = {float(lam[i]):.6g} <= lam({float(t[i + 1]):.6g}) = {float(lam[i + 1]):.6g}"
+        )
+
+
+def _check_covers(schedule: Schedule, where: str, points: int = 1025) -> None:
+    """On its time range the schedule reaches both ends of its log-SNR range, with finite
+    lam and dlam/dt: a schedule that stops short would silently train on a narrower range."""
+    lam_min, lam_max = schedule.log_snr_range
+    reached_min, reached_max = schedule.log_snr_endpoints()
+    tol = 1e-6 * (lam_max - lam_min)
+    if reached_max < lam_max - tol or reached_min > lam_min + tol:
+        raise ScheduleError(
+            f"{where}: log-SNR covers only [{reached_min:.6g}, {reached_max:.6g}] on t in [0, 1], "
+            f"not the process's log_snr_range [{lam_min:g}, {lam_max:g}]"
+        )
+    t0, t1 = schedule.t_range
+    t = torch.linspace(t0, t1, points, dtype=DTYPE)
+    slope = schedule.dlog_snr_dt(t)
+    bad = ~torch.isfinite(slope) | (slope > 0)
+    if bad.any():
+        at = float(t[bad][0])
+        raise ScheduleError(
+            f"{where}: dlam/dt = {float(slope[bad][0]):.6g} at t = {at:.6g} "
+            f"(lam = {float(schedule.log_snr(torch.tensor(at))):.6g}); it must be finite and <= 0"
+        )
 
 
 def load_library(path: str | Path = DEFAULT_LIBRARY) -> dict[str, dict[str, Any]]:

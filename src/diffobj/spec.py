@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from diffobj import schedules, weightings
 from diffobj.errors import UserError
@@ -150,6 +157,57 @@ class Evaluation(Strict):
     )
 
 
+class StageResources(Strict):
+    """What each job of one stage needs. The rules give it to Snakemake (threads, resources);
+    on a cluster the executor turns it into sbatch options (docs/slurm.md)."""
+
+    gpus: int = Field(0, ge=0, description="GPUs per job; > 1 on train: DDP, one task per GPU")
+    threads: int = Field(1, gt=0, description="CPU threads per job (per task with gpus > 1)")
+    mem_mb: int = Field(4000, gt=0, description="memory per job in MB")
+    runtime: int = Field(
+        60, gt=0, description="walltime in minutes (a retry gets it times the attempt)"
+    )
+
+
+# CPU-sized: the embedded default runs on a laptop or a GPU-less cluster. Paper specs ask for
+# GPUs in their `resources:`; a stage given there keeps these values for the keys it omits.
+STAGE_DEFAULTS: dict[str, dict[str, int]] = {
+    "prepare_data": {"mem_mb": 8000, "runtime": 60},
+    "optimal_loss": {"threads": 2, "mem_mb": 16000, "runtime": 120},
+    "train": {"mem_mb": 8000, "runtime": 60},
+    "sample": {"mem_mb": 8000, "runtime": 60},
+    "nll": {"mem_mb": 8000, "runtime": 60},
+    "classifier": {"mem_mb": 4000, "runtime": 30},  # the classifier FD: features and scores
+    "fid": {"threads": 2, "mem_mb": 16000, "runtime": 120},
+    "aggregate": {"mem_mb": 4000, "runtime": 30},  # weightings, tables, figures
+}
+
+
+def _stage(name: str) -> Any:
+    return Field(default_factory=lambda: StageResources(**STAGE_DEFAULTS[name]))
+
+
+class Resources(Strict):
+    prepare_data: StageResources = _stage("prepare_data")
+    optimal_loss: StageResources = _stage("optimal_loss")
+    train: StageResources = _stage("train")
+    sample: StageResources = _stage("sample")
+    nll: StageResources = _stage("nll")
+    classifier: StageResources = _stage("classifier")
+    fid: StageResources = _stage("fid")
+    aggregate: StageResources = _stage("aggregate")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_stage_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {
+            k: {**STAGE_DEFAULTS.get(k, {}), **v} if isinstance(v, dict) else v
+            for k, v in data.items()
+        }
+
+
 class Spec(Strict):
     experiment: str = Field(pattern=NAME)
     description: str = ""
@@ -170,6 +228,9 @@ class Spec(Strict):
     sampling: Sampling = Field(default_factory=Sampling)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     figures: list[str] = Field(default_factory=list)
+    resources: Resources = Field(
+        default_factory=Resources, description="what each stage's jobs need (GPUs, memory, ...)"
+    )
 
 
 class Run(BaseModel):
@@ -301,6 +362,7 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
     _check_references(spec, path, schedule_entries, weighting_entries)
     _check_masked_grid(spec, path, root)
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries)
+    loaded.root = root
     _check_buildable(loaded)
     return loaded
 
@@ -441,13 +503,46 @@ def _check_references(
 def _check_buildable(loaded: LoadedSpec) -> None:
     """Build every schedule and weighting the grid uses, so a bad expression fails now."""
     for process, sched, weight in loaded.combinations():
-        loaded.schedule(sched, process)
+        schedule = loaded.schedule(sched, process)
         w = loaded.weighting(weight)
         kind = loaded.spec.processes[process].kind
         if kind not in w.processes:
             raise SpecError(
                 f"{loaded.path}: weighting {weight!r} is for {list(w.processes)}, not for {kind} process {process!r}"
             )
+        weightings.check_values(w, schedule, kind, f"{loaded.path}: weightings.{weight}")
+
+
+def check_libraries(loaded: LoadedSpec) -> tuple[int, int]:
+    """Every schedule and weighting of the libraries and the spec, named in the grid or not.
+
+    The grid's combinations are checked on their processes' ranges by ``load``; here every
+    schedule is built on the default range of its kind, and every weighting is checked under
+    every schedule of the processes it is for. Returns (schedules, weightings) checked.
+    """
+    built = []
+    for name, entry in loaded.schedule_entries.items():
+        kind = entry.get("process") if isinstance(entry, dict) else None
+        lam_range = schedules.DEFAULT_LOG_SNR_RANGE.get(kind, (-10.0, 10.0))
+        source = _entry_source(loaded, "schedules", name)
+        built.append(schedules.build(name, entry, lam_range, source))
+    for name, entry in loaded.weighting_entries.items():
+        source = _entry_source(loaded, "weightings", name)
+        w = weightings.build(name, entry, source)
+        for schedule in built:
+            if schedule.process in w.processes:
+                weightings.check_values(
+                    w, schedule, schedule.process, f"{source}: weightings.{name}"
+                )
+    return len(built), len(loaded.weighting_entries)
+
+
+def _entry_source(loaded: LoadedSpec, what: str, name: str) -> str:
+    """The file an entry comes from: the spec (its additions) or the library file."""
+    if name in getattr(loaded.spec, what):
+        return str(loaded.path)
+    library = getattr(loaded.spec, f"{what}_library")
+    return str(Path(getattr(loaded, "root", ".")) / library)
 
 
 DOWNLOADS = {

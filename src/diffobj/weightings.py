@@ -20,11 +20,11 @@ import torch
 
 from diffobj.errors import UserError
 from diffobj.expr import Compiled, ExprError, compile_expr
-from diffobj.schedules import DTYPE, PROCESSES, Level, Schedule, _load_yaml_mapping
+from diffobj.schedules import DTYPE, PROCESSES, Level, Schedule, _load_yaml_mapping, library_file
 
 VARIABLES = ("lam", "t", "alpha", "dalpha_dt", "dlam_dt")
 WEIGHTING_KEYS = {"expr", "params", "description", "processes"}
-DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "config" / "weightings.yaml"
+DEFAULT_LIBRARY = library_file("weightings.yaml")
 
 
 class WeightingError(UserError):
@@ -66,6 +66,35 @@ class Weighting:
             w, t = w[finite], t[finite]
         steps = w[1:] - w[:-1]
         return bool((steps >= -rtol * w.abs().max()).all())
+
+
+def check_values(
+    weighting: Weighting, schedule: Schedule, process: str, where: str, points: int = 1025
+) -> None:
+    """A weighting must be finite, >= 0 and not identically zero on the schedule's log-SNR
+    range (the range of its process): otherwise training would diverge, maximise a loss, or
+    learn nothing. The error names the weighting and a lam where it fails."""
+    t0, t1 = schedule.t_range
+    level = schedule.level(torch.linspace(t0, t1, points, dtype=DTYPE))
+    w, lam = weighting(level), level.log_snr
+    lam_min, lam_max = schedule.log_snr_endpoints()
+    on = f"(schedule {schedule.name}, {process} log-SNR range [{lam_min:g}, {lam_max:g}])"
+    bad = ~torch.isfinite(w)
+    if bad.any():
+        raise WeightingError(
+            f"{where}: w = {float(w[bad][0])} at lam = {float(lam[bad][0]):.6g} {on}; "
+            "a weighting must be finite"
+        )
+    scale = float(w.abs().max())
+    negative = w < -1e-9 * scale
+    if negative.any():
+        i = int(torch.argmin(w))
+        raise WeightingError(
+            f"{where}: w = {float(w[i]):.6g} < 0 at lam = {float(lam[i]):.6g} {on}; "
+            "a weighting must be >= 0"
+        )
+    if scale == 0:
+        raise WeightingError(f"{where}: w = 0 everywhere {on}; a weighting must not be all zero")
 
 
 def elbo_time_weight(level: Level, process: str) -> torch.Tensor:

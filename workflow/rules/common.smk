@@ -46,3 +46,18 @@ def all_tables():
 
 def all_figures():
     return [f"{R}/figures/{name}.png" for name in S.figures]
+
+
+def stage_threads(stage):
+    """Threads of a stage's jobs, from the spec's resources.<stage>."""
+    return getattr(S.resources, stage).threads
+
+
+def stage_resources(stage, resumable=False):
+    """Snakemake resources of a stage's jobs, from the spec's resources.<stage>: what the
+    experiment needs belongs to the experiment (the profile holds the cluster's settings).
+    A retry gets `attempt` times the walltime; a resumable job is requeued at its walltime
+    instead, so it keeps it."""
+    need = getattr(S.resources, stage)
+    runtime = need.runtime if resumable else (lambda wildcards, attempt: need.runtime * attempt)
+    return {"gpu": need.gpus, "mem_mb": need.mem_mb, "runtime": runtime}

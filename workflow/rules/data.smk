@@ -21,9 +21,8 @@ rule prepare_data:
         out=lambda w: data_dir(w.dataset),
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
-    threads: 1
+    threads: stage_threads("prepare_data")
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **stage_resources("prepare_data"),
     shell:
         "diffobj prepare-data {params.args} --out {params.out} > {log} 2>&1"

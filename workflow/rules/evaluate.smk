@@ -11,10 +11,9 @@ rule train_features:
         data=lambda w: data_dir(w.dataset),
     log:
         f"{R}/logs/train_features/{{dataset}}.log",
-    threads: 2
+    threads: stage_threads("classifier")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **stage_resources("classifier"),
     shell:
         "diffobj train-features --data {params.data} --epochs {EVAL.features_epochs} --seed 0"
         " --out {output} > {log} 2>&1"
@@ -28,10 +27,9 @@ rule fd_reference:
         f"{R}/features/{{dataset}}-ref.npz",
     log:
         f"{R}/logs/fd_reference/{{dataset}}.log",
-    threads: 1
+    threads: stage_threads("classifier")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **stage_resources("classifier"),
     shell:
         "diffobj fid-ref --data {input.images} --features {input.features} --out {output} > {log} 2>&1"
 
@@ -45,10 +43,9 @@ rule fd_classifier:
         f"{R}/runs/{{run}}/fd_classifier.json",
     log:
         f"{R}/logs/fd_classifier/{{run}}.log",
-    threads: 1
+    threads: stage_threads("classifier")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **stage_resources("classifier"),
     shell:
         "OMP_NUM_THREADS={threads} diffobj fid --samples {input.samples} --ref {input.ref}"
         " --features {input.features} --bootstrap {EVAL.bootstrap} --seed 0 --out {output} > {log} 2>&1"
@@ -63,11 +60,9 @@ rule fid_reference:
         weights=f"--inception {EVAL.inception_weights}" if EVAL.inception_weights else "",
     log:
         f"{R}/logs/fid_reference/{{dataset}}.log",
-    threads: 2
+    threads: stage_threads("fid")
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=1,
+        **stage_resources("fid"),
     shell:
         "diffobj fid-ref --data {input} {params.weights} --out {output} > {log} 2>&1"
 
@@ -82,11 +77,9 @@ rule fid:
         weights=f"--inception {EVAL.inception_weights}" if EVAL.inception_weights else "",
     log:
         f"{R}/logs/fid/{{run}}.log",
-    threads: 2
+    threads: stage_threads("fid")
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=1,
+        **stage_resources("fid"),
     shell:
         "diffobj fid --samples {input.samples} --ref {input.ref} {params.weights} --out {output} > {log} 2>&1"
 
@@ -101,11 +94,9 @@ rule nll:
         out=lambda w: run_dir(w.run),
     log:
         f"{R}/logs/nll/{{run}}.log",
-    threads: 1
+    threads: stage_threads("nll")
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=0,
+        **stage_resources("nll"),
     shell:
         "OMP_NUM_THREADS={threads} diffobj nll --run {params.out} --data {input.test}"
         " --samples-per-image {EVAL.nll_samples_per_image} --time-sampling {EVAL.nll_time_sampling}"
@@ -133,10 +124,9 @@ rule fd_real:
         f"{R}/features/{{dataset}}-test-fd.json",
     log:
         f"{R}/logs/fd_real/{{dataset}}.log",
-    threads: 1
+    threads: stage_threads("classifier")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **stage_resources("classifier"),
     shell:
         "diffobj fid --samples {input.test} --ref {input.ref} --features {input.features}"
         " --out {output} > {log} 2>&1"

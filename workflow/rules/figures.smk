@@ -35,10 +35,9 @@ for _figure in [f for f in S.figures if f != "weightings"]:
             figure=_figure,
         log:
             f"{R}/logs/figures/{_figure}.log",
-        threads: 1
+        threads: stage_threads("aggregate")
         resources:
-            mem_mb=4000,
-            runtime=30,
+            **stage_resources("aggregate"),
         shell:
             "diffobj figures --spec {SPEC} --results {R} --figure {params.figure} --out {output} > {log} 2>&1"
 
@@ -51,10 +50,9 @@ rule report:
         f"{R}/report.html",
     log:
         f"{R}/logs/report.log",
-    threads: 1
+    threads: stage_threads("aggregate")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **stage_resources("aggregate"),
     shell:
         "diffobj report --spec {SPEC} --results {R} --captions {CAPTIONS}"
         " --out {output} > {log} 2>&1"

@@ -13,11 +13,9 @@ rule optimal_loss:
         subset=f"--subset {OPT.subset}" if OPT.subset else "",
     log:
         f"{R}/logs/optimal_loss/{{dataset}}-{{process}}.log",
-    threads: 2
+    threads: stage_threads("optimal_loss")
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=0,
+        **stage_resources("optimal_loss"),
     shell:
         "diffobj optimal-loss --data {input} --process {params.kind} --schedule {params.schedule}"
         " --log-snr-range {params.lam} --levels {OPT.levels} --queries {OPT.queries}"
@@ -35,11 +33,9 @@ rule optimal_loss_convergence:
         lam=lambda w: " ".join(str(v) for v in S.processes[w.process].log_snr_range),
     log:
         f"{R}/logs/optimal_loss/{{dataset}}-{{process}}-convergence.log",
-    threads: 2
+    threads: stage_threads("optimal_loss")
     resources:
-        mem_mb=16000,
-        runtime=120,
-        gpu=0,
+        **stage_resources("optimal_loss"),
     shell:
         "diffobj optimal-loss --convergence --data {input} --process {params.kind}"
         " --schedule {params.schedule} --log-snr-range {params.lam} --levels 8"

@@ -34,11 +34,9 @@ rule sample:
         sampler=sampler_args,
     log:
         f"{R}/logs/sample/{{run}}.log",
-    threads: 1
+    threads: stage_threads("sample")
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=0,
+        **stage_resources("sample"),
     shell:
         "OMP_NUM_THREADS={threads} diffobj sample --run {params.out} {params.sampler}"
         " --num {SAMPLING.num} --seed 0 --out {output} > {log} 2>&1"

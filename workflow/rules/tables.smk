@@ -10,7 +10,9 @@ rule weightings:
         ),
     log:
         f"{R}/logs/weightings.log",
-    threads: 1
+    threads: stage_threads("aggregate")
+    resources:
+        **stage_resources("aggregate"),
     shell:
         "diffobj weightings --spec {SPEC} --out {output.table} --figure {output.figure} > {log} 2>&1"
 
@@ -27,9 +29,8 @@ rule tables:
         [t for t in all_tables() if not t.endswith("weightings.parquet")],
     log:
         f"{R}/logs/tables.log",
-    threads: 1
+    threads: stage_threads("aggregate")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **stage_resources("aggregate"),
     shell:
         "diffobj tables --spec {SPEC} --results {R} --out-dir {R}/tables > {log} 2>&1"

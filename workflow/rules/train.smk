@@ -42,11 +42,9 @@ rule train:
         f"{R}/logs/train/{{run}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{run}}.tsv"
-    threads: 1
+    threads: stage_threads("train")
     resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=0,
+        **stage_resources("train", resumable=True),
         # checkpoints on SIGUSR1 and exits 3: the submitit executor requeues it and it resumes
         resumable=1,
     shell:

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> None:
         with atomic_path(out) as tmp:
             tmp.write_text(dump_run_config(loaded.run(run_id).resolved()))
         return
+    n_schedules, n_weightings = spec.check_libraries(loaded)
     print(f"{args.spec}: experiment {loaded.experiment!r}, {len(loaded.runs)} runs")
+    print(f"  libraries: {n_schedules} schedules and {n_weightings} weightings check out")
     for r in loaded.runs:
         print(f"  {r.id}")
