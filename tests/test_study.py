@@ -124,3 +124,33 @@ def test_a_bootstrap_replicate_equals_the_distance_of_the_explicitly_resampled_r
     moments = FeatureMoments(6)
     moments.update(features[idx])
     assert replicate == pytest.approx(frechet_distance(moments.statistics(), ref), rel=1e-10)
+
+
+def test_configurations_average_seeds_and_bound_them():
+    runs = [
+        ("a0", "simple", 0, 8.0, 2.0),
+        ("a1", "simple", 1, 10.0, 2.2),
+        ("b0", "elbo", 0, 30.0, 3.0),
+    ]
+    evaluation = pl.DataFrame(
+        {
+            "run_id": [r[0] for r in runs],
+            "kind": "masked",
+            "schedule": "md4_cosine",
+            "weighting": [r[1] for r in runs],
+            "model": "m",
+            "seed": [r[2] for r in runs],
+            "monotonic": True,
+            "fd_classifier": [r[3] for r in runs],
+            "fid": pl.Series([None] * 3, dtype=pl.Float64),
+            "nll_bpd": [r[4] for r in runs],
+        }
+    )
+    # no within-run replicates: two seeds give [min, max], one seed a point
+    result = study.configurations(evaluation, {}).sort("weighting", descending=True)
+    simple, elbo = result.iter_rows(named=True)
+    assert (simple["n_seeds"], simple["fd_classifier"]) == (2, 9.0)
+    assert (simple["fd_classifier_lo"], simple["fd_classifier_hi"]) == (8.0, 10.0)
+    assert (simple["nll_bpd_lo"], simple["nll_bpd_hi"]) == (2.0, 2.2)
+    assert (elbo["n_seeds"], elbo["fd_classifier_lo"], elbo["fd_classifier_hi"]) == (1, 30.0, 30.0)
+    assert simple["fid"] is None

@@ -211,7 +211,7 @@ def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     jobs = planned_jobs(snakemake(workdir, spec, "-n"))
     per_run = {"run_config", "train", "sample", "fd_classifier", "nll"}
     assert {name: jobs[name] for name in per_run} == dict.fromkeys(per_run, 1)
-    aggregates = {"weightings", "tables", "all"} | {
+    aggregates = {"weightings", "tables", "report", "all"} | {
         f"figure_{f}" for f in TINY["figures"] if f != "weightings"
     }
     assert set(jobs) - per_run <= aggregates

@@ -86,7 +86,7 @@ def configurations(
     """
     rng = np.random.default_rng(seed)
     rows = []
-    for key, group in evaluation.sort(CONFIG_KEYS, "seed").group_by(
+    for key, group in evaluation.sort([*CONFIG_KEYS, "seed"]).group_by(
         CONFIG_KEYS, maintain_order=True
     ):
         row: dict[str, Any] = dict(zip(CONFIG_KEYS, key, strict=True))
