@@ -67,6 +67,12 @@ class Model(Strict):
     num_classes: int = Field(0, ge=0, description="> 0: class conditioning with label dropout")
     label_dropout: float = Field(0.1, ge=0, le=1)
     embed_dim: int | None = Field(None, gt=0)
+    preset: Literal["diffobj_unet", "edm_ddpmpp"] = Field(
+        "diffobj_unet", description="diffobj_unet: diffobj's U-Net; edm_ddpmpp: EDM's SongUNet"
+    )
+    augment_dim: int = Field(
+        0, ge=0, description="edm_ddpmpp: augmentation-label inputs (9 with training.augment_p)"
+    )
 
 
 class Training(Strict):

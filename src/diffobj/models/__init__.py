@@ -12,9 +12,12 @@ from typing import Any
 from torch import nn
 
 from diffobj.errors import UserError
+from diffobj.models.edm_unet import EDMDDPMpp, load_edm_state_dict
 from diffobj.models.unet import MaskedUNet, UNet
 
 KINDS = ("gaussian", "masked")
+# "diffobj_unet": unet.UNet / MaskedUNet; "edm_ddpmpp": EDM's SongUNet (edm_unet.py), Gaussian only
+PRESETS = ("diffobj_unet", "edm_ddpmpp")
 # keys of the spec's Model that shape the network ("name" and "label_dropout" do not)
 ARCH_KEYS = (
     "channels",
@@ -46,8 +49,43 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, image_shape: Sequence[i
     name = model_cfg.get("name", "<model>")
     shape = tuple(int(s) for s in image_shape)
     check_fits(config, shape, name)
+    preset = model_cfg.get("preset", "diffobj_unet")
+    augment_dim = int(model_cfg.get("augment_dim", 0) or 0)
+    if preset not in PRESETS:
+        raise UserError(f"model {name!r}: preset must be one of {PRESETS}, got {preset!r}")
+    if preset == "edm_ddpmpp":
+        if kind != "gaussian":
+            raise UserError(f"model {name!r}: preset edm_ddpmpp is a Gaussian network, not {kind}")
+        return EDMDDPMpp(shape, **edm_config(config, augment_dim, name))
+    if augment_dim:
+        raise UserError(f"model {name!r}: augment_dim needs preset edm_ddpmpp, not {preset}")
     head = UNet if kind == "gaussian" else MaskedUNet
     return head(shape, **config)
+
+
+def edm_config(config: Mapping[str, Any], augment_dim: int, name: str) -> dict[str, Any]:
+    """The spec's model keys as EDM's SongUNet arguments (DDPM++: the remaining defaults).
+
+    Label dropout stays with the trainer (the "no label" index), so the network gets 0.
+    """
+    channels = int(config["channels"])
+    embed_dim = config.get("embed_dim") or 4 * channels
+    if embed_dim % channels:
+        raise UserError(
+            f"model {name!r}: edm_ddpmpp needs embed_dim a multiple of channels "
+            f"(EDM's channel_mult_emb), got embed_dim {embed_dim} for channels {channels}"
+        )
+    return {
+        "model_channels": channels,
+        "channel_mult": list(config["channel_mult"]),
+        "channel_mult_emb": embed_dim // channels,
+        "num_blocks": int(config["num_blocks"]),
+        "attn_resolutions": list(config["attention_resolutions"] or []),
+        "dropout": float(config["dropout"]),
+        "label_dim": int(config["num_classes"]),
+        "augment_dim": augment_dim,
+        "label_dropout": 0.0,
+    }
 
 
 def resolutions(height: int, levels: int) -> list[int]:
@@ -90,4 +128,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MaskedUNet", "UNet", "build_model", "check_fits", "count_parameters"]
+__all__ = [
+    "EDMDDPMpp",
+    "MaskedUNet",
+    "UNet",
+    "build_model",
+    "check_fits",
+    "count_parameters",
+    "load_edm_state_dict",
+]
