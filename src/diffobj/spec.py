@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from diffobj import schedules, weightings
 from diffobj.errors import UserError
@@ -125,6 +125,21 @@ class Sampling(Strict):
     gaussian_steps: int = Field(18, gt=0)
     masked_sampler: Literal["ancestral"] = "ancestral"
     masked_steps: int = Field(64, gt=0)
+    sigma_min: float = Field(
+        0.002, gt=0, description="heun: EDM's sigma^ range, whatever the training log_snr_range"
+    )
+    sigma_max: float = Field(80.0, gt=0)
+    s_churn: float = Field(0.0, ge=0, description="heun: EDM's stochastic sampler; 0 = off")
+    s_min: float = Field(0.0, ge=0, description="heun churn window: sigma^ >= s_min")
+    s_max: float | None = Field(None, gt=0, description="heun churn window; null = no limit")
+    s_noise: float = Field(1.0, gt=0)
+
+    @field_validator("sigma_max")
+    @classmethod
+    def _above_min(cls, v: float, info: ValidationInfo) -> float:
+        if v <= info.data.get("sigma_min", 0.0):
+            raise ValueError(f"needs sigma_min < sigma_max, got {info.data['sigma_min']} and {v}")
+        return v
 
 
 class Evaluation(Strict):
