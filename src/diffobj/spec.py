@@ -91,6 +91,9 @@ class Training(Strict):
     adaptive: bool = Field(
         False, description="adaptive noise density p(lam) ~ w * (loss - optimal loss)"
     )
+    augment_p: float = Field(
+        0.0, ge=0, le=1, description="EDM's augmentation probability (model augment_dim 9)"
+    )
 
 
 class GridEntry(Strict):

@@ -55,6 +55,7 @@ import torch.distributed as dist
 from torch import nn
 
 from diffobj import adaptive as adaptive_mod
+from diffobj import augment as augment_mod
 from diffobj.data.arrays import read_images, read_labels
 from diffobj.errors import UserError
 from diffobj.io import atomic_path, write_csv
@@ -266,10 +267,15 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def make_model_fn(
-    net: nn.Module, config: RunConfig, device: torch.device, labels: torch.Tensor | None = None
+    net: nn.Module,
+    config: RunConfig,
+    device: torch.device,
+    labels: torch.Tensor | None = None,
+    augment_labels: torch.Tensor | None = None,
 ) -> ModelFn:
     """The denoiser callable of a network: Gaussian eps_fn(z, level) -> eps_hat (through
-    ``Denoiser``), masked logits_fn(z_tokens, level) -> logits (B, 256, C, H, W)."""
+    ``Denoiser``), masked logits_fn(z_tokens, level) -> logits (B, 256, C, H, W).
+    ``augment_labels``: what augment.py did to the batch (Gaussian; None = not augmented)."""
     precision = config.training.get("precision", "fp32")
     if config.kind == "gaussian":
         process = config.process
@@ -277,7 +283,7 @@ def make_model_fn(
 
         def eps_fn(z: torch.Tensor, level: Level) -> torch.Tensor:
             with autocast_for(device, precision):
-                return denoiser(z, level, labels)
+                return denoiser(z, level, labels, augment_labels)
 
         return eps_fn
 
@@ -492,6 +498,7 @@ class Trainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.params = list(self.net.parameters())
         self.ema = Ema(self.net, float(self.training["ema_halflife_images"]))
+        self.augment = augment_mod.for_run(config)
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=float(self.training["lr"]),
@@ -618,7 +625,10 @@ class Trainer:
         self.noise.manual_seed(step_seed(seed, rank, step, NOISE))
         torch.manual_seed(step_seed(seed, rank, step, DROPOUT))  # dropout draws
         labels = self._labels(dev_idx)
-        model_fn = make_model_fn(self.train_net, self.config, self.device, labels)
+        augmented = None
+        if self.augment is not None:  # EDM's non-leaking augmentation, labels to the network
+            x, augmented = self.augment(x, self.noise)
+        model_fn = make_model_fn(self.train_net, self.config, self.device, labels, augmented)
         self.net.train()
         if self.adaptive is not None:
             terms = self.adaptive.loss(model_fn, x, self.noise)
