@@ -94,6 +94,10 @@ class Training(Strict):
     augment_p: float = Field(
         0.0, ge=0, le=1, description="EDM's augmentation probability (model augment_dim 9)"
     )
+    lr_decay: Literal["none", "cosine"] = Field(
+        "none", description="after warmup: constant (EDM) or cosine to 0 at `steps` (MD4)"
+    )
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
 
 
 class GridEntry(Strict):

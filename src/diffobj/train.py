@@ -56,6 +56,7 @@ from torch import nn
 
 from diffobj import adaptive as adaptive_mod
 from diffobj import augment as augment_mod
+from diffobj import lr as lr_mod
 from diffobj.data.arrays import read_images, read_labels
 from diffobj.errors import UserError
 from diffobj.io import atomic_path, write_csv
@@ -502,7 +503,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=float(self.training["lr"]),
-            betas=(0.9, 0.999),
+            betas=(0.9, float(self.training.get("adam_beta2", 0.999))),  # MD4: 0.99
             eps=1e-8,
             weight_decay=float(self.training.get("weight_decay", 0.0)),
             fused=self.device.type == "cuda",
@@ -614,8 +615,7 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        warmup = int(self.training.get("warmup_steps", 0))
-        return float(self.training["lr"]) * min(1.0, (step + 1) / warmup if warmup else 1.0)
+        return lr_mod.lr_at(self.training, step)
 
     def train_step(self) -> None:
         seed, rank, step = self.config.seed, self.dist.rank, self.step
