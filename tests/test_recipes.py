@@ -76,4 +76,11 @@ def test_md4_recipe_is_md4s():
     assert alpha_min == pytest.approx(1e-4, rel=1e-3) and lam_max == -lam_min
     run = loaded.runs[0]
     assert (run.schedule, run.weighting) == ("masked_linear", "elbo")
+    model = loaded.spec.models[run.model]
+    assert (model.preset, model.channels, model.num_blocks, model.dropout) == (
+        "md4_unet",
+        128,  # feature_dim
+        32,  # n_layers
+        0.1,  # dropout_rate
+    )
     assert loaded.spec.sampling.masked_steps == 256 and loaded.spec.evaluation.nll

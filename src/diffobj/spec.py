@@ -67,8 +67,10 @@ class Model(Strict):
     num_classes: int = Field(0, ge=0, description="> 0: class conditioning with label dropout")
     label_dropout: float = Field(0.1, ge=0, le=1)
     embed_dim: int | None = Field(None, gt=0)
-    preset: Literal["diffobj_unet", "edm_ddpmpp"] = Field(
-        "diffobj_unet", description="diffobj_unet: diffobj's U-Net; edm_ddpmpp: EDM's SongUNet"
+    preset: Literal["diffobj_unet", "edm_ddpmpp", "md4_unet"] = Field(
+        "diffobj_unet",
+        description="diffobj_unet: diffobj's U-Net; edm_ddpmpp: EDM's SongUNet (Gaussian); "
+        "md4_unet: MD4's CIFAR-10 U-Net (masked)",
     )
     augment_dim: int = Field(
         0, ge=0, description="edm_ddpmpp: augmentation-label inputs (9 with training.augment_p)"

@@ -13,11 +13,13 @@ from torch import nn
 
 from diffobj.errors import UserError
 from diffobj.models.edm_unet import EDMDDPMpp, load_edm_state_dict
+from diffobj.models.md4_unet import MD4UNet
 from diffobj.models.unet import MaskedUNet, UNet
 
 KINDS = ("gaussian", "masked")
-# "diffobj_unet": unet.UNet / MaskedUNet; "edm_ddpmpp": EDM's SongUNet (edm_unet.py), Gaussian only
-PRESETS = ("diffobj_unet", "edm_ddpmpp")
+# "diffobj_unet": unet.UNet / MaskedUNet; "edm_ddpmpp": EDM's SongUNet (edm_unet.py), Gaussian
+# only; "md4_unet": MD4's single-resolution U-Net (md4_unet.py), masked only
+PRESETS = ("diffobj_unet", "edm_ddpmpp", "md4_unet")
 # keys of the spec's Model that shape the network ("name" and "label_dropout" do not)
 ARCH_KEYS = (
     "channels",
@@ -59,6 +61,8 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, image_shape: Sequence[i
         return EDMDDPMpp(shape, **edm_config(config, augment_dim, name))
     if augment_dim:
         raise UserError(f"model {name!r}: augment_dim needs preset edm_ddpmpp, not {preset}")
+    if preset == "md4_unet":
+        return md4_model(config, kind, shape, name)
     head = UNet if kind == "gaussian" else MaskedUNet
     return head(shape, **config)
 
@@ -86,6 +90,24 @@ def edm_config(config: Mapping[str, Any], augment_dim: int, name: str) -> dict[s
         "augment_dim": augment_dim,
         "label_dropout": 0.0,
     }
+
+
+def md4_model(config: Mapping[str, Any], kind: str, shape: tuple[int, ...], name: str) -> MD4UNet:
+    if kind != "masked":
+        raise UserError(f"model {name!r}: preset md4_unet is a masked network, not {kind}")
+    if list(config["channel_mult"]) != [1] or config["attention_resolutions"]:
+        raise UserError(
+            f"model {name!r}: md4_unet works at one resolution: it needs channel_mult [1] and "
+            f"no attention_resolutions, got {list(config['channel_mult'])} and "
+            f"{list(config['attention_resolutions'])}"
+        )
+    return MD4UNet(
+        shape,
+        channels=int(config["channels"]),
+        num_blocks=int(config["num_blocks"]),
+        dropout=float(config["dropout"]),
+        num_classes=int(config["num_classes"]),
+    )
 
 
 def resolutions(height: int, levels: int) -> list[int]:
@@ -130,6 +152,7 @@ def count_parameters(model: nn.Module) -> int:
 
 __all__ = [
     "EDMDDPMpp",
+    "MD4UNet",
     "MaskedUNet",
     "UNet",
     "build_model",
