@@ -159,6 +159,9 @@ class Evaluation(Strict):
     )
     nll: bool = True
     nll_samples_per_image: int = Field(1, gt=0)
+    nll_grid: Literal["edm", "vdm"] = Field(
+        "edm", description="Gaussian NLL data values: u8/127.5 - 1, or VDM's 2(u8 + 0.5)/256 - 1"
+    )
     features_epochs: int = Field(8, gt=0)
 
 
