@@ -149,3 +149,33 @@ def test_spec_sampling_range_must_be_ordered():
     assert (Sampling().sigma_min, Sampling().sigma_max) == (0.002, 80.0)  # EDM's defaults
     with pytest.raises(ValidationError, match="sigma_min < sigma_max"):
         Sampling(sigma_min=1.0, sigma_max=0.5)
+
+
+def test_a_spec_whose_path_misses_the_sampling_range_is_refused(tmp_path):
+    import yaml
+
+    from diffobj import spec
+
+    raw = {
+        "experiment": "short_path",
+        "datasets": {"digits": {"source": "sklearn_digits"}},
+        "processes": {"gaussian": {"kind": "gaussian", "log_snr_range": [-4.0, 4.0]}},
+        "schedules": {"short": {"process": "gaussian", "alpha": "1 - 0.9 * t", "sigma": "t"}},
+        "models": {"tiny": {"channels": 8}},
+        "grid": [
+            {
+                "dataset": "digits",
+                "process": "gaussian",
+                "schedule": "short",
+                "weighting": "elbo",
+                "model": "tiny",
+            }
+        ],
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(spec.SpecError, match="sampling.sigma_min/sigma_max: .*needs log-SNR"):
+        spec.load(path, root=ROOT)
+    raw["sampling"] = {"sigma_min": 0.1, "sigma_max": 10.0}
+    path.write_text(yaml.safe_dump(raw))
+    spec.load(path, root=ROOT)  # inside the reach of alpha = 1 - 0.9 t, sigma = t

@@ -316,6 +316,7 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
     _check_references(spec, path, schedule_entries, weighting_entries)
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries)
     _check_buildable(loaded)
+    _check_sampling_range(loaded)
     return loaded
 
 
@@ -449,6 +450,24 @@ def _check_buildable(loaded: LoadedSpec) -> None:
             raise SpecError(
                 f"{loaded.path}: weighting {weight!r} is for {list(w.processes)}, not for {kind} process {process!r}"
             )
+
+
+def _check_sampling_range(loaded: LoadedSpec) -> None:
+    """heun samples on sampling.sigma_min..sigma_max: every Gaussian path must reach it."""
+    import torch
+
+    from diffobj.sample import sigma_levels
+
+    sampling = loaded.spec.sampling
+    if sampling.gaussian_sampler != "heun":
+        return
+    ends = torch.tensor([sampling.sigma_min, sampling.sigma_max], dtype=torch.float64)
+    for process, sched, _ in loaded.combinations():
+        if loaded.spec.processes[process].kind == "gaussian":
+            try:
+                sigma_levels(loaded.schedule(sched, process), ends)
+            except UserError as err:
+                raise SpecError(f"{loaded.path}: sampling.sigma_min/sigma_max: {err}") from None
 
 
 DOWNLOADS = {
