@@ -1,20 +1,24 @@
-"""EDM's augmentation pipeline, by its properties.
+"""EDM's augmentation pipeline, against EDM's own outputs and by its properties.
 
-Bilinear sampling reproduces a linear image exactly, so on a ramp f(u) = a.u + c (u in pixels
-about the centre) a warped image must equal f(G^-1 u) wherever G^-1 u lands inside the image:
-the tests rebuild G^-1 from the labels alone and check the pixels against that closed form.
+The resampling (sym6 up, bilinear, sym6 down) keeps a linear image linear, so on a ramp
+f(u) = a.u + c (u in pixels about the centre) a warped image must equal f(G^-1 u) wherever
+G^-1 u lands well inside the image (up to the sub-pixel skew of EDM's 2x grid): the tests
+rebuild G^-1 from the labels alone and check the pixels against that closed form.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from diffobj.augment import AUGMENT_DIM, AugmentPipe, warp
+from diffobj.augment import AUGMENT_DIM, SYM6, AugmentPipe, Transform, warp
 
 H = W = 32
+EDGE = 6.0  # pixels near the border mix in the reflected padding: not linear there
+REF = torch.load(Path(__file__).parent / "reference" / "edm_augment.pt", weights_only=False)
 RAMP = torch.tensor([0.03, -0.05]), 0.2  # a (per pixel along x, y), c
 
 
@@ -32,7 +36,7 @@ def ramp_at(u: torch.Tensor) -> torch.Tensor:
 
 
 def ramp_images(n: int) -> torch.Tensor:
-    return ramp_at(centred_grid()).float().expand(n, 3, H, W).contiguous()
+    return ramp_at(centred_grid()).expand(n, 3, H, W).contiguous()  # float64: exact to 1e-10
 
 
 def inverse_from_labels(labels: torch.Tensor, pipe: AugmentPipe) -> torch.Tensor:
@@ -61,6 +65,42 @@ def expected_on_interior(g_inv: torch.Tensor, margin: float = 0.0):
     return ramp_at(src).reshape(-1, 1, H, W), inside.reshape(-1, 1, H, W)
 
 
+def edm_candidates(labels: torch.Tensor, pipe: AugmentPipe):
+    """The transforms EDM's labels allow: (w, r) and (-w, r + pi) for the anisotropy."""
+    lab = labels.double()
+    theta = torch.atan2(lab[:, 4], lab[:, 3] + 1)
+    w, r = torch.hypot(lab[:, 5], lab[:, 6]), torch.atan2(lab[:, 6], lab[:, 5])
+    for sign, turn in ((1, 0.0), (-1, math.pi)):
+        fields = (lab[:, 0], lab[:, 1], lab[:, 2], theta, sign * w, r + turn, lab[:, 7], lab[:, 8])
+        yield Transform(*(f.float() for f in fields), pipe)
+
+
+@pytest.mark.parametrize(
+    "run", REF["runs"], ids=lambda r: f"aniso_rotate_{r['kwargs']['aniso_rotate_prob']}"
+)
+def test_reproduces_edms_augment_pipe(run):
+    """Given EDM's labels, the same images (EDM's up/downsampling included) to 1e-5."""
+    kwargs = run["kwargs"]
+    pipe = AugmentPipe(p=kwargs["p"], aniso_rotate_prob=kwargs["aniso_rotate_prob"])
+    errors = torch.stack(
+        [
+            (t.apply(REF["x"]) - run["out"]).abs().flatten(1).amax(1)
+            for t in edm_candidates(run["labels"], pipe)
+        ]
+    )
+    assert errors.amin(0).max() < 1e-5  # each image: one reading of its labels is EDM's
+    assert run["labels"][:, [2, 4, 5, 7, 8]].abs().amin() > 0  # every transform was drawn
+
+
+def test_sym6_is_an_orthonormal_low_pass_filter():
+    h = torch.tensor(SYM6, dtype=torch.float64)
+    assert float(h.sum()) == pytest.approx(math.sqrt(2), abs=1e-12)
+    for shift in range(0, 12, 2):  # orthogonal to its even shifts, unit norm
+        assert float((h[shift:] * h[: 12 - shift]).sum()) == pytest.approx(
+            float(shift == 0), abs=1e-11
+        )
+
+
 def test_p_zero_is_the_identity_with_zero_labels():
     x = torch.randn(16, 3, H, W)
     out, labels = AugmentPipe(p=0.0)(x, torch.Generator().manual_seed(0))
@@ -84,10 +124,13 @@ def test_geometric_transforms_are_what_the_labels_say():
     pipe = AugmentPipe(p=1.0, xflip=0, yflip=0, aniso_rotate_prob=0.0)
     out, labels = pipe(ramp_images(32), torch.Generator().manual_seed(2))
     assert torch.count_nonzero(labels[:, 6]) == 0  # unrotated axes: w sin(0)
-    expected, inside = expected_on_interior(inverse_from_labels(labels, pipe))
-    assert inside.float().mean() > 0.3  # the check covers most of the image
+    expected, inside = expected_on_interior(inverse_from_labels(labels, pipe), EDGE)
+    assert inside.float().mean() > 0.2  # the check covers much of the image
     err = (out[:, :1].double() - expected).abs()[inside]
-    assert err.max() < 1e-5
+    # sym6 is not exactly symmetric: EDM's 2x grid sits a fraction of a pixel off, which a
+    # warp turns into a small skew (here < 0.01 on a ramp of 0.05 per pixel; a sign or an
+    # order wrong costs ~1). EDM's exact values are the fixture test's.
+    assert err.max() < 1e-2
 
 
 def test_rotated_anisotropy_is_a_symmetric_stretch():
@@ -110,14 +153,14 @@ def test_warp_inverts():
     x = ramp_images(16)
     g = torch.linalg.inv(g_inv)
     back = warp(warp(x, g_inv), g)
-    # back(u) interpolates the first warp around G u, which is exact where its own source
-    # G^-1 (G u + d) = u + G^-1 d, |d| < 1.5, is inside: margins of 1 and 1.5 ||G^-1||
-    _, lands_inside = expected_on_interior(g, margin=1.0)
+    # back(u) reads the first warp around G u, which is exact where its own sources
+    # u + G^-1 d, |d| < EDGE, are inside: margins of EDGE and EDGE ||G^-1||
+    _, lands_inside = expected_on_interior(g, margin=EDGE)
     stretch = torch.linalg.matrix_norm(g_inv[:, :2, :2], ord=2).max().item()
-    _, u_inside = expected_on_interior(torch.eye(3, dtype=torch.float64)[None], 1.5 * stretch)
+    _, u_inside = expected_on_interior(torch.eye(3, dtype=torch.float64)[None], EDGE * stretch)
     ok = lands_inside & u_inside
     err = (back - x).abs()[:, :1][ok]
-    assert ok.float().mean() > 0.2 and err.max() < 1e-5
+    assert ok.float().mean() > 0.1 and err.max() < 1e-5
 
 
 def test_integer_shift_moves_pixels_exactly():

@@ -15,9 +15,8 @@ scale=1, rotate_frac=1, aniso=1, translate_frac=1, times p):
 Labels, in EDM's order (so EDM's trained weights read them): [xflip, yflip, w_scale,
 cos(theta) - 1, sin(theta), w_aniso cos(r), w_aniso sin(r), w_x, w_y]; all zero = identity.
 
-The geometric transforms are one affine map per image, sampled bilinearly with reflection at
-the borders. EDM resamples at 2x through a sym6 wavelet filter and reflect-pads; that changes
-the interpolation, not the transforms or their labels (docs/recipes.md lists it).
+The geometric transforms are one affine map per image, resampled as EDM does (``warp``:
+reflect padding, 2x oversampling through the sym6 wavelet filter, bilinear sampling).
 """
 
 from __future__ import annotations
@@ -156,16 +155,73 @@ def translation(shift: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def warp(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """out(u) = images(inverse @ u), u in pixels about the centre; bilinear, reflected borders.
+# the symlet-6 low-pass filter (Daubechies' least-asymmetric wavelet, orthonormal: unit norm,
+# orthogonal to its even shifts), EDM's anti-aliasing filter
+SYM6 = (
+    0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
+    0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
+    -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148,
+)  # fmt: skip
 
-    grid_sample's coordinates (align_corners=False) are 2u/W, 2u/H: the map conjugated by
-    diag(2/W, 2/H) is its theta."""
-    n, _, h, w = images.shape
-    to_grid = torch.diag(torch.tensor([2 / w, 2 / h, 1.0], dtype=inverse.dtype))
-    theta = to_grid.to(inverse.device) @ inverse @ torch.linalg.inv(to_grid).to(inverse.device)
-    grid = F.affine_grid(theta[:, :2].to(images.dtype), [n, 1, h, w], align_corners=False)
-    return F.grid_sample(images, grid, "bilinear", padding_mode="reflection", align_corners=False)
+
+def _filter(x: torch.Tensor, taps: torch.Tensor, dim: int, pad: int, stride: int = 1):
+    """Depthwise 1-D correlation of x (N, C, H, W) with ``taps`` along ``dim`` (2 = y, 3 = x)."""
+    c, k = x.shape[1], len(taps)
+    size = (k, 1) if dim == 2 else (1, k)
+    weight = taps.to(x.dtype).reshape(1, 1, *size).expand(c, 1, *size).contiguous()
+    padding, strides = ((pad, 0), (stride, 1)) if dim == 2 else ((0, pad), (1, stride))
+    return F.conv2d(x, weight, stride=strides, padding=padding, groups=c)
+
+
+def _upsample(x: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
+    """2x along ``dim``: zeros between the samples, then the low-pass filter (a convolution)."""
+    z = torch.stack([x, torch.zeros_like(x)], dim=dim + 1).flatten(dim, dim + 1)
+    z = z.narrow(dim, 0, z.shape[dim] - 1)
+    return _filter(z, taps.flip(0), dim, (len(taps) + 1) // 2)
+
+
+def _about(g: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
+    """The map g seen in coordinates u' = scale u + shift (both axes)."""
+    to = torch.tensor([[scale, 0, shift], [0, scale, shift], [0, 0, 1]], dtype=g.dtype)
+    to = to.to(g.device)
+    return to @ g @ torch.linalg.inv(to)
+
+
+def warp(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """out(u) = images(inverse @ u), u in pixels about the centre, resampled as EDM does:
+    reflect-pad by as much as the warp reaches (over the batch), upsample 2x through SYM6,
+    sample bilinearly (zeros outside), filter and decimate back. Up and down through an
+    orthonormal filter is the identity, so the one interpolation happens at twice the
+    resolution; a linear image stays exactly linear away from the padding."""
+    n, c, h, w = images.shape
+    taps = torch.tensor(SYM6, dtype=torch.float64, device=images.device)
+    border = len(SYM6) // 4
+    inverse = inverse.to(torch.float64)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    corners = torch.tensor(
+        [[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]], device=inverse.device
+    )
+    reach = (inverse @ corners.to(inverse.dtype))[:, :2]  # (n, xy, corner)
+    need = torch.stack([(-reach).amax((0, 2)), reach.amax((0, 2))])  # (low|high, xy)
+    need = need + torch.tensor([2 * border - cx, 2 * border - cy], device=need.device)
+    limit = torch.tensor([w - 1, h - 1], dtype=need.dtype, device=need.device)
+    (x0, y0), (x1, y1) = need.clamp(min=0).minimum(limit).ceil().int().tolist()
+    padded = F.pad(images, [x0, x1, y0, y1], mode="reflect")
+    shift = torch.eye(3, dtype=inverse.dtype, device=inverse.device)
+    shift[0, 2], shift[1, 2] = (x0 - x1) / 2, (y0 - y1) / 2
+    g = shift @ inverse  # about the padded image's centre
+    up = _upsample(_upsample(padded, taps, 3), taps, 2)
+    # pixel centres: u_up = 2 u + 1/2 about the centres of the two grids
+    g = _about(g, 2.0, -0.5)
+    out_h, out_w = 2 * (h + 2 * border), 2 * (w + 2 * border)
+    to_in = torch.diag(torch.tensor([2 / up.shape[3], 2 / up.shape[2], 1.0], dtype=g.dtype))
+    from_out = torch.diag(torch.tensor([out_w / 2, out_h / 2, 1.0], dtype=g.dtype))
+    theta = to_in.to(g.device) @ g @ from_out.to(g.device)
+    grid = F.affine_grid(theta[:, :2].to(images.dtype), [n, c, out_h, out_w], align_corners=False)
+    sampled = F.grid_sample(up, grid, "bilinear", padding_mode="zeros", align_corners=False)
+    pad = (len(SYM6) - 1) // 2
+    x = _filter(sampled, taps, 3, pad, stride=2)[..., border:-border]
+    return _filter(x, taps, 2, pad, stride=2)[..., border:-border, :]
 
 
 def for_run(config: RunConfig) -> AugmentPipe | None:
