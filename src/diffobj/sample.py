@@ -6,9 +6,11 @@ Gaussian (``eps_fn(z, level) -> eps_hat``), on the run's own path z = alpha x + 
 - ``ddim``: x0_hat = (z_t - sigma_t eps_hat) / alpha_t, sigma~ = sigma_s sqrt(c),
   z_s = alpha_s x0_hat + sqrt(sigma_s^2 - eta^2 sigma~^2) eps_hat + eta sigma~ xi
   (eta = 0 deterministic; eta = 1 is ``ddpm``).
-- ``heun``: EDM's 2nd-order sampler (Algorithm 2, no churn) in the VE view x^ = z / alpha,
-  sigma^ = e^{-lam/2}, on EDM's grid (rho = 7, sigma in [0.002, 80]) clipped to the schedule's
-  log-SNR range; N steps cost 2N - 1 network evaluations.
+- ``heun``: EDM's 2nd-order sampler (Algorithm 2) in the VE view x^ = z / alpha,
+  sigma^ = e^{-lam/2}, on EDM's grid (rho = 7) over a given sigma^ range (the spec's sampling
+  section: EDM's [0.002, 80] unless set), or by default EDM's range clipped to the schedule's
+  log-SNR range; optional churn (S_churn, S_min, S_max, S_noise) makes it EDM's stochastic
+  sampler. N steps cost 2N - 1 network evaluations.
 DDPM and DDIM step uniformly in the schedule's time from lam_min; their last step lands on the
 data (alpha = 1, sigma = 0), i.e. returns x0_hat.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,8 @@ from diffobj.schedules import DTYPE, Level, Schedule
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
 Progress = Callable[[], None] | None
+# standard normal draws of a shape (EDM's ``randn_like``): injectable, to replay a recorded run
+NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 
 GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "heun")
 MASKED_SAMPLERS = ("ancestral",)
@@ -67,17 +72,60 @@ def _scalars(level: Level, i: int) -> tuple[float, float, float]:
     return float(level.alpha[i]), float(level.sigma[i]), float(level.log_snr[i])
 
 
-def edm_sigmas(schedule: Schedule, steps: int) -> torch.Tensor:
-    """EDM's sigma^ grid (rho = 7), clipped to the schedule's log-SNR range, then 0."""
-    lam_min, lam_max = schedule.log_snr_endpoints()
-    s_max = min(EDM_SIGMA_MAX, math.exp(-lam_min / 2))
-    s_min = max(EDM_SIGMA_MIN, math.exp(-lam_max / 2))
+def edm_sigmas(
+    schedule: Schedule, steps: int, sigma_range: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """EDM's sigma^ grid (rho = 7) from sigma_max down to sigma_min, then 0.
+
+    ``sigma_range`` (sigma_min, sigma_max) is used as given; None: EDM's [0.002, 80] clipped to
+    the schedule's log-SNR range."""
+    if sigma_range is not None:
+        s_min, s_max = (float(v) for v in sigma_range)
+    else:
+        lam_min, lam_max = schedule.log_snr_endpoints()
+        s_max = min(EDM_SIGMA_MAX, math.exp(-lam_min / 2))
+        s_min = max(EDM_SIGMA_MIN, math.exp(-lam_max / 2))
     i = torch.arange(steps, dtype=DTYPE)
     frac = i / max(steps - 1, 1)
     sig = (
         s_max ** (1 / EDM_RHO) + frac * (s_min ** (1 / EDM_RHO) - s_max ** (1 / EDM_RHO))
     ) ** EDM_RHO
     return torch.cat([sig, torch.zeros(1, dtype=DTYPE)])
+
+
+def sigma_levels(schedule: Schedule, sigma_hat: torch.Tensor) -> Level:
+    """The run's level at each sigma^ = e^{-lam/2}: its time by bisection. A variance-preserving
+    path (no declared alpha) follows from lam alone, which holds beyond the schedule's reach."""
+    lam = -2 * torch.log(sigma_hat.to(DTYPE))
+    lv = schedule.level(schedule.t_of_log_snr(lam))
+    if schedule.alpha_fn is None:
+        alpha, sigma = torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+        return Level(lv.t, lam, lv.dlog_snr_dt, alpha, sigma, lv.dalpha_dt)
+    if not bool(torch.isclose(lv.log_snr, lam, rtol=1e-6, atol=1e-6).all()):
+        reach = schedule.log_snr(torch.tensor([1.0, 0.0], dtype=DTYPE)).tolist()
+        raise UserError(
+            f"schedule {schedule.name}: the sampler's sigma range needs log-SNR "
+            f"[{float(lam.min()):.3g}, {float(lam.max()):.3g}], the schedule reaches "
+            f"[{reach[0]:.3g}, {reach[1]:.3g}] (narrow sampling.sigma_min / sigma_max)"
+        )
+    return lv
+
+
+@dataclass(frozen=True)
+class Churn:
+    """EDM's stochasticity (Algorithm 2): at sigma^ in [s_min, s_max] noise is added to raise
+    sigma^ to sigma^ (1 + gamma), gamma = min(s_churn / steps, sqrt(2) - 1), with the draws
+    scaled by s_noise. s_churn = 0 is the deterministic sampler."""
+
+    s_churn: float = 0.0
+    s_min: float = 0.0
+    s_max: float = math.inf
+    s_noise: float = 1.0
+
+    def raised(self, sigma: float, steps: int) -> float:
+        if not self.s_min <= sigma <= self.s_max:
+            return sigma
+        return sigma * (1 + min(self.s_churn / steps, math.sqrt(2) - 1))
 
 
 # -- Gaussian samplers ----------------------------------------------------------------------------------
@@ -160,25 +208,39 @@ def heun(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: Progress = None,
+    sigma_range: tuple[float, float] | None = None,
+    churn: Churn | None = None,
+    noise: NoiseSource | None = None,
 ) -> torch.Tensor:
-    """EDM's deterministic Heun sampler in the VE view; D(x^) = x^ - sigma^ eps_hat."""
+    """EDM's Heun sampler in the VE view; D(x^) = x^ - sigma^ eps_hat.
+
+    ``noise`` replaces the generator's draws (the prior's, then one per step when churning,
+    whether or not that step churns: EDM's order of draws)."""
     device = torch.device(device)
-    sigmas = edm_sigmas(schedule, steps)
-    # the run's level at each sigma^ (t by bisection), computed once for the whole grid
-    levels = schedule.level(schedule.t_of_log_snr(-2 * torch.log(sigmas[:-1])))
+    churn = churn or Churn()
+    sigmas = edm_sigmas(schedule, steps, sigma_range)
+    raised = torch.tensor([churn.raised(float(s), steps) for s in sigmas[:-1]], dtype=DTYPE)
+    # the run's level at each grid sigma^ and each raised one, computed once
+    levels, raised_levels = sigma_levels(schedule, sigmas[:-1]), sigma_levels(schedule, raised)
 
-    def d(x_hat: torch.Tensor, i: int) -> torch.Tensor:
-        """dx^/dsigma^ = (x^ - D) / sigma^ = eps_hat at grid point i."""
-        alpha = float(levels.alpha[i])
-        return eps_fn(x_hat * alpha, _batch_level(levels, i, shape[0], device)).float()
+    def d(x_hat: torch.Tensor, lv: Level, i: int) -> torch.Tensor:
+        """dx^/dsigma^ = (x^ - D) / sigma^ = eps_hat at level i of ``lv``."""
+        z = x_hat * float(lv.alpha[i])
+        return eps_fn(z, _batch_level(lv, i, shape[0], device)).to(x_hat.dtype)
 
-    x = _prior(shape, float(sigmas[0]), generator, device)
+    if noise is None:
+        x = _prior(shape, float(sigmas[0]), generator, device)
+    else:
+        x = noise(shape).to(device) * float(sigmas[0])
     for i in range(steps):
-        s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        slope = d(x, i)
-        x_next = x + (s_next - s_cur) * slope
+        s_cur, s_hat, s_next = float(sigmas[i]), float(raised[i]), float(sigmas[i + 1])
+        if churn.s_churn > 0:
+            draw = noise(shape) if noise else torch.randn(shape, generator=generator, device=device)
+            x = x + math.sqrt(s_hat**2 - s_cur**2) * churn.s_noise * draw.to(x)
+        slope = d(x, raised_levels, i)
+        x_next = x + (s_next - s_hat) * slope
         if s_next > 0:
-            x_next = x + (s_next - s_cur) * (slope + d(x_next, i + 1)) / 2
+            x_next = x + (s_next - s_hat) * (slope + d(x_next, levels, i + 1)) / 2
         x = x_next
         if progress:
             progress()
@@ -354,10 +416,12 @@ def sample_run(
     top_p: float | None = None,
     final_argmax: bool = False,
     schedules_library: str | Path | None = None,
+    heun_options: dict | None = None,
 ) -> np.ndarray:
     """``num`` uint8 NHWC images from a trained run. Batch b draws from a generator seeded by
     (seed, b): the output depends on the seed and the batch size, nothing else. ``grid``,
-    ``top_p`` and ``final_argmax`` are the ancestral sampler's options (see ``ancestral``)."""
+    ``top_p`` and ``final_argmax`` are the ancestral sampler's options (see ``ancestral``);
+    ``heun_options``: the heun sampler's sigma_range and churn keywords."""
     from tqdm import tqdm
 
     from diffobj.train import SAMPLE, load_run, make_model_fn, step_seed
@@ -373,6 +437,9 @@ def sample_run(
     fn = {"ddpm": ddpm, "ddim": ddim, "heun": heun, "ancestral": ancestral}[sampler]
     if sampler == "ddim":
         extra = {"eta": eta or 0.0}
+    if heun_options and sampler != "heun":
+        raise UserError(f"sigma range and churn options are heun's, not {sampler}'s")
+    extra |= heun_options or {}
     batches = math.ceil(num / batch_size)
     out = []
     with (

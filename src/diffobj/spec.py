@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -66,9 +67,6 @@ class Process(Strict):
 
 
 class Model(Strict):
-    preset: Literal["diffobj_unet", "mlp"] = Field(
-        "diffobj_unet", description="the network: the DDPM++-style U-Net, or a residual MLP"
-    )
     channels: int = Field(64, gt=0)
     channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2])
     num_blocks: int = Field(2, gt=0)
@@ -77,6 +75,14 @@ class Model(Strict):
     num_classes: int = Field(0, ge=0, description="> 0: class conditioning with label dropout")
     label_dropout: float = Field(0.1, ge=0, le=1)
     embed_dim: int | None = Field(None, gt=0)
+    preset: Literal["diffobj_unet", "mlp", "edm_ddpmpp", "md4_unet"] = Field(
+        "diffobj_unet",
+        description="diffobj_unet: diffobj's U-Net; mlp: a residual MLP for small images (both "
+        "processes); edm_ddpmpp: EDM's SongUNet (Gaussian); md4_unet: MD4's CIFAR-10 U-Net (masked)",
+    )
+    augment_dim: int = Field(
+        0, ge=0, description="edm_ddpmpp: augmentation-label inputs (9 with training.augment_p)"
+    )
 
 
 class Training(Strict):
@@ -95,6 +101,13 @@ class Training(Strict):
     adaptive: bool = Field(
         False, description="adaptive noise density p(lam) ~ w * (loss - optimal loss)"
     )
+    augment_p: float = Field(
+        0.0, ge=0, le=1, description="EDM's augmentation probability (model augment_dim 9)"
+    )
+    lr_decay: Literal["none", "cosine"] = Field(
+        "none", description="after warmup: constant (EDM) or cosine to 0 at `steps` (MD4)"
+    )
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
 
 
 class GridEntry(Strict):
@@ -138,6 +151,22 @@ class Sampling(Strict):
         False, description="MD4: stop at lam_max, fill the masks left by the argmax"
     )
 
+    sigma_min: float = Field(
+        0.002, gt=0, description="heun: EDM's sigma^ range, whatever the training log_snr_range"
+    )
+    sigma_max: float = Field(80.0, gt=0)
+    s_churn: float = Field(0.0, ge=0, description="heun: EDM's stochastic sampler; 0 = off")
+    s_min: float = Field(0.0, ge=0, description="heun churn window: sigma^ >= s_min")
+    s_max: float | None = Field(None, gt=0, description="heun churn window; null = no limit")
+    s_noise: float = Field(1.0, gt=0)
+
+    @field_validator("sigma_max")
+    @classmethod
+    def _above_min(cls, v: float, info: ValidationInfo) -> float:
+        if v <= info.data.get("sigma_min", 0.0):
+            raise ValueError(f"needs sigma_min < sigma_max, got {info.data['sigma_min']} and {v}")
+        return v
+
 
 class Evaluation(Strict):
     fd_classifier: bool = True
@@ -150,6 +179,9 @@ class Evaluation(Strict):
     nll_time_sampling: Literal["schedule", "log_snr", "alpha"] = Field(
         "log_snr",
         description="how the NLL draws noise levels: the same bound, different variance",
+    )
+    nll_grid: Literal["edm", "vdm"] = Field(
+        "edm", description="Gaussian NLL data values: u8/127.5 - 1, or VDM's 2(u8 + 0.5)/256 - 1"
     )
     features_epochs: int = Field(8, gt=0)
     bootstrap: int = Field(
@@ -364,6 +396,7 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries)
     loaded.root = root
     _check_buildable(loaded)
+    _check_sampling_range(loaded)
     return loaded
 
 
@@ -543,6 +576,24 @@ def _entry_source(loaded: LoadedSpec, what: str, name: str) -> str:
         return str(loaded.path)
     library = getattr(loaded.spec, f"{what}_library")
     return str(Path(getattr(loaded, "root", ".")) / library)
+
+
+def _check_sampling_range(loaded: LoadedSpec) -> None:
+    """heun samples on sampling.sigma_min..sigma_max: every Gaussian path must reach it."""
+    import torch
+
+    from diffobj.sample import sigma_levels
+
+    sampling = loaded.spec.sampling
+    if sampling.gaussian_sampler != "heun":
+        return
+    ends = torch.tensor([sampling.sigma_min, sampling.sigma_max], dtype=torch.float64)
+    for process, sched, _ in loaded.combinations():
+        if loaded.spec.processes[process].kind == "gaussian":
+            try:
+                sigma_levels(loaded.schedule(sched, process), ends)
+            except UserError as err:
+                raise SpecError(f"{loaded.path}: sampling.sigma_min/sigma_max: {err}") from None
 
 
 DOWNLOADS = {

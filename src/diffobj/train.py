@@ -55,6 +55,8 @@ import torch.distributed as dist
 from torch import nn
 
 from diffobj import adaptive as adaptive_mod
+from diffobj import augment as augment_mod
+from diffobj import lr as lr_mod
 from diffobj.data.arrays import read_images, read_labels
 from diffobj.errors import UserError
 from diffobj.io import atomic_path, write_csv, write_json
@@ -267,10 +269,15 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def make_model_fn(
-    net: nn.Module, config: RunConfig, device: torch.device, labels: torch.Tensor | None = None
+    net: nn.Module,
+    config: RunConfig,
+    device: torch.device,
+    labels: torch.Tensor | None = None,
+    augment_labels: torch.Tensor | None = None,
 ) -> ModelFn:
     """The denoiser callable of a network: Gaussian eps_fn(z, level) -> eps_hat (through
-    ``Denoiser``), masked logits_fn(z_tokens, level) -> logits (B, 256, C, H, W)."""
+    ``Denoiser``), masked logits_fn(z_tokens, level) -> logits (B, 256, C, H, W).
+    ``augment_labels``: what augment.py did to the batch (Gaussian; None = not augmented)."""
     precision = config.training.get("precision", "fp32")
     if config.kind == "gaussian":
         process = config.process
@@ -278,7 +285,7 @@ def make_model_fn(
 
         def eps_fn(z: torch.Tensor, level: Level) -> torch.Tensor:
             with autocast_for(device, precision):
-                return denoiser(z, level, labels)
+                return denoiser(z, level, labels, augment_labels)
 
         return eps_fn
 
@@ -493,10 +500,11 @@ class Trainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.params = list(self.net.parameters())
         self.ema = Ema(self.net, float(self.training["ema_halflife_images"]))
+        self.augment = augment_mod.for_run(config)
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=float(self.training["lr"]),
-            betas=(0.9, 0.999),
+            betas=(0.9, float(self.training.get("adam_beta2", 0.999))),  # MD4: 0.99
             eps=1e-8,
             weight_decay=float(self.training.get("weight_decay", 0.0)),
             fused=self.device.type == "cuda",
@@ -608,8 +616,7 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        warmup = int(self.training.get("warmup_steps", 0))
-        return float(self.training["lr"]) * min(1.0, (step + 1) / warmup if warmup else 1.0)
+        return lr_mod.lr_at(self.training, step)
 
     def train_step(self) -> None:
         seed, rank, step = self.config.seed, self.dist.rank, self.step
@@ -619,7 +626,10 @@ class Trainer:
         self.noise.manual_seed(step_seed(seed, rank, step, NOISE))
         torch.manual_seed(step_seed(seed, rank, step, DROPOUT))  # dropout draws
         labels = self._labels(dev_idx)
-        model_fn = make_model_fn(self.train_net, self.config, self.device, labels)
+        augmented = None
+        if self.augment is not None:  # EDM's non-leaking augmentation, labels to the network
+            x, augmented = self.augment(x, self.noise)
+        model_fn = make_model_fn(self.train_net, self.config, self.device, labels, augmented)
         self.net.train()
         if self.adaptive is not None:
             terms = self.adaptive.loss(model_fn, x, self.noise)

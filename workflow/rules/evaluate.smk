@@ -92,6 +92,10 @@ rule nll:
         f"{R}/runs/{{run}}/nll.json",
     params:
         out=lambda w: run_dir(w.run),
+        # VDM's data grid applies to the Gaussian bound only
+        grid=lambda w: (
+            f"--grid {EVAL.nll_grid}" if kind(RUNS[w.run].process) == "gaussian" else ""
+        ),
     log:
         f"{R}/logs/nll/{{run}}.log",
     threads: stage_threads("nll")
@@ -100,7 +104,7 @@ rule nll:
     shell:
         "OMP_NUM_THREADS={threads} diffobj nll --run {params.out} --data {input.test}"
         " --samples-per-image {EVAL.nll_samples_per_image} --time-sampling {EVAL.nll_time_sampling}"
-        " --seed 0 --out {output} > {log} 2>&1"
+        " {params.grid} --seed 0 --out {output} > {log} 2>&1"
 
 
 def evaluation_files():

@@ -21,7 +21,13 @@ def sampler_args(wildcards):
             f"--sampler {SAMPLING.masked_sampler} --steps {SAMPLING.masked_steps}"
             + masked_sampler_options()
         )
-    return f"--sampler {SAMPLING.gaussian_sampler} --steps {SAMPLING.gaussian_steps}"
+    args = f"--sampler {SAMPLING.gaussian_sampler} --steps {SAMPLING.gaussian_steps}"
+    if SAMPLING.gaussian_sampler == "heun":  # EDM's sigma range and churn (spec: sampling)
+        args += f" --sigma-min {SAMPLING.sigma_min} --sigma-max {SAMPLING.sigma_max}"
+        if SAMPLING.s_churn > 0:
+            args += f" --s-churn {SAMPLING.s_churn} --s-min {SAMPLING.s_min} --s-noise {SAMPLING.s_noise}"
+            args += f" --s-max {SAMPLING.s_max}" if SAMPLING.s_max is not None else ""
+    return args
 
 
 rule sample:

@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=nll.TIME_SAMPLINGS,
         help="how noise levels are drawn (all give the same bound, with different variance)",
     )
+    parser.add_argument(
+        "--grid",
+        default="edm",
+        choices=list(nll.GRIDS),
+        help="Gaussian: where the 256 values sit: edm = u8/127.5 - 1 (as trained), "
+        "vdm = 2(u8 + 0.5)/256 - 1 (VDM's, for bit-comparable numbers)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,6 +71,11 @@ def run(args: argparse.Namespace) -> None:
         loaded.kind,
         torch.device("cpu"),
     )
+    if args.grid != "edm":
+        if loaded.kind != "gaussian":
+            raise UserError(f"--grid {args.grid} applies to Gaussian runs, not {loaded.kind}")
+        u8 = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        x = nll.grid_values(args.grid)[u8.long()].float()
     generator = torch.Generator().manual_seed(args.seed)
     common = {
         "samples_per_image": args.samples_per_image,
@@ -75,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     }
     start = time.perf_counter()
     if loaded.kind == "gaussian":
-        bound = nll.gaussian_bound(loaded.denoiser, x, loaded.schedule, **common)
+        bound = nll.gaussian_bound(loaded.denoiser, x, loaded.schedule, grid=args.grid, **common)
     else:
         bound = nll.masked_bound(loaded.denoiser, x, loaded.schedule, **common)
     seconds = time.perf_counter() - start

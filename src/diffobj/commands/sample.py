@@ -19,6 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, required=True, help="sampler steps")
     parser.add_argument("--num", type=int, required=True, help="number of images")
     parser.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM")
+    heun = parser.add_argument_group("heun (EDM's sampler)")
+    heun.add_argument("--sigma-min", type=float, help="sigma^ range (default: EDM's 0.002 ...")
+    heun.add_argument("--sigma-max", type=float, help="... 80, clipped to the training range)")
+    heun.add_argument("--s-churn", type=float, default=0.0, help="stochasticity; 0 = off")
+    heun.add_argument("--s-min", type=float, default=0.0, help="churn only at sigma^ >= s_min")
+    heun.add_argument("--s-max", type=float, default=float("inf"), help="... and <= s_max")
+    heun.add_argument("--s-noise", type=float, default=1.0, help="scale of the churn draws")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -49,6 +56,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def heun_options(args: argparse.Namespace) -> dict:
+    """The heun-only arguments as ``sample_run``'s ``heun`` keywords (empty: all defaults)."""
+    from diffobj.errors import UserError
+    from diffobj.sample import Churn
+
+    options: dict = {}
+    if (args.sigma_min is None) != (args.sigma_max is None):
+        raise UserError("--sigma-min and --sigma-max go together")
+    if args.sigma_min is not None:
+        if not 0 < args.sigma_min < args.sigma_max:
+            raise UserError(f"--sigma-min {args.sigma_min} must be in (0, --sigma-max)")
+        options["sigma_range"] = (args.sigma_min, args.sigma_max)
+    churn = Churn(args.s_churn, args.s_min, args.s_max, args.s_noise)
+    if churn != Churn():
+        if args.s_churn < 0 or args.s_noise <= 0:
+            raise UserError("--s-churn must be >= 0 and --s-noise > 0")
+        options["churn"] = churn
+    return options
+
+
 def run(args: argparse.Namespace) -> None:
     from diffobj.errors import UserError
     from diffobj.sample import sample_run, write_samples
@@ -74,6 +101,7 @@ def run(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         final_argmax=args.final_argmax,
         schedules_library=args.schedules_library,
+        heun_options=heun_options(args),
     )
     seconds = time.perf_counter() - start
     png = write_samples(images, args.out)

@@ -12,7 +12,9 @@ alpha^2 = sigmoid(lam)). The decoder is VDM's factorised discrete one: p(x_d = v
 the softmax over k of log N(z_0 / alpha_0; v_k, e^{-lam_max}), so the bound is on the
 probability of the discrete data itself: no dequantization noise, no added constant.
 ``data="continuous"`` replaces it by the Gaussian decoder N(x; z_0 / alpha_0, e^{-lam_max})
-(a density bound, for checks on continuous data).
+(a density bound, for checks on continuous data). ``grid`` places the 256 values: "edm"
+(u8 / 127.5 - 1, how diffobj trains) or "vdm" (2 (u8 + 0.5) / 256 - 1, VDM's, for numbers
+comparable bit for bit with VDM's).
 
 Masked (MD4, Shi et al. 2024), tokens 0..255, keep probability alpha_t:
 
@@ -58,6 +60,9 @@ GAUSSIAN_CONVENTION = (
     "discrete decoder p(x_d = v_k | z_0) = softmax_k log N(z_0/alpha_0; v_k, exp(-lam_max)); "
     "bits/dim = -log2 P(x) / D"
 )
+# the 256 data values v_k = (k + offset) * step - 1 of each grid
+GRIDS = {"edm": (0.0, 2 / 255), "vdm": (0.5, 2 / 256)}
+VDM_CONVENTION = GAUSSIAN_CONVENTION.replace("u8/127.5 - 1", "2(u8 + 0.5)/256 - 1 (VDM's)")
 CONTINUOUS_CONVENTION = (
     "continuous data: Gaussian decoder N(x; z_0/alpha_0, exp(-lam_max)); a density bound"
 )
@@ -187,26 +192,38 @@ def gaussian_prior_kl(x: torch.Tensor, lam_min: float) -> torch.Tensor:
     return 0.5 * (sigma2 + alpha2 * x2 - 1 - F.logsigmoid(-lam)).sum(1)
 
 
+def grid_values(grid: str = "edm", device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 256 data values of a grid (``GRIDS``), float64."""
+    offset, step = GRIDS[grid]
+    return (torch.arange(LEVELS, dtype=torch.float64, device=device) + offset) * step - 1
+
+
 def discrete_reconstruction(
-    x: torch.Tensor, lam_max: float, per_image: int, generator: torch.Generator | None
+    x: torch.Tensor,
+    lam_max: float,
+    per_image: int,
+    generator: torch.Generator | None,
+    grid: str = "edm",
 ) -> torch.Tensor:
     """-log p(x | z_0) with VDM's discrete decoder, averaged over ``per_image`` draws of z_0."""
-    grid = torch.arange(LEVELS, dtype=torch.float64, device=x.device) / 127.5 - 1
+    offset, step = GRIDS[grid]
+    values = grid_values(grid, x.device)
     flat = x.to(torch.float64).flatten(1)
-    index = torch.round((flat + 1) * 127.5).long()
+    index = torch.round((flat + 1) / step - offset).long()
     if (
         (index < 0).any()
         or (index >= LEVELS).any()
-        or not torch.allclose(grid[index.clamp(0, LEVELS - 1)], flat, atol=1e-4)
+        or not torch.allclose(values[index.clamp(0, LEVELS - 1)], flat, atol=1e-4)
     ):
-        raise UserError("the discrete bound needs data on the grid u8/127.5 - 1")
+        where = "u8/127.5 - 1" if grid == "edm" else "2(u8 + 0.5)/256 - 1"
+        raise UserError(f"the discrete bound needs data on the grid {where}")
     rows = flat.repeat_interleave(per_image, 0)
     index = index.repeat_interleave(per_image, 0)
     noise = torch.randn(rows.shape, generator=generator, dtype=torch.float64).to(x.device)
     x_hat = rows + math.exp(-lam_max / 2) * noise  # z_0 / alpha_0
     nll = torch.empty(len(rows), dtype=torch.float64, device=x.device)
     for part in _chunks(len(rows), DECODER_CHUNK // (rows.shape[1] * LEVELS)):
-        logits = -0.5 * math.exp(lam_max) * (x_hat[part, :, None] - grid).square()
+        logits = -0.5 * math.exp(lam_max) * (x_hat[part, :, None] - values).square()
         log_p = torch.log_softmax(logits, -1).gather(-1, index[part, :, None])[..., 0]
         nll[part] = -log_p.sum(1)
     return _per_image_mean(nll, per_image)
@@ -247,6 +264,7 @@ def gaussian_bound(
     samples_per_image: int = 1,
     batch_size: int = 64,
     data: str = "discrete",
+    grid: str = "edm",
     time_sampling: str = "schedule",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -256,6 +274,8 @@ def gaussian_bound(
     each chunk moved to ``device`` (default: x's)."""
     if data not in ("discrete", "continuous"):
         raise ValueError(f"data must be 'discrete' or 'continuous', got {data!r}")
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {list(GRIDS)}, got {grid!r}")
     _check_counts(len(x), samples_per_image, batch_size)
     lam_min, lam_max = finite_log_snr_range(schedule)
     images_per_call = max(1, batch_size // samples_per_image)
@@ -264,7 +284,7 @@ def gaussian_bound(
         chunk = x[part].to(device or x.device)
         terms["prior"].append(gaussian_prior_kl(chunk, lam_min))
         terms["reconstruction"].append(
-            discrete_reconstruction(chunk, lam_max, samples_per_image, generator)
+            discrete_reconstruction(chunk, lam_max, samples_per_image, generator, grid)
             if data == "discrete"
             else continuous_reconstruction(chunk, lam_max)
         )
@@ -273,7 +293,8 @@ def gaussian_bound(
                 eps_fn, chunk, schedule, samples_per_image, generator, time_sampling
             )
         )
-    convention = GAUSSIAN_CONVENTION if data == "discrete" else CONTINUOUS_CONVENTION
+    convention = {"edm": GAUSSIAN_CONVENTION, "vdm": VDM_CONVENTION}[grid]
+    convention = convention if data == "discrete" else CONTINUOUS_CONVENTION
     return Bound(
         "gaussian",
         *(torch.cat(v).cpu() for v in terms.values()),

@@ -12,15 +12,16 @@ from typing import Any
 from torch import nn
 
 from diffobj.errors import UserError
+from diffobj.models.edm_unet import EDMDDPMpp, load_edm_state_dict
+from diffobj.models.md4_unet import MD4UNet
 from diffobj.models.mlp import MLP, MaskedMLP
 from diffobj.models.unet import MaskedUNet, UNet
 
 KINDS = ("gaussian", "masked")
-# preset -> (Gaussian head, masked head)
-PRESETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
-    "diffobj_unet": (UNet, MaskedUNet),
-    "mlp": (MLP, MaskedMLP),
-}
+# "diffobj_unet": unet.UNet / MaskedUNet; "mlp": the residual MLP for small images (mlp.py),
+# both processes; "edm_ddpmpp": EDM's SongUNet (edm_unet.py), Gaussian only; "md4_unet": MD4's
+# single-resolution U-Net (md4_unet.py), masked only
+PRESETS = ("diffobj_unet", "mlp", "edm_ddpmpp", "md4_unet")
 # keys of the spec's Model that shape the network ("name" and "label_dropout" do not)
 ARCH_KEYS = (
     "channels",
@@ -40,8 +41,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 def build_model(model_cfg: Mapping[str, Any], kind: str, image_shape: Sequence[int]) -> nn.Module:
-    """The network for a run: the spec's ``preset`` (default the U-Net) with the head of ``kind``
-    (Gaussian: raw output for ``Denoiser``; masked: 256-way logits per dimension).
+    """The network for a run: the spec's ``preset`` with the head of ``kind`` (Gaussian: raw
+    output for ``Denoiser``; masked: 256-way logits per dimension).
 
     ``model_cfg`` holds the keys of the spec's ``models`` entry; ``image_shape`` is (C, H, W).
     A model that does not fit the data (a resolution not divisible by 2^(levels-1), an
@@ -53,12 +54,66 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, image_shape: Sequence[i
     name = model_cfg.get("name", "<model>")
     shape = tuple(int(s) for s in image_shape)
     preset = model_cfg.get("preset", "diffobj_unet")
+    augment_dim = int(model_cfg.get("augment_dim", 0) or 0)
     if preset not in PRESETS:
-        raise UserError(f"model {name!r}: preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if preset == "diffobj_unet":
+        raise UserError(f"model {name!r}: preset must be one of {PRESETS}, got {preset!r}")
+    if preset != "mlp":  # the MLP has no levels: channel_mult and attention do not shape it
         check_fits(config, shape, name)
-    gaussian_head, masked_head = PRESETS[preset]
-    return (gaussian_head if kind == "gaussian" else masked_head)(shape, **config)
+    if preset == "edm_ddpmpp":
+        if kind != "gaussian":
+            raise UserError(f"model {name!r}: preset edm_ddpmpp is a Gaussian network, not {kind}")
+        return EDMDDPMpp(shape, **edm_config(config, augment_dim, name))
+    if augment_dim:
+        raise UserError(f"model {name!r}: augment_dim needs preset edm_ddpmpp, not {preset}")
+    if preset == "md4_unet":
+        return md4_model(config, kind, shape, name)
+    if preset == "mlp":
+        return (MLP if kind == "gaussian" else MaskedMLP)(shape, **config)
+    head = UNet if kind == "gaussian" else MaskedUNet
+    return head(shape, **config)
+
+
+def edm_config(config: Mapping[str, Any], augment_dim: int, name: str) -> dict[str, Any]:
+    """The spec's model keys as EDM's SongUNet arguments (DDPM++: the remaining defaults).
+
+    Label dropout stays with the trainer (the "no label" index), so the network gets 0.
+    """
+    channels = int(config["channels"])
+    embed_dim = config.get("embed_dim") or 4 * channels
+    if embed_dim % channels:
+        raise UserError(
+            f"model {name!r}: edm_ddpmpp needs embed_dim a multiple of channels "
+            f"(EDM's channel_mult_emb), got embed_dim {embed_dim} for channels {channels}"
+        )
+    return {
+        "model_channels": channels,
+        "channel_mult": list(config["channel_mult"]),
+        "channel_mult_emb": embed_dim // channels,
+        "num_blocks": int(config["num_blocks"]),
+        "attn_resolutions": list(config["attention_resolutions"] or []),
+        "dropout": float(config["dropout"]),
+        "label_dim": int(config["num_classes"]),
+        "augment_dim": augment_dim,
+        "label_dropout": 0.0,
+    }
+
+
+def md4_model(config: Mapping[str, Any], kind: str, shape: tuple[int, ...], name: str) -> MD4UNet:
+    if kind != "masked":
+        raise UserError(f"model {name!r}: preset md4_unet is a masked network, not {kind}")
+    if list(config["channel_mult"]) != [1] or config["attention_resolutions"]:
+        raise UserError(
+            f"model {name!r}: md4_unet works at one resolution: it needs channel_mult [1] and "
+            f"no attention_resolutions, got {list(config['channel_mult'])} and "
+            f"{list(config['attention_resolutions'])}"
+        )
+    return MD4UNet(
+        shape,
+        channels=int(config["channels"]),
+        num_blocks=int(config["num_blocks"]),
+        dropout=float(config["dropout"]),
+        num_classes=int(config["num_classes"]),
+    )
 
 
 def resolutions(height: int, levels: int) -> list[int]:
@@ -102,12 +157,14 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
+    "EDMDDPMpp",
+    "MD4UNet",
     "MLP",
-    "PRESETS",
     "MaskedMLP",
     "MaskedUNet",
     "UNet",
     "build_model",
     "check_fits",
     "count_parameters",
+    "load_edm_state_dict",
 ]

@@ -120,14 +120,20 @@ class Denoiser(nn.Module):
         self.sigma_data = sigma_data
 
     def forward(
-        self, z: torch.Tensor, level: Level, labels: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        level: Level,
+        labels: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         lv = level.expand(z.dim())
         a, s = lv.alpha.to(z.dtype), lv.sigma.to(z.dtype)
         sd = self.sigma_data
         c_in = 1 / torch.sqrt(a * a * sd * sd + s * s)
         conditioning = () if labels is None else (labels,)  # class labels of a conditional net
-        out = self.net(z * c_in, level.log_snr.to(z.dtype), *conditioning).to(z.dtype)
+        # EDM's augmentation labels (augment.py); only a network with augment_dim takes them
+        augment = {} if augment_labels is None else {"augment_labels": augment_labels}
+        out = self.net(z * c_in, level.log_snr.to(z.dtype), *conditioning, **augment).to(z.dtype)
         if self.prediction != "F":
             return eps_from_prediction(out, z, level, self.prediction)
         sigma_hat = s / a
