@@ -197,8 +197,8 @@ def tiny_runs(tmp_path_factory):
     spec = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
     runs = {}
     for kind, run_id in [
-        ("gaussian", "digits-gaussian-vp_cosine-elbo-tiny-s0"),
-        ("masked", "digits-masked-md4_cosine-elbo-tiny-s0"),
+        ("gaussian", "digits-gaussian-vp_cosine-elbo-mlp-s0"),
+        ("masked", "digits-masked-md4_cosine-elbo-mlp-s0"),
     ]:
         config = root / f"{kind}.yaml"
         assert main(["validate", str(spec), "--run-config", run_id, str(config)]) == 0

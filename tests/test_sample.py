@@ -201,8 +201,8 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
     loaded = spec.load(ROOT / "config" / "config.yaml", root=ROOT)
     runs = {}
     for kind, run_id in (
-        ("gaussian", "digits-gaussian-vp_cosine-elbo-tiny-s0"),
-        ("masked", "digits-masked-md4_cosine-elbo-tiny-s0"),
+        ("gaussian", "digits-gaussian-vp_cosine-elbo-mlp-s0"),
+        ("masked", "digits-masked-md4_cosine-elbo-mlp-s0"),
     ):
         raw = loaded.run(run_id).resolved()
         raw["data"]["images"] = str(images)

@@ -20,6 +20,8 @@ def evaluation_frame():
             "seed": [0] * 4,
             "monotonic": [True, False, True, False],
             "fd_classifier": [3.0, 5.0, 2.0, 9.0],
+            "fd_classifier_lo": [2.5, 4.0, 1.5, 8.0],
+            "fd_classifier_hi": [3.5, 6.0, 2.5, 10.0],
             "fid": [None] * 4,
             "nll_bpd": [1.2, 1.4, 1.1, 1.3],
             "nll_stderr": [0.01] * 4,
@@ -75,12 +77,16 @@ def test_subtracting_the_optimal_loss_reveals_the_power_law():
 
 
 def test_figures_draw_and_save_png_and_pdf(tmp_path):
-    fig = figures.weighting_study(evaluation_frame())
+    from diffobj import study
+
+    configs = tables.validate("study", study.configurations(evaluation_frame(), {}))
+    fig = figures.weighting_study(configs, evaluation_frame())
     written = figures.save(fig, tmp_path / "study.png")
     assert [p.suffix for p in written] == [".png", ".pdf"]
     assert all(p.stat().st_size > 1000 for p in written)
-    table = figures.study_table(evaluation_frame())
-    assert "| masked | md4_cosine | edm | no | 9 |" in table
+    text = study.markdown(configs, None, evaluation_frame().select("run_id"), {})
+    assert "| masked | md4_cosine | edm † | tiny | 1 | 9 [9, 9] | 1.3 [1.3, 1.3] |" in text
+    assert "simple better than edm (Shi & Titsias 2025, ImageNet 64 FID): **not resolved" in text
 
 
 def test_sample_grid_tiles_images():

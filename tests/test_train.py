@@ -67,7 +67,7 @@ def run_config(
     **training,
 ) -> Path:
     """A real run config of the embedded default (config/config.yaml) on a few digits."""
-    run_id = f"digits-{kind}-{SCHEDULE[kind]}-{weighting}-tiny-s0"
+    run_id = f"digits-{kind}-{SCHEDULE[kind]}-{weighting}-mlp-s0"
     raw = spec.load(ROOT / "config" / "config.yaml", root=ROOT).run(run_id).resolved()
     data = tmp_path / "data" / "images.npy"
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def test_training_writes_outputs_and_binned_logs(tmp_path):
     # the fixed bins: 16 equal bins over the process's log_snr_range [-10, 10]
     evals = read_csv(out / "eval_bins.csv")
     centres = [float(r["log_snr"]) for r in evals]
-    assert centres == pytest.approx(list(np.linspace(-10, 10, 17)[:-1] + 20 / 32))
+    assert centres == pytest.approx(list(np.linspace(LO, HI, 17)[:-1] + (HI - LO) / 32))
     assert all(int(r["n"]) == 16 for r in evals)
     assert load_checkpoint(out / "checkpoints" / CHECKPOINT_NAME)["step"] == 6
 
@@ -316,7 +316,7 @@ def _adaptive(kind: str, weighting_name: str, running_error: torch.Tensor) -> Ad
 
 
 def run_config_text(kind: str, weighting: str) -> str:
-    run_id = f"digits-{kind}-{SCHEDULE[kind]}-{weighting}-tiny-s0"
+    run_id = f"digits-{kind}-{SCHEDULE[kind]}-{weighting}-mlp-s0"
     return yaml.safe_dump(
         spec.load(ROOT / "config" / "config.yaml", root=ROOT).run(run_id).resolved()
     )
@@ -326,16 +326,23 @@ def sigmoid(x: torch.Tensor | float) -> torch.Tensor:
     return torch.sigmoid(torch.as_tensor(x, dtype=torch.float64))
 
 
+# the default's Gaussian log-SNR range, which the run configs below use
+LO, HI = (
+    spec.load(ROOT / "config" / "config.yaml", root=ROOT).spec.processes["gaussian"].log_snr_range
+)
+
+
 @pytest.mark.parametrize(
     ("kind", "weighting", "lam_weight", "expected"),
     [
         # Gaussian, eps_hat = 0: error = ||eps||^2 / D, mean 1; L = 1/2 ∫ w(lam) dlam
-        ("gaussian", "elbo", lambda lam: torch.ones_like(lam), 0.5 * 20),
+        ("gaussian", "elbo", lambda lam: torch.ones_like(lam), 0.5 * (HI - LO)),
         (
             "gaussian",
             "sigmoid",
             lambda lam: sigmoid(-lam),
-            0.5 * (math.log1p(math.exp(10)) - math.log1p(math.exp(-10))),
+            # ∫ sigmoid(-lam) dlam = softplus(-lam_min) - softplus(-lam_max)
+            0.5 * (math.log1p(math.exp(-LO)) - math.log1p(math.exp(-HI))),
         ),
         # masked, uniform logits: CE = (1 - alpha) log 256; L = ∫ sigmoid(l) sigmoid(-l) log 256 dl
         ("masked", "elbo", sigmoid, math.log(256) * float(sigmoid(9.21) - sigmoid(-9.21))),
@@ -496,7 +503,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_model_that_does_not_fit_the_data_writes_nothing(tmp_path):
-    cfg = run_config(tmp_path, model={"attention_resolutions": [2]})
+    unet = {"preset": "diffobj_unet", "channel_mult": [1, 2], "attention_resolutions": [2]}
+    cfg = run_config(tmp_path, model=unet)
     proc = _cli("--run-config", str(cfg), "--out", str(tmp_path / "run"))
     assert proc.returncode == 2
     assert "attention_resolutions has 2" in proc.stderr and "Traceback" not in proc.stderr
