@@ -85,6 +85,18 @@ class Training(Strict):
     adaptive: bool = Field(
         False, description="adaptive noise density p(lam) ~ w * (loss - optimal loss)"
     )
+    density: Literal["schedule", "adaptive_corrected", "optimal_loss_schedule"] | None = Field(
+        None,
+        description="training noise density (diffobj.densities); adaptive: true is "
+        "adaptive_corrected; optimal_loss_schedule is Xu et al.'s, uncorrected",
+    )
+
+    @field_validator("density")
+    @classmethod
+    def _one_density(cls, v: str | None, info: Any) -> str | None:
+        if info.data.get("adaptive") and v not in (None, "adaptive_corrected"):
+            raise ValueError(f"adaptive: true contradicts density {v}; drop one")
+        return v
 
 
 class GridEntry(Strict):

@@ -55,6 +55,7 @@ import torch.distributed as dist
 from torch import nn
 
 from diffobj import adaptive as adaptive_mod
+from diffobj import densities, optimal_curve
 from diffobj.data.arrays import read_images, read_labels
 from diffobj.errors import UserError
 from diffobj.io import atomic_path, write_csv
@@ -473,7 +474,7 @@ class Trainer:
                 f"by the {self.dist.world} processes"
             )
         self.schedule: Schedule = config.schedule
-        self.weighting = config.weighting
+        self.weighting = optimal_curve.bind(config.weighting, options.optimal_loss, config.run_id)
         if self.kind not in self.weighting.processes:
             raise UserError(
                 f"run {config.run_id}: weighting {self.weighting.name!r} is for "
@@ -513,18 +514,17 @@ class Trainer:
             self.out_dir, config.run_id, options.checkpoint_dir
         )
 
-    def _adaptive(self) -> adaptive_mod.AdaptiveDensity | None:
-        if not self.training.get("adaptive", False):
+    def _adaptive(self) -> densities.GapDensity | None:
+        name = densities.density_name(self.training)
+        if name == "schedule":
             return None
         if self.options.optimal_loss is None:
             raise UserError(
-                f"run {self.config.run_id}: training.adaptive is true, which needs "
+                f"run {self.config.run_id}: training.density {name} needs "
                 "--optimal-loss TABLE.csv (from `diffobj optimal-loss`)"
             )
-        table = adaptive_mod.read_optimal_loss(self.options.optimal_loss)
-        return adaptive_mod.AdaptiveDensity(
-            self.kind, self.schedule, self.weighting, self.edges, table
-        )
+        table = densities.read_optimal_loss(self.options.optimal_loss)
+        return densities.build(name, self.kind, self.schedule, self.weighting, self.edges, table)
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.dist.world > 1:
