@@ -40,6 +40,7 @@ from diffobj.weightings import Weighting
 
 FLOOR_FRACTION = 0.05  # corrected: floor = this share of the mean positive gap (bounds W/p)
 ERROR_EMA = 0.5  # running binned error: weight of the newest refresh window
+GRID = 8193  # p tabulated on this many lam points: a jump at a bin edge blurs over one cell
 DENSITIES = ("schedule", "adaptive_corrected", "optimal_loss_schedule")
 
 read_optimal_loss = read_table  # the optimal-loss table reader (diffobj.optimal_curve)
@@ -160,7 +161,7 @@ class GapDensity:
             return
         lo, hi = float(self.edges[0]), float(self.edges[-1])
         self.density_schedule = schedules.from_density(
-            f"gap_{self.schedule.name}", self.kind, self.density(), (lo, hi), grid_size=2049
+            f"gap_{self.schedule.name}", self.kind, self.density(), (lo, hi), grid_size=GRID
         )
 
     # -- the loss -----------------------------------------------------------------------------
