@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--estimator", default="exact", choices=optimal.ESTIMATORS)
     parser.add_argument("--subset", type=int, metavar="L", help="subset size of snis/dol/cdol")
-    parser.add_argument("--C", type=float, dest="C", help="cDOL self-weight divisor (default 4N/L)")
+    parser.add_argument(
+        "--C", type=float, dest="C", help="cDOL self-weight divisor (default ~2N/L, 1 at L = N)"
+    )
     parser.add_argument(
         "--log-snr-range",
         type=float,
