@@ -173,42 +173,43 @@ def _fmt(value: float | None, err: float | None = None) -> str:
     return f"{value:.4g} ± {err:.2g}" if err is not None else f"{value:.4g}"
 
 
-def gap(gap_table: pl.DataFrame) -> plt.Figure:
-    """Per log-SNR: the optimal loss, each run's loss (EMA model), and the gap (Xu et al. Fig. 1a, 2)."""
+def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
+    """Per noise level: the optimal loss, each run's loss (EMA model), and the gap (Xu et al.
+    Fig. 1a, 2). ``scale``: "eps" (eps-MSE against log-SNR) or "x0", the paper's unified VE /
+    x0 view (x0-MSE against σ̂ = σ/α, log axis; diffobj.scales). Masked panels have one scale."""
+    if scale not in ("eps", "x0"):
+        raise ValueError(f"gap figure: scale must be 'eps' or 'x0', got {scale!r}")
     kinds = gap_table["kind"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(
         2, len(kinds), figsize=(6 * len(kinds), 7), squeeze=False, sharex="col"
     )
     units = {"gaussian": "eps-MSE per dim", "masked": "CE nats per dim"}
     for col, kind in enumerate(kinds):
+        x0 = scale == "x0" and kind == "gaussian"
+        loss, optimum, diff = (
+            f"{c}_x0" if x0 else c for c in ("model_loss", "optimal_loss", "gap")
+        )
+        x, unit = ("sigma_ve", "x0-MSE per dim") if x0 else ("log_snr", units[kind])
         frame = gap_table.filter(pl.col("kind") == kind).with_columns(
             (pl.col("weighting") + " / " + pl.col("schedule")).alias("run")
         )
         top, bottom = axes[0, col], axes[1, col]
-        sns.lineplot(
-            frame.to_pandas(),
-            x="log_snr",
-            y="model_loss",
-            hue="run",
-            ax=top,
-            marker="o",
-            markersize=3,
-        )
+        sns.lineplot(frame.to_pandas(), x=x, y=loss, hue="run", ax=top, marker="o", markersize=3)
         optimal = frame.unique("log_snr").sort("log_snr")
-        top.plot(
-            optimal["log_snr"], optimal["optimal_loss"], color="black", lw=2.5, label="optimal loss"
-        )
-        top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({units[kind]})", yscale="log")
+        top.plot(optimal[x], optimal[optimum], color="black", lw=2.5, label="optimal loss")
+        top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({unit})", yscale="log")
         # the optimal loss falls to ~0 below the critical noise level; keep the models readable
-        top.set_ylim(bottom=frame["model_loss"].min() / 100)
+        top.set_ylim(bottom=frame[loss].min() / 100)
         top.legend(fontsize=7)
-        sns.lineplot(frame.to_pandas(), x="log_snr", y="gap", hue="run", ax=bottom, legend=False)
+        sns.lineplot(frame.to_pandas(), x=x, y=diff, hue="run", ax=bottom, legend=False)
         bottom.axhline(0, color="black", lw=1)
         bottom.set(
             title="gap = model loss − optimal loss",
-            xlabel="log-SNR λ",
-            ylabel=f"gap ({units[kind]})",
+            xlabel="σ̂ = σ/α (VE)" if x0 else "log-SNR λ",
+            ylabel=f"gap ({unit})",
         )
+        if x0:
+            bottom.set_xscale("log")
     fig.tight_layout()
     return fig
 

@@ -10,6 +10,7 @@ FIGURES = (
     "weighting_study",
     "optimal_loss",
     "gap",
+    "gap_x0",
     "convergence",
     "training_curves",
     "samples",
@@ -87,6 +88,12 @@ def _gap(loaded, results, out):
     return figures.gap(_table(results, "gap"))
 
 
+def _gap_x0(loaded, results, out):
+    from diffobj import figures
+
+    return figures.gap(_table(results, "gap"), scale="x0")
+
+
 def _training_curves(loaded, results, out):
     from diffobj import figures
 
@@ -141,6 +148,7 @@ DRAW = {
     "weighting_study": _weighting_study,
     "optimal_loss": _optimal_loss,
     "gap": _gap,
+    "gap_x0": _gap_x0,
     "convergence": _convergence,
     "training_curves": _training_curves,
     "samples": _samples,

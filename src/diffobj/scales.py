@@ -1,0 +1,29 @@
+"""One scale for diagnosis: Xu et al.'s unified VE / x0 view (their Table 1), and the eps scale.
+
+Every Gaussian run reports its per-level loss as eps-MSE per dimension, whatever it predicts:
+each prediction (eps, x0, v, EDM's F) is converted to eps_hat (diffobj.processes.gaussian), and
+the optimal loss is in the same scale. In the VE view x̂ = z / alpha = x + σ̂ eps with
+σ̂ = sigma / alpha = e^(-lam/2), and x0_hat = x̂ - σ̂ eps_hat, so for every schedule
+
+    ||x0 - x0_hat||² = σ̂² ||eps - eps_hat||² = e^(-lam) ||eps - eps_hat||²,
+
+which is the only conversion the diagnosis needs (the loss of another target is this x0 loss
+times a fixed factor, the paper's Eqs. 3-5). Masked runs have one scale (cross-entropy in nats
+per dimension): their x0 columns are missing (null).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCALES = ("eps", "x0")
+
+
+def sigma_ve(log_snr: np.ndarray | float) -> np.ndarray:
+    """σ̂ = sigma / alpha = e^(-lam/2): the VE noise level of a log-SNR."""
+    return np.exp(-np.asarray(log_snr, dtype=float) / 2)
+
+
+def eps_to_x0(loss_eps: np.ndarray | float, log_snr: np.ndarray | float) -> np.ndarray:
+    """x0-MSE from eps-MSE at the same log-SNR (any schedule, any prediction)."""
+    return np.asarray(loss_eps, dtype=float) * np.exp(-np.asarray(log_snr, dtype=float))
