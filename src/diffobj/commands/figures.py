@@ -111,18 +111,30 @@ def _samples(loaded, results, out):
 
 
 def _scaling(loaded, results, out):
-    from diffobj import figures
+    import polars as pl
 
-    return figures.scaling(scaling_points(loaded, results))
+    from diffobj import figures
+    from diffobj.io import atomic_path
+    from diffobj.scaling import per_level_fits
+
+    points = scaling_points(loaded, results)
+    # per noise level, raw and J*-subtracted power laws (Xu et al. Fig. 3b, 7), beside the figure
+    levels = _table(results, "gap").join(
+        points.select("run_id", pl.col("n_params").cast(pl.Float64).alias("size")), on="run_id"
+    )
+    with atomic_path(out.with_name(f"{out.stem}_per_level.csv")) as tmp:
+        per_level_fits(levels).write_csv(tmp)
+    return figures.scaling(points)
 
 
 def scaling_points(loaded, results):
-    """Per run: parameters, and the ELBO-weighted integral 1/2 ∫ error dlam of the model and of
-    the optimal loss over the bin centres (trapezoid rule)."""
+    """Per run: parameters, and the ELBO integral of the model's and of the optimal loss over the
+    bin centres (diffobj.scaling.elbo_integral: Gaussian ½ ∫ dlam, masked ∫ sigmoid(lam) dlam)."""
     import numpy as np
     import polars as pl
 
     from diffobj.models import build_model
+    from diffobj.scaling import elbo_integral
 
     gap = _table(results, "gap")
     rows = []
@@ -137,8 +149,8 @@ def scaling_points(loaded, results):
                 "run_id": r.id,
                 "kind": kind,
                 "n_params": sum(p.numel() for p in model.parameters()),
-                "loss": 0.5 * np.trapezoid(sub["model_loss"].to_numpy(), lam),
-                "optimal_loss": 0.5 * np.trapezoid(sub["optimal_loss"].to_numpy(), lam),
+                "loss": elbo_integral(kind, lam, sub["model_loss"].to_numpy()),
+                "optimal_loss": elbo_integral(kind, lam, sub["optimal_loss"].to_numpy()),
             }
         )
     return pl.DataFrame(rows)
