@@ -309,3 +309,27 @@ def scaling(points: pl.DataFrame) -> plt.Figure:
             ax.set(title=f"{kind}: {title}", xlabel="parameters", ylabel=title)
     fig.tight_layout()
     return fig
+
+
+def gap_quality(correlations: pl.DataFrame) -> plt.Figure:
+    """Per noise level: the correlation across runs of the gap with sample quality, Pearson r
+    with its 95% interval (Xu et al. Fig. 2b analogue); one panel per process kind."""
+    kinds = correlations["kind"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 3.5), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        sub = correlations.filter(pl.col("kind") == kind).sort("log_snr")
+        lam, r = sub["log_snr"].to_numpy(), sub["pearson_r"].to_numpy()
+        ax.fill_between(lam, sub["r_lo"].to_numpy(), sub["r_hi"].to_numpy(), alpha=0.25)
+        ax.plot(lam, r, "o-", label="Pearson r (95% interval)")
+        ax.plot(lam, sub["spearman_rho"].to_numpy(), "x--", label="Spearman ρ")
+        ax.axhline(0, color="black", lw=1)
+        metric, n = sub["metric"][0], int(sub["n"].max())
+        ax.set(
+            title=f"{kind}: gap vs {metric} across {n} runs",
+            xlabel="log-SNR λ",
+            ylabel="correlation",
+            ylim=(-1.05, 1.05),
+        )
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -11,6 +11,7 @@ FIGURES = (
     "optimal_loss",
     "gap",
     "gap_x0",
+    "gap_quality",
     "convergence",
     "training_curves",
     "samples",
@@ -94,6 +95,19 @@ def _gap_x0(loaded, results, out):
     return figures.gap(_table(results, "gap"), scale="x0")
 
 
+def _gap_quality(loaded, results, out):
+    from diffobj import figures
+    from diffobj.diagnosis import gap_quality
+    from diffobj.io import atomic_path
+
+    evaluation = _table(results, "evaluation")
+    metric = "fid" if evaluation["fid"].is_not_null().any() else "fd_classifier"
+    correlations = gap_quality(_table(results, "gap"), evaluation, metric)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        correlations.write_csv(tmp)
+    return figures.gap_quality(correlations)
+
+
 def _training_curves(loaded, results, out):
     from diffobj import figures
 
@@ -161,6 +175,7 @@ DRAW = {
     "optimal_loss": _optimal_loss,
     "gap": _gap,
     "gap_x0": _gap_x0,
+    "gap_quality": _gap_quality,
     "convergence": _convergence,
     "training_curves": _training_curves,
     "samples": _samples,
