@@ -37,19 +37,37 @@ def level(lam: list[float]):
     return s.level(s.t_of_log_snr(torch.tensor(lam, dtype=torch.float64)))
 
 
-def test_jstar_is_the_table_interpolated_in_lam_clipped_at_zero_held_at_the_ends(table):
-    w = bind(weightings.build("j", "Jstar"), table, "r")
+def by_hand(lam: float, kind: str) -> float:
+    """Piecewise linear through the clipped table points: Gaussian in the x0 scale
+    (J e^-lam), masked as is; constant beyond the ends (in that scale)."""
+    pts = sorted(zip(LAM_TABLE, [max(j, 0.0) for j in J_TABLE], strict=True))
+    scale = (lambda x: math.exp(-x)) if kind == "gaussian" else (lambda x: 1.0)
+    xs, ys = [x for x, _ in pts], [y * scale(x) for x, y in pts]
+    if lam <= xs[0]:
+        y = ys[0]
+    elif lam >= xs[-1]:
+        y = ys[-1]
+    else:
+        k = next(i for i in range(len(xs) - 1) if xs[i] <= lam <= xs[i + 1])
+        y = ys[k] + (ys[k + 1] - ys[k]) * (lam - xs[k]) / (xs[k + 1] - xs[k])
+    return y / scale(lam)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "masked"])
+def test_jstar_is_the_table_interpolated_in_lam_clipped_at_zero_held_at_the_ends(table, kind):
+    w = bind(weightings.build("j", "Jstar"), table, "r", kind)
     lam = [-9.0, -4.0, -2.0, -1.0, 1.0, 2.0, 4.0, 9.0]
-    # by hand: linear between (-4, .3), (0, .1), (2, 0), (6, 0); constant outside [-4, 6]
-    expected = [0.30, 0.30, 0.20, 0.15, 0.05, 0.0, 0.0, 0.0]
-    assert w(level(lam)).tolist() == pytest.approx(expected, abs=1e-9)
+    expected = [by_hand(v, kind) for v in lam]
+    assert w(level(lam)).tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    if kind == "masked":  # plain linear: the midpoint of (-4, .3) and (0, .1)
+        assert w(level([-2.0])).item() == pytest.approx(0.2)
 
 
 def test_the_paper_weighting_against_its_formula_in_the_ve_x0_view(weighting_library, table):
     w = bind(weighting_library["xu_optimal"], table, "r")
     p = w.params
     lam = np.array([-3.0, -1.0, 0.5, 1.5, 2.5, 3.0, 5.0])
-    j_eps = np.interp(lam, LAM_TABLE, np.clip(J_TABLE, 0, None))
+    j_eps = np.array([by_hand(v, "gaussian") for v in lam])
     sigma = np.exp(-lam / 2)  # sigma-hat = sigma / alpha
     j_x0 = sigma**2 * j_eps  # Table 1: x0 loss = e^(-lam) eps loss
     with np.errstate(divide="ignore"):

@@ -115,3 +115,24 @@ def test_the_gap_figure_draws_either_scale():
     assert "log-SNR" in figures.gap(table).axes[1].get_xlabel()
     with pytest.raises(ValueError, match="scale must be"):
         figures.gap(table, scale="v")
+
+
+def test_optimal_loss_interpolates_in_the_x0_scale_for_gaussian():
+    # closed form of N(0, s^2) data: J*_eps = s^2 / (s^2 + e^-lam), J*_x0 = e^-lam J*_eps.
+    # On a coarse table (levels 5 apart, as the digits table at high noise) the x0 values
+    # interpolated from the eps table stay within 15% of the truth; plain eps interpolation
+    # is off by a factor of several in x0 (the negative x0 gaps it produced on digits).
+    def j_eps(lam):
+        return S**2 / (S**2 + np.exp(-lam))
+
+    table = np.array([-10.0, -5.0, 0.0, 5.0])
+    fine = np.linspace(-9.5, -0.5, 19)
+    truth_x0 = scales.eps_to_x0(j_eps(fine), fine)
+    ours = scales.eps_to_x0(scales.interpolate_optimal(fine, table, j_eps(table), "gaussian"), fine)
+    naive = scales.eps_to_x0(np.interp(fine, table, j_eps(table)), fine)
+    assert np.abs(ours / truth_x0 - 1).max() < 0.15
+    assert np.abs(naive / truth_x0 - 1).max() > 3
+    masked = scales.interpolate_optimal(
+        np.array([0.5]), np.array([0.0, 1.0]), np.array([1, 3]), "masked"
+    )
+    assert masked.tolist() == [2.0]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffobj import schedules
+from diffobj import scales, schedules
 from diffobj.errors import UserError
 from diffobj.optimal_curve import read_table
 from diffobj.processes import gaussian, masked
@@ -106,7 +106,8 @@ class GapDensity:
         self.weighting = weighting
         self.edges = edges
         lam, opt = optimal
-        self.optimal = torch.as_tensor(np.interp(bin_centres(edges).numpy(), lam, opt))
+        centres = bin_centres(edges).numpy()
+        self.optimal = torch.as_tensor(scales.interpolate_optimal(centres, lam, opt, kind))
         self.running_error = torch.full((len(edges) - 1,), float("nan"), dtype=torch.float64)
         self.density_schedule: Schedule | None = None  # None: not refreshed yet, use the run's
 

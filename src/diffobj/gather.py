@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from diffobj import scales
@@ -151,7 +150,9 @@ def gap(
             (pl.col("dataset") == r["dataset"]) & (pl.col("process") == r["kind"])
         ).sort("log_snr")
         lam = bins["log_snr"].to_numpy().astype(float)
-        reference = np.interp(lam, opt["log_snr"].to_numpy(), opt["optimal_loss"].to_numpy())
+        reference = scales.interpolate_optimal(
+            lam, opt["log_snr"].to_numpy(), opt["optimal_loss"].to_numpy(), r["kind"]
+        )
         frames.append(
             pl.DataFrame(
                 {

@@ -1,8 +1,8 @@
 """The optimal loss J*(lam) of a run's dataset and process, as a function of the log-SNR.
 
 Weightings and training densities may use it under the name ``Jstar`` (diffobj.expr.OPTIMAL_LOSS):
-the value of the run's optimal-loss table (``diffobj optimal-loss``) interpolated linearly in
-lam, in the loss's own units (Gaussian: eps-MSE per dimension; masked: nats per dimension), held
+the value of the run's optimal-loss table (``diffobj optimal-loss``) interpolated in lam
+(``diffobj.scales.interpolate_optimal``), in the loss's own units (Gaussian: eps-MSE per dimension; masked: nats per dimension), held
 at the end values outside the table. The optimal loss is >= 0 by definition; an estimate below
 zero (estimator noise where J* ~ 0) is clipped to 0, so ``min(1/Jstar, w)`` is w there.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffobj import scales
 from diffobj.errors import UserError
 from diffobj.expr import OPTIMAL_LOSS
 from diffobj.io import read_csv
@@ -45,25 +46,22 @@ def read_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class OptimalLossCurve:
-    """J*(lam): piecewise linear through the table's points, constant beyond its ends."""
+    """J*(lam) from a table's points (diffobj.scales.interpolate_optimal: Gaussian linear in
+    the x0 scale, masked linear), constant beyond its ends; clipped at 0."""
 
-    log_snr: torch.Tensor  # increasing, float64
-    value: torch.Tensor
+    log_snr: np.ndarray  # increasing
+    value: np.ndarray
+    kind: str = "gaussian"
 
     @classmethod
-    def from_table(cls, path: str | Path) -> OptimalLossCurve:
+    def from_table(cls, path: str | Path, kind: str = "gaussian") -> OptimalLossCurve:
         lam, opt = read_table(path)
-        return cls(torch.as_tensor(lam), torch.as_tensor(opt).clamp_min(0.0))
+        return cls(lam, np.clip(opt, 0.0, None), kind)
 
     def __call__(self, lam: torch.Tensor) -> torch.Tensor:
-        xs, ys = self.log_snr.to(lam.device), self.value.to(lam.device)
-        lam64 = lam.to(torch.float64).clamp(xs[0], xs[-1])
-        if len(xs) == 1:
-            return ys[0].expand_as(lam64).to(lam.dtype)
-        hi = torch.bucketize(lam64, xs).clamp(1, len(xs) - 1)
-        x0, x1, y0, y1 = xs[hi - 1], xs[hi], ys[hi - 1], ys[hi]
-        out = y0 + (y1 - y0) * (lam64 - x0) / (x1 - x0)
-        return out.to(lam.dtype)
+        query = lam.detach().to("cpu", torch.float64).numpy()
+        values = scales.interpolate_optimal(query, self.log_snr, self.value, self.kind)
+        return torch.as_tensor(values, dtype=lam.dtype, device=lam.device)
 
 
 def needs_optimal_loss(weighting_entry: Mapping[str, Any], training: Mapping[str, Any]) -> bool:
@@ -76,8 +74,8 @@ def needs_optimal_loss(weighting_entry: Mapping[str, Any], training: Mapping[str
     return weighting.uses_optimal_loss or densities.density_name(training) != "schedule"
 
 
-def bind(weighting: Any, path: str | Path | None, run_id: str) -> Any:
-    """The weighting with J* bound from ``path`` if it reads Jstar (else unchanged)."""
+def bind(weighting: Any, path: str | Path | None, run_id: str, kind: str = "gaussian") -> Any:
+    """The weighting with J* (of process ``kind``) bound from ``path`` if it reads Jstar."""
     if not weighting.uses_optimal_loss:
         return weighting
     if path is None:
@@ -85,4 +83,4 @@ def bind(weighting: Any, path: str | Path | None, run_id: str) -> Any:
             f"run {run_id}: weighting {weighting.name!r} uses {OPTIMAL_LOSS}, which needs "
             "--optimal-loss TABLE.csv (from `diffobj optimal-loss`)"
         )
-    return dataclasses.replace(weighting, optimal_loss=OptimalLossCurve.from_table(path))
+    return dataclasses.replace(weighting, optimal_loss=OptimalLossCurve.from_table(path, kind))

@@ -474,7 +474,9 @@ class Trainer:
                 f"by the {self.dist.world} processes"
             )
         self.schedule: Schedule = config.schedule
-        self.weighting = optimal_curve.bind(config.weighting, options.optimal_loss, config.run_id)
+        self.weighting = optimal_curve.bind(
+            config.weighting, options.optimal_loss, config.run_id, config.kind
+        )
         if self.kind not in self.weighting.processes:
             raise UserError(
                 f"run {config.run_id}: weighting {self.weighting.name!r} is for "
