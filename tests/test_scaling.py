@@ -70,8 +70,86 @@ def test_per_level_fits_one_row_per_level_and_fit():
                 }
             )
     fits = per_level_fits(pl.DataFrame(rows))
-    assert fits.height == 4
+    assert fits.height == 4 and (fits["against"] == "size").all()
     clean = fits.filter(pl.col("fit") == "minus_optimal").sort("log_snr")
     assert clean["b"].to_list() == pytest.approx([0.3, 0.6])
     raw = fits.filter(pl.col("fit") == "raw").sort("log_snr")
     assert (raw["r2"] < clean["r2"]).all()
+
+
+def test_forward_flops_of_a_convolution_and_training_compute():
+    from torch import nn
+
+    from diffobj.scaling import forward_flops, training_flops
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+
+        def forward(self, x, log_snr):
+            return self.conv(x)
+
+    # 2 flops per multiply-add: 2 · (C_in k²) · C_out · H · W
+    flops = forward_flops(Net(), "gaussian", (1, 8, 8))
+    assert flops == 2 * 9 * 4 * 64
+    assert training_flops(flops, 1000) == 3 * flops * 1000
+
+
+def test_the_real_model_is_built_channels_first():
+    from diffobj.models import build_model
+    from diffobj.scaling import forward_flops
+
+    model = build_model(
+        {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1}, "gaussian", (1, 8, 8)
+    )
+    assert forward_flops(model, "gaussian", (1, 8, 8)) > 0
+
+
+def test_the_scaling_figure_command_writes_per_level_fits(tmp_path):
+    """`diffobj figures --figure scaling` on the scaling spec: models built channels first from
+    the NHWC data, fits against parameters and training compute written beside the figure."""
+    import argparse
+    from pathlib import Path
+
+    from diffobj import spec, tables
+    from diffobj.commands import figures as command
+    from diffobj.gather import with_x0_scale
+
+    root = Path(__file__).resolve().parents[1]
+    spec_path = root / "config" / "experiments" / "scaling_digits.yaml"
+    loaded = spec.load(spec_path, root=root)
+    (tmp_path / "data" / "digits").mkdir(parents=True)
+    np.save(tmp_path / "data" / "digits" / "images.npy", np.zeros((4, 8, 8, 1), np.uint8))
+    width = {"w8": 8, "w16": 16, "w32": 32, "w64": 64}
+    rows = [
+        {
+            "run_id": r.id,
+            "kind": "gaussian",
+            "schedule": r.schedule,
+            "weighting": r.weighting,
+            "log_snr": lam,
+            "model_loss": 0.1 + width[r.model] ** -0.5 + 0.001 * r.seed,
+            "model_stderr": 0.001,
+            "optimal_loss": 0.1,
+        }
+        for r in loaded.runs
+        for lam in (-2.0, 2.0)
+    ]
+    gap = pl.DataFrame(rows).with_columns(
+        (pl.col("model_loss") - pl.col("optimal_loss")).alias("gap")
+    )
+    (tmp_path / "tables").mkdir()
+    tables.write("gap", with_x0_scale(gap), tmp_path / "tables" / "gap.parquet")
+    out = tmp_path / "scaling.png"
+    command.run(
+        argparse.Namespace(
+            spec=str(spec_path), results=str(tmp_path), figure="scaling", out=str(out)
+        )
+    )
+    assert out.exists()
+    fits = pl.read_csv(tmp_path / "scaling_per_level.csv")
+    assert sorted(set(fits["against"])) == ["n_params", "train_flops"]
+    assert fits.height == 2 * 2 * 2  # levels x fits x sizes
+    clean = fits.filter(pl.col("fit") == "minus_optimal")
+    assert (clean["b"] > 0).all() and (clean["pearson_r"] < -0.9).all()

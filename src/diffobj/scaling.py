@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 import polars as pl
+import torch
+from torch import nn
 
 from diffobj.figures import fit_power_law
 
@@ -25,6 +27,23 @@ def elbo_integral(kind: str, log_snr: np.ndarray, loss: np.ndarray) -> float:
     lam, values = np.asarray(log_snr, float)[order], np.asarray(loss, float)[order]
     weight = 0.5 * np.ones_like(lam) if kind == "gaussian" else 1 / (1 + np.exp(-lam))
     return float(np.trapezoid(weight * values, lam))
+
+
+def forward_flops(model: nn.Module, kind: str, image_shape: tuple[int, int, int]) -> float:
+    """FLOPs of one forward pass on one image (C, H, W), counted by torch's FlopCounterMode
+    (matmuls and convolutions: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dtype = torch.float32 if kind == "gaussian" else torch.long
+    x = torch.zeros((1, *image_shape), dtype=dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, torch.zeros(1))
+    return float(counter.get_total_flops())
+
+
+def training_flops(forward: float, images_seen: int) -> float:
+    """Training compute: forward + backward ≈ 3 forward passes per image seen (Kaplan et al.)."""
+    return 3.0 * forward * images_seen
 
 
 def power_law_fit(size: np.ndarray, loss: np.ndarray, offset: float = 0.0) -> dict[str, float]:
@@ -49,20 +68,21 @@ def power_law_fit(size: np.ndarray, loss: np.ndarray, offset: float = 0.0) -> di
     }
 
 
-def per_level_fits(points: pl.DataFrame) -> pl.DataFrame:
-    """One row per (kind, log_snr, fit): raw and J*-subtracted power laws against size.
+def per_level_fits(points: pl.DataFrame, size: str = "size") -> pl.DataFrame:
+    """One row per (kind, log_snr, fit): raw and J*-subtracted power laws against ``size``.
 
-    ``points``: columns kind, log_snr, size (parameters or compute), model_loss, optimal_loss;
-    one row per run and level (the gap table joined with each run's size).
+    ``points``: columns kind, log_snr, ``size`` (parameters or compute), model_loss,
+    optimal_loss; one row per run and level (the gap table joined with each run's size).
     """
     rows = []
     for (kind, lam), sub in points.group_by(["kind", "log_snr"], maintain_order=True):
-        sub = sub.sort("size")
-        size, loss = sub["size"].to_numpy(), sub["model_loss"].to_numpy()
+        sub = sub.sort(size)
+        size_values, loss = sub[size].to_numpy(), sub["model_loss"].to_numpy()
         optimum = float(sub["optimal_loss"].mean())
         for fit, offset in (("raw", 0.0), ("minus_optimal", optimum)):
             rows.append(
-                {"kind": kind, "log_snr": lam, "fit": fit, "optimal_loss": optimum}
-                | power_law_fit(size, loss, offset)
+                {"kind": kind, "log_snr": lam, "against": size, "fit": fit}
+                | {"optimal_loss": optimum}
+                | power_law_fit(size_values, loss, offset)
             )
     return pl.DataFrame(rows)

@@ -132,12 +132,13 @@ def _scaling(loaded, results, out):
     from diffobj.scaling import per_level_fits
 
     points = scaling_points(loaded, results)
-    # per noise level, raw and J*-subtracted power laws (Xu et al. Fig. 3b, 7), beside the figure
-    levels = _table(results, "gap").join(
-        points.select("run_id", pl.col("n_params").cast(pl.Float64).alias("size")), on="run_id"
-    )
+    # per noise level, raw and J*-subtracted power laws (Xu et al. Fig. 3b, 7), against
+    # parameters and against training compute, written beside the figure
+    sizes = points.select("run_id", pl.col("n_params", "train_flops").cast(pl.Float64))
+    levels = _table(results, "gap").join(sizes, on="run_id")
+    fits = pl.concat([per_level_fits(levels, "n_params"), per_level_fits(levels, "train_flops")])
     with atomic_path(out.with_name(f"{out.stem}_per_level.csv")) as tmp:
-        per_level_fits(levels).write_csv(tmp)
+        fits.write_csv(tmp)
     return figures.scaling(points)
 
 
@@ -148,7 +149,7 @@ def scaling_points(loaded, results):
     import polars as pl
 
     from diffobj.models import build_model
-    from diffobj.scaling import elbo_integral
+    from diffobj.scaling import elbo_integral, forward_flops, training_flops
 
     gap = _table(results, "gap")
     rows = []
@@ -156,13 +157,18 @@ def scaling_points(loaded, results):
         sub = gap.filter(pl.col("run_id") == r.id).sort("log_snr")
         lam = sub["log_snr"].to_numpy()
         kind = loaded.spec.processes[r.process].kind
-        shape = tuple(np.load(results / "data" / r.dataset / "images.npy", mmap_mode="r").shape[1:])
+        h, w, c = np.load(results / "data" / r.dataset / "images.npy", mmap_mode="r").shape[1:]
+        shape = (c, h, w)  # images.npy is NHWC; models take (C, H, W)
         model = build_model(loaded.spec.models[r.model].model_dump(), kind, shape)
+        forward = forward_flops(model, kind, shape)
+        seen = int(r.training_cfg["steps"]) * int(r.training_cfg["batch_size"])
         rows.append(
             {
                 "run_id": r.id,
                 "kind": kind,
                 "n_params": sum(p.numel() for p in model.parameters()),
+                "flops_per_image": forward,
+                "train_flops": training_flops(forward, seen),
                 "loss": elbo_integral(kind, lam, sub["model_loss"].to_numpy()),
                 "optimal_loss": elbo_integral(kind, lam, sub["optimal_loss"].to_numpy()),
             }
