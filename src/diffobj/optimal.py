@@ -658,7 +658,7 @@ def convergence_study(
     levels: int,
     queries: int,
     subsets: Sequence[int],
-    c_factors: Sequence[float] = (1.0, 4.0, 16.0),
+    c_factors: Sequence[float] = (1.0, 2.0, 4.0, 16.0),
     *,
     seed: int = 0,
     device: str | torch.device = "cpu",

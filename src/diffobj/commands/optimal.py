@@ -79,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--C-factors",
         type=float,
         nargs="+",
-        default=[1.0, 4.0, 16.0],
+        default=[1.0, 2.0, 4.0, 16.0],
         metavar="F",
-        help="study cDOL at C = F * N / L",
+        help="study cDOL at C = F * N / L (the default C is ~2N/L for L << N)",
     )
 
 
