@@ -38,18 +38,21 @@ def level(lam: list[float]):
 
 
 def by_hand(lam: float, kind: str) -> float:
-    """Piecewise linear through the clipped table points: Gaussian in the x0 scale
-    (J e^-lam), masked as is; constant beyond the ends (in that scale)."""
+    """Through the clipped table points, constant beyond the ends. Masked: linear. Gaussian: in
+    the x0 scale (J e^-lam), log-linear between two positive points, else linear."""
     pts = sorted(zip(LAM_TABLE, [max(j, 0.0) for j in J_TABLE], strict=True))
     scale = (lambda x: math.exp(-x)) if kind == "gaussian" else (lambda x: 1.0)
     xs, ys = [x for x, _ in pts], [y * scale(x) for x, y in pts]
     if lam <= xs[0]:
-        y = ys[0]
-    elif lam >= xs[-1]:
-        y = ys[-1]
+        return ys[0] / scale(lam)
+    if lam >= xs[-1]:
+        return ys[-1] / scale(lam)
+    k = next(i for i in range(len(xs) - 1) if xs[i] <= lam <= xs[i + 1])
+    f = (lam - xs[k]) / (xs[k + 1] - xs[k])
+    if kind == "gaussian" and ys[k] > 0 and ys[k + 1] > 0:
+        y = ys[k] ** (1 - f) * ys[k + 1] ** f
     else:
-        k = next(i for i in range(len(xs) - 1) if xs[i] <= lam <= xs[i + 1])
-        y = ys[k] + (ys[k + 1] - ys[k]) * (lam - xs[k]) / (xs[k + 1] - xs[k])
+        y = ys[k] + (ys[k + 1] - ys[k]) * f
     return y / scale(lam)
 
 

@@ -117,22 +117,67 @@ def test_the_gap_figure_draws_either_scale():
         figures.gap(table, scale="v")
 
 
-def test_optimal_loss_interpolates_in_the_x0_scale_for_gaussian():
-    # closed form of N(0, s^2) data: J*_eps = s^2 / (s^2 + e^-lam), J*_x0 = e^-lam J*_eps.
-    # On a coarse table (levels 5 apart, as the digits table at high noise) the x0 values
-    # interpolated from the eps table stay within 15% of the truth; plain eps interpolation
-    # is off by a factor of several in x0 (the negative x0 gaps it produced on digits).
-    def j_eps(lam):
-        return S**2 / (S**2 + np.exp(-lam))
+def j_eps(lam):
+    """Optimal eps-MSE per dimension of N(0, S^2) data."""
+    return S**2 / (S**2 + np.exp(-lam))
 
-    table = np.array([-10.0, -5.0, 0.0, 5.0])
-    fine = np.linspace(-9.5, -0.5, 19)
+
+# an optimal-loss table's levels: an even grid in t of the VP cosine schedule on [-10, 10]
+T_ENDS = 2 * np.arctan(np.exp(-5)) / np.pi, 2 * np.arctan(np.exp(5)) / np.pi
+TABLE_LAM = -2 * np.log(np.tan(np.pi * np.linspace(*T_ENDS, 12) / 2))
+
+
+def test_optimal_loss_interpolation_is_accurate_in_both_scales():
+    # J*_eps grows like e^lam at high noise and the table's levels are sparse at the ends:
+    # geometric interpolation stays within 3% of the closed form in the x0 scale, plain
+    # linear interpolation of the eps values is off by a factor of ~28 (the negative x0 gaps
+    # it produced on digits)
+    fine = np.linspace(-9.9, 9.9, 400)
     truth_x0 = scales.eps_to_x0(j_eps(fine), fine)
-    ours = scales.eps_to_x0(scales.interpolate_optimal(fine, table, j_eps(table), "gaussian"), fine)
-    naive = scales.eps_to_x0(np.interp(fine, table, j_eps(table)), fine)
-    assert np.abs(ours / truth_x0 - 1).max() < 0.15
-    assert np.abs(naive / truth_x0 - 1).max() > 3
+    ours = scales.interpolate_optimal(fine, TABLE_LAM, j_eps(TABLE_LAM), "gaussian")
+    naive = np.interp(fine, TABLE_LAM[::-1], j_eps(TABLE_LAM)[::-1])
+    assert np.abs(scales.eps_to_x0(ours, fine) / truth_x0 - 1).max() < 0.03
+    assert np.abs(ours / j_eps(fine) - 1).max() < 0.03  # the same in the eps scale
+    assert np.abs(scales.eps_to_x0(naive, fine) / truth_x0 - 1).max() > 10
     masked = scales.interpolate_optimal(
         np.array([0.5]), np.array([0.0, 1.0]), np.array([1, 3]), "masked"
     )
     assert masked.tolist() == [2.0]
+
+
+def test_gather_gap_writes_both_scales_and_validates(tmp_path):
+    from diffobj import gather, tables
+
+    lam_bins = np.linspace(-9, 9, 7)
+    for run in ("g", "m"):
+        d = tmp_path / "runs" / run
+        d.mkdir(parents=True)
+        rows = "".join(f"{v},{0.5 + 0.01 * i},0.01,128\n" for i, v in enumerate(lam_bins))
+        (d / "eval_bins.csv").write_text("log_snr,error,stderr,n\n" + rows)
+    runs = pl.DataFrame(
+        {
+            "run_id": ["g", "m"],
+            "dataset": ["d", "d"],
+            "kind": ["gaussian", "masked"],
+            "schedule": ["s", "s"],
+            "weighting": ["w", "w"],
+        }
+    )
+    masked_lam = np.array([-10.0, -5.0, 0.0, 5.0, 10.0])
+    optimal = pl.DataFrame(
+        {
+            "dataset": ["d"] * 17,
+            "process": ["gaussian"] * 12 + ["masked"] * 5,
+            "log_snr": np.concatenate([TABLE_LAM, masked_lam]),
+            "optimal_loss": np.concatenate([j_eps(TABLE_LAM), np.linspace(1.0, 0.0, 5)]),
+        }
+    )
+    gap = tables.validate("gap", gather.gap(None, tmp_path, runs, optimal))
+    g = gap.filter(pl.col("run_id") == "g").sort("log_snr")
+    truth_x0 = S**2 * np.exp(-lam_bins) / (S**2 + np.exp(-lam_bins))
+    assert np.abs(g["optimal_loss_x0"].to_numpy() / truth_x0 - 1).max() < 0.03
+    assert g["gap_x0"].to_numpy() == pytest.approx(
+        g["model_loss_x0"].to_numpy() - g["optimal_loss_x0"].to_numpy()
+    )
+    m = gap.filter(pl.col("run_id") == "m")
+    assert m["gap_x0"].is_null().all() and m["optimal_loss"].to_list()[3] == pytest.approx(0.5)

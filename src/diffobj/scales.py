@@ -34,16 +34,24 @@ def interpolate_optimal(
 ) -> np.ndarray:
     """The optimal loss at ``log_snr`` from a table, in the table's (eps or nats) units.
 
-    Gaussian: linear in lam in the x0 scale, then back to eps. J*_eps grows like e^lam · var at
-    high noise, so linear interpolation of the eps values overshoots between levels by up to
-    their ratio; J*_x0 saturates at the data variance and interpolates smoothly (on digits,
-    levels 5 apart: eps interpolation made the x0 gap -2.9 where it is ~0). Masked: linear.
-    Held at the end values (in the x0 scale for Gaussian) outside the table.
+    Gaussian: geometric (log-linear) in lam between two positive levels, which is the same in
+    the eps and the x0 scale (they differ by the factor e^lam) and exact for both regimes of
+    J*: e^lam · var at high noise, ~ e^-lam-like decay at low noise. Linear interpolation of
+    the eps values overshoots at high noise by up to the ratio of neighbouring levels (on
+    digits, levels 5 apart: an x0 gap of -2.9 where it is ~0). A segment with a zero end is
+    linear in the x0 scale. Beyond the table the x0 value is held (J*_x0 saturates at the data
+    variance). Masked: linear in lam, held at the ends.
     """
     lam = np.asarray(log_snr, dtype=float)
     xs, ys = np.asarray(table_log_snr, dtype=float), np.asarray(table_loss, dtype=float)
     order = np.argsort(xs)
-    xs, ys = xs[order], ys[order]
+    xs, ys = xs[order], np.clip(ys[order], 0.0, None)
     if kind != "gaussian":
         return np.interp(lam, xs, ys)
-    return np.interp(lam, xs, eps_to_x0(ys, xs)) * np.exp(lam)
+    x0 = eps_to_x0(ys, xs)
+    linear = np.interp(lam, xs, x0)
+    with np.errstate(divide="ignore"):
+        geometric = np.exp(np.interp(lam, xs, np.log(x0)))
+    right = np.clip(np.searchsorted(xs, lam), 1, len(xs) - 1)
+    positive = (x0[right - 1] > 0) & (x0[right] > 0)
+    return np.where(positive, geometric, linear) * np.exp(lam)
