@@ -13,8 +13,10 @@ E||eps - eps*||² / D = e^lam E||x - E[x|z]||² / D (x0 scale without the e^lam)
   random others stand for the N - 1 others; the second divides the source's weight further,
   ~2x for L << N and not at all for L = N (where cDOL is exact only with C = 1), because the
   self-normalised sum of L - 1 skewed weights is usually below its mean. Measured
-  (benchmarks/cdol_c.py, rmse / J* over 6 levels): digits 0.30 at 2N/L and 4N/L vs 0.31 at
-  N/L; CIFAR-shaped 0.14 (2N/L), 0.15 (4N/L), 0.21 (N/L).
+  (benchmarks/cdol_c.py, mean rmse / J* over 6 levels and L in {16, 64, 256} resp. {64, 512}):
+  digits (N = 1797) default 0.298, 2N/L 0.300, 4N/L 0.302, N/L 0.315; CIFAR-shaped
+  (N = 4000) default 0.138, 2N/L 0.136, 4N/L 0.147, N/L 0.214. The bias changes sign with the
+  noise level (too high above sigma*, too low below), so no C is unbiased at every level.
 
 Every estimator works in the per-query error form: the error x_src - E[x|z] is accumulated as
 Σ_k w_k (x_k - x_src) / Σ_k w_k with the source's own term (exactly zero) left out of the
