@@ -83,6 +83,7 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
         "config/config.yaml",
         "config/experiments/cifar10_weighting_study.yaml",
         "config/experiments/scaling_digits.yaml",
+        "config/experiments/optimal_loss_schedule.yaml",
     ],
 )
 def test_every_spec_dry_runs(tmp_path, spec):

@@ -362,3 +362,12 @@ def compile_expr(
     """Parse and compile in one step: ``compile_expr("sigmoid(b - lam)", ["lam"], {"b": 2})``."""
     names = tuple(names)
     return Compiled(parse(text, names, params), names)
+
+
+# -- names and functions for the optimal-loss method (Xu et al. 2025) --------------------------------
+# Kept apart from the tables above so the whitelist grows in one visible place. ``Jstar`` is not
+# a function of the expression's other names: it is the optimal loss J*(lam) of the run's
+# dataset and process, bound at run time from its optimal-loss table (diffobj.optimal_curve).
+OPTIMAL_LOSS = "Jstar"
+# step(x) = 1 for x > 0, 0 for x < 0: the indicator 1[sigma < sigma*] of the paper's weighting.
+FUNCTIONS["step"] = (1, sympy.Heaviside)

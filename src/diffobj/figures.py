@@ -172,36 +172,41 @@ def _legend_outside(ax: plt.Axes) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def gap(gap_table: pl.DataFrame) -> plt.Figure:
-    """Per log-SNR: the optimal loss, each weighting's loss (EMA model, training images, mean over
-    seeds) and the gap (Xu et al. Fig. 1a, 2)."""
+def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
+    """Per noise level: the optimal loss, each weighting's loss (EMA model, training images, mean
+    over seeds) and the gap (Xu et al. Fig. 1a, 2). ``scale``: "eps" (eps-MSE against log-SNR) or
+    "x0", the paper's unified VE / x0 view (x0-MSE against σ̂ = σ/α, log axis; diffobj.scales).
+    Masked panels have one scale."""
+    if scale not in ("eps", "x0"):
+        raise ValueError(f"gap figure: scale must be 'eps' or 'x0', got {scale!r}")
     kinds = gap_table["kind"].unique(maintain_order=True).to_list()
     fig, axes = plt.subplots(
         2, len(kinds), figsize=(6.5 * len(kinds), 7), squeeze=False, sharex="col"
     )
     for col, kind in enumerate(kinds):
+        x0 = scale == "x0" and kind == "gaussian"
+        loss, optimum, diff = (
+            f"{c}_x0" if x0 else c for c in ("model_loss", "optimal_loss", "gap")
+        )
+        x, unit = ("sigma_ve", "x0-MSE per dim") if x0 else ("log_snr", UNITS[kind])
         frame = gap_table.filter(pl.col("kind") == kind).sort("weighting", "schedule")
         top, bottom = axes[0, col], axes[1, col]
-        sns.lineplot(frame.to_pandas(), x="log_snr", y="model_loss", ax=top, **LINES)
+        sns.lineplot(frame.to_pandas(), x=x, y=loss, ax=top, **LINES)
         optimal = frame.unique("log_snr").sort("log_snr")
-        top.plot(
-            optimal["log_snr"], optimal["optimal_loss"], color="black", lw=2.5, label="optimal loss"
-        )
-        top.set(
-            title=f"{kind}: loss per noise level",
-            ylabel=f"loss ({UNITS[kind]})",
-            yscale="log",
-        )
+        top.plot(optimal[x], optimal[optimum], color="black", lw=2.5, label="optimal loss")
+        top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({unit})", yscale="log")
         # the optimal loss falls to ~0 below the critical noise level; keep the models readable
-        top.set_ylim(bottom=max(frame["model_loss"].min(), 1e-12) / 100)
+        top.set_ylim(bottom=max(frame[loss].min(), 1e-12) / 100)
         _legend_outside(top)
-        sns.lineplot(frame.to_pandas(), x="log_snr", y="gap", ax=bottom, legend=False, **LINES)
+        sns.lineplot(frame.to_pandas(), x=x, y=diff, ax=bottom, legend=False, **LINES)
         bottom.axhline(0, color="black", lw=1)
         bottom.set(
             title="gap = model loss − optimal loss",
-            xlabel="log-SNR λ",
-            ylabel=f"gap ({UNITS[kind]})",
+            xlabel="σ̂ = σ/α (VE)" if x0 else "log-SNR λ",
+            ylabel=f"gap ({unit})",
         )
+        if x0:
+            bottom.set_xscale("log")
     fig.tight_layout()
     return fig
 
@@ -298,5 +303,29 @@ def scaling(points: pl.DataFrame) -> plt.Figure:
                 )
                 ax.legend(fontsize=8)
             ax.set(title=f"{kind}: {title}", xlabel="parameters", ylabel=title)
+    fig.tight_layout()
+    return fig
+
+
+def gap_quality(correlations: pl.DataFrame) -> plt.Figure:
+    """Per noise level: the correlation across runs of the gap with sample quality, Pearson r
+    with its 95% interval (Xu et al. Fig. 2b analogue); one panel per process kind."""
+    kinds = correlations["kind"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 3.5), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        sub = correlations.filter(pl.col("kind") == kind).sort("log_snr")
+        lam, r = sub["log_snr"].to_numpy(), sub["pearson_r"].to_numpy()
+        ax.fill_between(lam, sub["r_lo"].to_numpy(), sub["r_hi"].to_numpy(), alpha=0.25)
+        ax.plot(lam, r, "o-", label="Pearson r (95% interval)")
+        ax.plot(lam, sub["spearman_rho"].to_numpy(), "x--", label="Spearman ρ")
+        ax.axhline(0, color="black", lw=1)
+        metric, n = sub["metric"][0], int(sub["n"].max())
+        ax.set(
+            title=f"{kind}: gap vs {metric} across {n} runs",
+            xlabel="log-SNR λ",
+            ylabel="correlation",
+            ylim=(-1.05, 1.05),
+        )
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

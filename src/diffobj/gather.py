@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from diffobj import scales
 from diffobj.errors import UserError
 from diffobj.spec import LoadedSpec
 
@@ -189,7 +190,9 @@ def gap(
             (pl.col("dataset") == r["dataset"]) & (pl.col("process") == r["kind"])
         ).sort("log_snr")
         lam = bins["log_snr"].to_numpy().astype(float)
-        reference = np.interp(lam, opt["log_snr"].to_numpy(), opt["optimal_loss"].to_numpy())
+        reference = scales.interpolate_optimal(
+            lam, opt["log_snr"].to_numpy(), opt["optimal_loss"].to_numpy(), r["kind"]
+        )
         frames.append(
             pl.DataFrame(
                 {
@@ -204,6 +207,25 @@ def gap(
                 }
             )
         )
-    return pl.concat(frames).with_columns(
-        (pl.col("model_loss") - pl.col("optimal_loss")).alias("gap")
+    return with_x0_scale(
+        pl.concat(frames).with_columns((pl.col("model_loss") - pl.col("optimal_loss")).alias("gap"))
+    )
+
+
+def with_x0_scale(gap: pl.DataFrame) -> pl.DataFrame:
+    """The gap table's columns also in the unified VE / x0 scale (diffobj.scales): sigma_ve,
+    model_loss_x0, optimal_loss_x0, gap_x0 (Gaussian runs; null for masked runs, whose
+    cross-entropy has one scale)."""
+    lam = gap["log_snr"].to_numpy()
+    columns = {
+        "sigma_ve": scales.sigma_ve(lam),
+        **{
+            f"{name}_x0": scales.eps_to_x0(gap[name].to_numpy(), lam)
+            for name in ("model_loss", "optimal_loss", "gap")
+        },
+    }
+    gaussian = pl.col("kind") == "gaussian"
+    return gap.with_columns(
+        pl.when(gaussian).then(pl.Series(name, values)).otherwise(None).alias(name)
+        for name, values in columns.items()
     )

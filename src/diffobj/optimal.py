@@ -8,7 +8,15 @@ E||eps - eps*||² / D = e^lam E||x - E[x|z]||² / D (x0 scale without the e^lam)
 - exact: the softmax runs over all N points (one matmul per chunk of data, online softmax).
 - snis: over a random subset of L points (self-normalised importance sampling).
 - dol: L - 1 random other points plus the query's own source.
-- cdol: as dol with the source's weight divided by C (default 4N/L): consistent as C grows.
+- cdol: as dol with the source's weight divided by C. Default (``default_c``):
+  C = (N - 1)/(L - 1) · (1 + (N - L)/(N - 1)). The first factor is the ratio at which the L - 1
+  random others stand for the N - 1 others; the second divides the source's weight further,
+  ~2x for L << N and not at all for L = N (where cDOL is exact only with C = 1), because the
+  self-normalised sum of L - 1 skewed weights is usually below its mean. Measured
+  (benchmarks/cdol_c.py, mean rmse / J* over 6 levels and L in {16, 64, 256} resp. {64, 512}):
+  digits (N = 1797) default 0.298, 2N/L 0.300, 4N/L 0.302, N/L 0.315; CIFAR-shaped
+  (N = 4000) default 0.138, 2N/L 0.136, 4N/L 0.147, N/L 0.214. The bias changes sign with the
+  noise level (too high above sigma*, too low below), so no C is unbiased at every level.
 
 Every estimator works in the per-query error form: the error x_src - E[x|z] is accumulated as
 Σ_k w_k (x_k - x_src) / Σ_k w_k with the source's own term (exactly zero) left out of the
@@ -49,6 +57,7 @@ VOCAB = 256
 CPU_TILE_BYTES = 256 * 2**20  # working memory of one (queries x data) tile on CPU
 GPU_MEMORY_FRACTION = 0.5  # share of free GPU memory a tile may use
 DEFAULT_BATCH = {"cpu": 512, "cuda": 4096}
+MIN_SUBSETS = 32  # subset estimators: independent subsets per level (batches of the stderr)
 LOG_TINY = -87.0  # exp(-87) ~ 1.6e-38, just above float32's subnormals
 TABLE_COLUMNS = (
     "log_snr",
@@ -219,10 +228,17 @@ def plan_candidates(
     if estimator == "snis":
         offset = torch.where(pos >= 0, zero, torch.full_like(zero, -math.inf))
         return SubsetPlan(data[chosen], pos, offset)
-    c_value = 1.0 if estimator == "dol" else float(C if C is not None else 4 * n_data / subset)
+    c_value = (
+        1.0 if estimator == "dol" else float(C if C is not None else default_c(n_data, subset))
+    )
     among_first = (pos >= 0) & (pos < subset - 1)
     exclude = torch.where(among_first, pos, torch.full_like(pos, subset - 1))
     return SubsetPlan(data[chosen], exclude, zero - math.log(c_value))
+
+
+def default_c(n_data: int, subset: int) -> float:
+    """cDOL's default self-weight divisor (see the module doc): about 2N/L for L << N, 1 at N."""
+    return (n_data - 1) / (subset - 1) * (1 + (n_data - subset) / (n_data - 1))
 
 
 def check_estimator(
@@ -262,8 +278,9 @@ def gaussian_query_losses(
     """Per-query x0-scale error ||x - E[x|z]||² / D (float64, (M,)) at one noise level.
 
     ``data`` (N, D) float32 in [-1, 1] on the device that does the work. Queries
-    z = alpha x_src + sigma eps depend only on ``seed`` (not on the estimator), so estimators
-    run with the same seed are paired query by query; the subsets use their own stream.
+    z = alpha x_src + sigma eps depend only on ``seed`` and the batch size (``query_batch``), so
+    estimators run with the same seed and batch size are paired query by query; the subsets use
+    their own stream.
     """
     n_data, dim = data.shape
     check_estimator(estimator, n_data, subset, C)
@@ -274,7 +291,7 @@ def gaussian_query_losses(
     sources = balanced_sources(n_data, n_queries, source_gen).to(device)
     inv_s2 = alpha**2 / sigma**2
     n_candidates = n_data if estimator == "exact" else subset
-    batch = min(n_queries, batch_size or DEFAULT_BATCH[device.type])
+    batch = query_batch(n_queries, estimator, batch_size, device)
     chunk = chunk_size or max(1, tile_budget(device) // (8 * batch))
     losses = torch.empty(n_queries, dtype=torch.float64, device=device)
     with tqdm(
@@ -419,11 +436,58 @@ def masked_query_losses(
 # -- per-level tables ---------------------------------------------------------------------------
 
 
-def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and its standard error over queries (float64; nan stderr for a single query)."""
+def query_batch(
+    n_queries: int, estimator: str, batch_size: int | None, device: torch.device | str
+) -> int:
+    """Queries per batch. A subset estimator's batch shares one random subset, so its queries
+    are correlated and the batch, not the query, is the independent unit of its standard
+    error: by default draw at least MIN_SUBSETS subsets per level so that error has enough
+    batches (an explicit ``batch_size`` is used as given)."""
+    if batch_size is not None:
+        return min(n_queries, batch_size)
+    batch = min(n_queries, DEFAULT_BATCH[torch.device(device).type])
+    if estimator != "exact":
+        batch = min(batch, max(1, -(-n_queries // MIN_SUBSETS)))
+    return batch
+
+
+def query_groups(
+    n_queries: int, estimator: str, batch_size: int | None, device: torch.device | str
+) -> torch.Tensor | None:
+    """The subset each query shares (its batch index); None for the exact estimator, whose
+    queries are independent."""
+    if estimator == "exact":
+        return None
+    return torch.arange(n_queries) // query_batch(n_queries, estimator, batch_size, device)
+
+
+def mean_and_stderr(
+    values: torch.Tensor, groups: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """Mean and its standard error (float64; nan stderr when there is one unit).
+
+    Without ``groups`` the values are independent (the usual std / sqrt(M)). With ``groups``
+    (the subset each query shares, ``query_groups``) the error is that of the mean of
+    independent clusters (batch means; unequal sizes by the ratio-estimator form):
+    SE² = G / (G - 1) Σ_g (n_g / M)² (m_g - m)², which reduces to std(m_g) / sqrt(G) for equal
+    sizes. Queries sharing a subset are positively correlated, so the per-query formula would
+    be too small (measured: SNIS 1.9-4.2x, cDOL 1.1-1.4x, issue 11).
+    """
     values = values.double()
     mean = float(values.mean())
-    stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    if groups is None:
+        stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else math.nan
+        return mean, stderr
+    groups = groups.to(values.device)
+    n_groups = int(groups.max()) + 1
+    sums = torch.zeros(n_groups, dtype=torch.float64, device=values.device).index_add_(
+        0, groups, values
+    )
+    counts = torch.bincount(groups, minlength=n_groups).double()
+    if n_groups < 2:
+        return mean, math.nan
+    residual = (sums - counts * mean) / len(values)  # (n_g / M)(m_g - m)
+    stderr = math.sqrt(float(residual.square().sum()) * n_groups / (n_groups - 1))
     return mean, stderr
 
 
@@ -493,7 +557,9 @@ def optimal_loss_table(
                 progress=progress,
                 desc=desc,
             )
-            x0_mean, x0_err = mean_and_stderr(x0)
+            x0_mean, x0_err = mean_and_stderr(
+                x0, query_groups(queries, estimator, batch_size, device)
+            )
             mean, err = x0_mean * math.exp(lam), x0_err * math.exp(lam)
         else:
             nats = masked_query_losses(
@@ -555,7 +621,7 @@ def _c_value(estimator: str, n_data: int, subset: int | None, C: float | None) -
     if estimator == "dol":
         return 1.0
     if estimator == "cdol":
-        return float(C) if C is not None else 4 * n_data / subset
+        return float(C) if C is not None else default_c(n_data, subset)
     return math.nan
 
 
@@ -594,7 +660,7 @@ def convergence_study(
     levels: int,
     queries: int,
     subsets: Sequence[int],
-    c_factors: Sequence[float] = (1.0, 4.0, 16.0),
+    c_factors: Sequence[float] = (1.0, 2.0, 4.0, 16.0),
     *,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -619,6 +685,8 @@ def convergence_study(
     for factor in c_factors:
         if not factor > 0:
             raise UserError(f"--C-factors {factor}: must be positive")
+    # one batch size for all estimators: the queries are then the same, query by query
+    batch_size = query_batch(queries, "snis", batch_size, device)
     times = level_times(schedule, levels)
     level = schedule.level(times)
     rows = []
@@ -650,8 +718,9 @@ def convergence_study(
                     )
                     * scale
                 )
-                mean, err = mean_and_stderr(est)
-                bias, bias_err = mean_and_stderr(est - exact)
+                groups = query_groups(queries, estimator, batch_size, device)
+                mean, err = mean_and_stderr(est, groups)
+                bias, bias_err = mean_and_stderr(est - exact, groups)
                 rows.append(
                     {
                         "log_snr": lam,

@@ -108,6 +108,18 @@ class Training(Strict):
         "none", description="after warmup: constant (EDM) or cosine to 0 at `steps` (MD4)"
     )
     adam_beta2: float = Field(0.999, gt=0, lt=1)
+    density: Literal["schedule", "adaptive_corrected", "optimal_loss_schedule"] | None = Field(
+        None,
+        description="training noise density (diffobj.densities); adaptive: true is "
+        "adaptive_corrected; optimal_loss_schedule is Xu et al.'s, uncorrected",
+    )
+
+    @field_validator("density")
+    @classmethod
+    def _one_density(cls, v: str | None, info: Any) -> str | None:
+        if info.data.get("adaptive") and v not in (None, "adaptive_corrected"):
+            raise ValueError(f"adaptive: true contradicts density {v}; drop one")
+        return v
 
 
 class GridEntry(Strict):

@@ -147,6 +147,11 @@ class Gap(pa.DataFrameModel):
     model_stderr: float = pa.Field(ge=0)
     optimal_loss: float = pa.Field(ge=0)
     gap: float
+    # the unified VE / x0 scale (diffobj.scales); null for masked runs
+    sigma_ve: float = pa.Field(gt=0, nullable=True)
+    model_loss_x0: float = pa.Field(ge=0, nullable=True)
+    optimal_loss_x0: float = pa.Field(ge=0, nullable=True)
+    gap_x0: float = pa.Field(nullable=True)
 
 
 SCHEMAS: dict[str, type[pa.DataFrameModel]] = {

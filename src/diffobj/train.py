@@ -56,6 +56,7 @@ from torch import nn
 
 from diffobj import adaptive as adaptive_mod
 from diffobj import augment as augment_mod
+from diffobj import densities, optimal_curve
 from diffobj import lr as lr_mod
 from diffobj.data.arrays import read_images, read_labels
 from diffobj.errors import UserError
@@ -481,7 +482,9 @@ class Trainer:
                 f"by the {self.dist.world} processes"
             )
         self.schedule: Schedule = config.schedule
-        self.weighting = config.weighting
+        self.weighting = optimal_curve.bind(
+            config.weighting, options.optimal_loss, config.run_id, config.kind
+        )
         if self.kind not in self.weighting.processes:
             raise UserError(
                 f"run {config.run_id}: weighting {self.weighting.name!r} is for "
@@ -522,18 +525,17 @@ class Trainer:
             self.out_dir, config.run_id, options.checkpoint_dir
         )
 
-    def _adaptive(self) -> adaptive_mod.AdaptiveDensity | None:
-        if not self.training.get("adaptive", False):
+    def _adaptive(self) -> densities.GapDensity | None:
+        name = densities.density_name(self.training)
+        if name == "schedule":
             return None
         if self.options.optimal_loss is None:
             raise UserError(
-                f"run {self.config.run_id}: training.adaptive is true, which needs "
+                f"run {self.config.run_id}: training.density {name} needs "
                 "--optimal-loss TABLE.csv (from `diffobj optimal-loss`)"
             )
-        table = adaptive_mod.read_optimal_loss(self.options.optimal_loss)
-        return adaptive_mod.AdaptiveDensity(
-            self.kind, self.schedule, self.weighting, self.edges, table
-        )
+        table = densities.read_optimal_loss(self.options.optimal_loss)
+        return densities.build(name, self.kind, self.schedule, self.weighting, self.edges, table)
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.dist.world > 1:

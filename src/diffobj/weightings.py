@@ -11,18 +11,18 @@ weighted sums of improved ELBOs (Shi & Titsias); others are allowed, flagged and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffobj.errors import UserError
-from diffobj.expr import Compiled, ExprError, compile_expr
+from diffobj.expr import OPTIMAL_LOSS, Compiled, ExprError, compile_expr
 from diffobj.schedules import DTYPE, PROCESSES, Level, Schedule, _load_yaml_mapping, library_file
 
-VARIABLES = ("lam", "t", "alpha", "dalpha_dt", "dlam_dt")
+VARIABLES = ("lam", "t", "alpha", "dalpha_dt", "dlam_dt", OPTIMAL_LOSS)
 WEIGHTING_KEYS = {"expr", "params", "description", "processes"}
 DEFAULT_LIBRARY = library_file("weightings.yaml")
 
@@ -39,6 +39,12 @@ class Weighting:
     params: dict[str, float] = field(default_factory=dict)
     description: str = ""
     processes: tuple[str, ...] = PROCESSES
+    # J*(lam) of the run's dataset and process (diffobj.optimal_curve.bind); None: not bound
+    optimal_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def uses_optimal_loss(self) -> bool:
+        return self.compiled.depends_on(OPTIMAL_LOSS)
 
     def __call__(self, level: Level) -> torch.Tensor:
         values = {
@@ -47,16 +53,27 @@ class Weighting:
             "alpha": level.alpha,
             "dalpha_dt": level.dalpha_dt,
             "dlam_dt": level.dlog_snr_dt,
+            OPTIMAL_LOSS: self._optimal_loss(level.log_snr),
         }
         out = self.compiled(**values)
         return out.expand_as(level.log_snr) if out.shape != level.log_snr.shape else out
+
+    def _optimal_loss(self, lam: torch.Tensor) -> torch.Tensor:
+        # Unbound J* evaluates to NaN: a weighting that reads it is undefined without the
+        # dataset's optimal loss (tables and figures of the library show it as missing).
+        if self.optimal_loss is None:
+            return torch.full_like(lam, float("nan"))
+        return self.optimal_loss(lam)
 
     def total_weight(self, level: Level, process: str) -> torch.Tensor:
         """The full factor on the per-time loss: w times the process's ELBO weight."""
         return self(level) * elbo_time_weight(level, process)
 
     def is_monotone(self, schedule: Schedule, points: int = 2001, rtol: float = 1e-7) -> bool:
-        """Numerically: w non-decreasing in t (non-increasing in lam) on the schedule's range."""
+        """Numerically: w non-decreasing in t (non-increasing in lam) on the schedule's range.
+        False for a weighting that reads an unbound J*: monotonicity is then unknown."""
+        if self.uses_optimal_loss and self.optimal_loss is None:
+            return False
         t0, t1 = schedule.t_range
         eps = 1e-9 * (t1 - t0)
         t = torch.linspace(t0 + eps, t1 - eps, points, dtype=DTYPE)
@@ -73,7 +90,13 @@ def check_values(
 ) -> None:
     """A weighting must be finite, >= 0 and not identically zero on the schedule's log-SNR
     range (the range of its process): otherwise training would diverge, maximise a loss, or
-    learn nothing. The error names the weighting and a lam where it fails."""
+    learn nothing. The error names the weighting and a lam where it fails.
+
+    A weighting that reads an unbound J* is checked with the optimal loss of standard normal
+    data, J*(lam) = sigmoid(lam) in eps units (a smooth stand-in in (0, 1)): the checks then
+    catch a malformed expression, not the dataset's table, which the run binds later."""
+    if weighting.uses_optimal_loss and weighting.optimal_loss is None:
+        weighting = replace(weighting, optimal_loss=torch.sigmoid)
     t0, t1 = schedule.t_range
     level = schedule.level(torch.linspace(t0, t1, points, dtype=DTYPE))
     w, lam = weighting(level), level.log_snr

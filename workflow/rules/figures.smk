@@ -11,6 +11,8 @@ def figure_inputs(name):
         + ([f"{R}/features/{d}-test-fd.json" for d in sorted({r.dataset for r in LOADED.runs})] if EVAL.fd_classifier else []),
         "optimal_loss": [f"{R}/optimal/{d}-{p}.csv" for d, p in optimal_pairs()],
         "gap": [f"{t}/gap.parquet"],
+        "gap_x0": [f"{t}/gap.parquet"],
+        "gap_quality": [f"{t}/gap.parquet", f"{t}/evaluation.parquet"],
         "convergence": [f"{R}/optimal/{d}-{p}-convergence.csv" for d, p in gaussian_pairs()],
         "training_curves": [f"{t}/training_log.parquet", f"{t}/training.parquet"],
         "samples": run_files("samples.npz"),

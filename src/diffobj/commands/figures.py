@@ -10,6 +10,8 @@ FIGURES = (
     "weighting_study",
     "optimal_loss",
     "gap",
+    "gap_x0",
+    "gap_quality",
     "convergence",
     "training_curves",
     "samples",
@@ -96,6 +98,25 @@ def _gap(loaded, results, out):
     return figures.gap(_table(results, "gap"))
 
 
+def _gap_x0(loaded, results, out):
+    from diffobj import figures
+
+    return figures.gap(_table(results, "gap"), scale="x0")
+
+
+def _gap_quality(loaded, results, out):
+    from diffobj import figures
+    from diffobj.diagnosis import gap_quality
+    from diffobj.io import atomic_path
+
+    evaluation = _table(results, "evaluation")
+    metric = "fid" if evaluation["fid"].is_not_null().any() else "fd_classifier"
+    correlations = gap_quality(_table(results, "gap"), evaluation, metric)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        correlations.write_csv(tmp)
+    return figures.gap_quality(correlations)
+
+
 def _training_curves(loaded, results, out):
     from diffobj import figures
 
@@ -113,18 +134,31 @@ def _samples(loaded, results, out):
 
 
 def _scaling(loaded, results, out):
-    from diffobj import figures
+    import polars as pl
 
-    return figures.scaling(scaling_points(loaded, results))
+    from diffobj import figures
+    from diffobj.io import atomic_path
+    from diffobj.scaling import per_level_fits
+
+    points = scaling_points(loaded, results)
+    # per noise level, raw and J*-subtracted power laws (Xu et al. Fig. 3b, 7), against
+    # parameters and against training compute, written beside the figure
+    sizes = points.select("run_id", pl.col("n_params", "train_flops").cast(pl.Float64))
+    levels = _table(results, "gap").join(sizes, on="run_id")
+    fits = pl.concat([per_level_fits(levels, "n_params"), per_level_fits(levels, "train_flops")])
+    with atomic_path(out.with_name(f"{out.stem}_per_level.csv")) as tmp:
+        fits.write_csv(tmp)
+    return figures.scaling(points)
 
 
 def scaling_points(loaded, results):
-    """Per run: parameters, and the ELBO-weighted integral 1/2 ∫ error dlam of the model and of
-    the optimal loss over the bin centres (trapezoid rule)."""
+    """Per run: parameters, and the ELBO integral of the model's and of the optimal loss over the
+    bin centres (diffobj.scaling.elbo_integral: Gaussian ½ ∫ dlam, masked ∫ sigmoid(lam) dlam)."""
     import numpy as np
     import polars as pl
 
     from diffobj.models import build_model
+    from diffobj.scaling import elbo_integral, forward_flops, training_flops
 
     gap = _table(results, "gap")
     rows = []
@@ -132,15 +166,20 @@ def scaling_points(loaded, results):
         sub = gap.filter(pl.col("run_id") == r.id).sort("log_snr")
         lam = sub["log_snr"].to_numpy()
         kind = loaded.spec.processes[r.process].kind
-        shape = tuple(np.load(results / "data" / r.dataset / "images.npy", mmap_mode="r").shape[1:])
+        h, w, c = np.load(results / "data" / r.dataset / "images.npy", mmap_mode="r").shape[1:]
+        shape = (c, h, w)  # images.npy is NHWC; models take (C, H, W)
         model = build_model(loaded.spec.models[r.model].model_dump(), kind, shape)
+        forward = forward_flops(model, kind, shape)
+        seen = int(r.training_cfg["steps"]) * int(r.training_cfg["batch_size"])
         rows.append(
             {
                 "run_id": r.id,
                 "kind": kind,
                 "n_params": sum(p.numel() for p in model.parameters()),
-                "loss": 0.5 * np.trapezoid(sub["model_loss"].to_numpy(), lam),
-                "optimal_loss": 0.5 * np.trapezoid(sub["optimal_loss"].to_numpy(), lam),
+                "flops_per_image": forward,
+                "train_flops": training_flops(forward, seen),
+                "loss": elbo_integral(kind, lam, sub["model_loss"].to_numpy()),
+                "optimal_loss": elbo_integral(kind, lam, sub["optimal_loss"].to_numpy()),
             }
         )
     return pl.DataFrame(rows)
@@ -150,6 +189,8 @@ DRAW = {
     "weighting_study": _weighting_study,
     "optimal_loss": _optimal_loss,
     "gap": _gap,
+    "gap_x0": _gap_x0,
+    "gap_quality": _gap_quality,
     "convergence": _convergence,
     "training_curves": _training_curves,
     "samples": _samples,

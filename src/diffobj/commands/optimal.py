@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--estimator", default="exact", choices=optimal.ESTIMATORS)
     parser.add_argument("--subset", type=int, metavar="L", help="subset size of snis/dol/cdol")
-    parser.add_argument("--C", type=float, dest="C", help="cDOL self-weight divisor (default 4N/L)")
+    parser.add_argument(
+        "--C", type=float, dest="C", help="cDOL self-weight divisor (default ~2N/L, 1 at L = N)"
+    )
     parser.add_argument(
         "--log-snr-range",
         type=float,
@@ -77,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--C-factors",
         type=float,
         nargs="+",
-        default=[1.0, 4.0, 16.0],
+        default=[1.0, 2.0, 4.0, 16.0],
         metavar="F",
-        help="study cDOL at C = F * N / L",
+        help="study cDOL at C = F * N / L (the default C is ~2N/L for L << N)",
     )
 
 

@@ -21,9 +21,13 @@ def run(args: argparse.Namespace) -> None:
     from diffobj.weightings import evaluate_on_schedule
 
     loaded = spec.load(args.spec)
+    # a weighting that reads the optimal loss (Jstar) has no values without a dataset's table
+    tabulated = [c for c in loaded.combinations() if not loaded.weighting(c[2]).uses_optimal_loss]
+    for name in sorted({c[2] for c in loaded.combinations()} - {c[2] for c in tabulated}):
+        print(f"weightings: {name} uses Jstar (a dataset's optimal loss): not tabulated")
     frames = [
         _rows(loaded, process, sched, weight, args.points, evaluate_on_schedule)
-        for process, sched, weight in loaded.combinations()
+        for process, sched, weight in tabulated
     ]
     table = tables.validate("weightings", pl.concat(frames))
 
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
     masked = [
         _frame(loaded.weighting(w), md4, "masked", args.points, evaluate_on_schedule)
         for w in names
-        if "masked" in loaded.weighting(w).processes
+        if "masked" in loaded.weighting(w).processes and not loaded.weighting(w).uses_optimal_loss
     ]
     masked_table = tables.validate("weightings", pl.concat(masked))
     figure = figures.weightings(table, masked_table) if args.figure else None

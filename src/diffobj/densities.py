@@ -1,0 +1,234 @@
+"""Training noise densities by name: where the training log-SNRs are drawn from.
+
+The reweighted objective of a run, written in log-SNR (SCIENCE §2),
+
+    L_w = c ∫ W(lam) E[error | lam] dlam,   W = w(lam) (Gaussian, c = 1/2),
+                                            W = w(lam) sigmoid(lam) (masked, c = 1).
+
+``training.density`` names how lam is drawn (``density_name``):
+
+- ``schedule`` (default): lam = lam(t), t uniform on the run's schedule, each sample weighted by
+  c W / p_schedule, so the objective is L_w.
+- ``adaptive_corrected`` (formerly ``training.adaptive: true``): lam ~ p ∝ W · max(gap, floor)
+  and each sample importance weighted by c W / p: the expected objective and its optimum are
+  L_w's; only the variance changes (Kingma & Gao's adaptive sampler with the gap to the optimal
+  loss in place of the loss).
+- ``optimal_loss_schedule``: Xu et al.'s schedule (2506.13763), p ∝ W · max(gap, 0) and each
+  sample weighted by c W, with no correction, so the effective weighting is W · p (normalised p).
+  Before the first refresh lam is drawn from the run's schedule, also uncorrected.
+
+gap = running binned training error − optimal loss, piecewise constant over the fixed log-SNR
+bins, refreshed during training. w is evaluated on the run's own schedule at the same log-SNR
+(weightings such as masked "simple" read the schedule's t and alpha').
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffobj import scales, schedules
+from diffobj.errors import UserError
+from diffobj.optimal_curve import read_table
+from diffobj.processes import gaussian, masked
+from diffobj.processes.gaussian import LossTerms
+from diffobj.schedules import Level, Schedule
+from diffobj.weightings import Weighting
+
+FLOOR_FRACTION = 0.05  # corrected: floor = this share of the mean positive gap (bounds W/p)
+ERROR_EMA = 0.5  # running binned error: weight of the newest refresh window
+GRID = 8193  # p tabulated on this many lam points: a jump at a bin edge blurs over one cell
+DENSITIES = ("schedule", "adaptive_corrected", "optimal_loss_schedule")
+
+read_optimal_loss = read_table  # the optimal-loss table reader (diffobj.optimal_curve)
+
+
+def density_name(training: Mapping[str, Any]) -> str:
+    """The run's training density; the old boolean ``adaptive: true`` is ``adaptive_corrected``."""
+    name = training.get("density") or (
+        "adaptive_corrected" if training.get("adaptive") else "schedule"
+    )
+    if name not in DENSITIES:
+        raise UserError(f"training.density: unknown {name!r} (known: {list(DENSITIES)})")
+    if training.get("adaptive") and name != "adaptive_corrected":
+        raise UserError(
+            f"training.adaptive: true means density adaptive_corrected, not {name!r}; drop one"
+        )
+    return name
+
+
+def bin_edges(log_snr_range: tuple[float, float], bins: int) -> torch.Tensor:
+    """The fixed log-SNR bins of a process: equal bins over its range (float64)."""
+    lo, hi = log_snr_range
+    return torch.linspace(float(lo), float(hi), bins + 1, dtype=torch.float64)
+
+
+def bin_centres(edges: torch.Tensor) -> torch.Tensor:
+    return (edges[1:] + edges[:-1]) / 2
+
+
+def bin_index(log_snr: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin of each log-SNR; values on or beyond the ends go to the first / last bin."""
+    inner = edges[1:-1].to(log_snr.device)
+    return torch.bucketize(log_snr.to(torch.float64), inner, right=True)
+
+
+def level_at(schedule: Schedule, log_snr: torch.Tensor) -> Level:
+    """The run schedule's noise level at the given log-SNR (t found by bisection)."""
+    return schedule.level(schedule.t_of_log_snr(log_snr))
+
+
+def lam_weight(weighting: Weighting, level: Level, kind: str) -> torch.Tensor:
+    """W(lam): the objective's weight on E[error | lam] per unit log-SNR (up to c)."""
+    w = weighting(level)
+    return w if kind == "gaussian" else w * torch.sigmoid(level.log_snr)
+
+
+class GapDensity:
+    """The running gap per bin and the sampling schedule built from it (see the module doc)."""
+
+    corrected = True  # importance weight c W / p (True) or c W (False)
+    floor_fraction = FLOOR_FRACTION
+
+    def __init__(
+        self,
+        kind: str,
+        schedule: Schedule,
+        weighting: Weighting,
+        edges: torch.Tensor,
+        optimal: tuple[np.ndarray, np.ndarray],
+    ):
+        self.kind = kind
+        self.schedule = schedule
+        self.weighting = weighting
+        self.edges = edges
+        lam, opt = optimal
+        centres = bin_centres(edges).numpy()
+        self.optimal = torch.as_tensor(scales.interpolate_optimal(centres, lam, opt, kind))
+        self.running_error = torch.full((len(edges) - 1,), float("nan"), dtype=torch.float64)
+        self.density_schedule: Schedule | None = None  # None: not refreshed yet, use the run's
+
+    # -- state (checkpointed) ------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"running_error": self.running_error.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.running_error = state["running_error"].to(torch.float64)
+        self.refresh_schedule()
+
+    # -- refresh ------------------------------------------------------------------------------
+    def update(self, error_sum: torch.Tensor, count: torch.Tensor) -> None:
+        """Fold one window of binned training errors into the running error; rebuild p."""
+        error_sum, count = error_sum.double().cpu(), count.double().cpu()
+        seen = count > 0
+        window = torch.where(seen, error_sum / count.clamp_min(1), torch.nan)
+        fresh = seen & self.running_error.isnan()
+        blended = (1 - ERROR_EMA) * self.running_error + ERROR_EMA * window
+        self.running_error = torch.where(
+            fresh, window, torch.where(seen, blended, self.running_error)
+        )
+        self.refresh_schedule()
+
+    def gap(self) -> torch.Tensor:
+        """max(running error - optimal loss, floor) per bin; unseen bins get the mean gap."""
+        gap = self.running_error - self.optimal
+        known = ~gap.isnan()
+        positive = gap[known].clamp_min(0)
+        mean = positive.mean() if positive.numel() else torch.tensor(1.0, dtype=torch.float64)
+        mean = mean if mean > 0 else torch.tensor(1.0, dtype=torch.float64)
+        gap = torch.where(known, gap, mean)
+        return gap.clamp_min(self.floor_fraction * mean)
+
+    def density(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """p(lam) up to a constant: W(lam) times the gap of lam's bin (piecewise constant)."""
+        gap = self.gap()
+
+        def p(lam: torch.Tensor) -> torch.Tensor:
+            level = level_at(self.schedule, lam)
+            return (
+                lam_weight(self.weighting, level, self.kind)
+                * gap.to(lam.device)[bin_index(lam, self.edges)]
+            )
+
+        return p
+
+    def refresh_schedule(self) -> None:
+        # no gap seen yet, or none positive (uncorrected, floor 0): draw from the run's schedule
+        if self.running_error.isnan().all() or not (self.gap() > 0).any():
+            self.density_schedule = None
+            return
+        lo, hi = float(self.edges[0]), float(self.edges[-1])
+        self.density_schedule = schedules.from_density(
+            f"gap_{self.schedule.name}", self.kind, self.density(), (lo, hi), grid_size=GRID
+        )
+
+    # -- the loss -----------------------------------------------------------------------------
+    def draw(
+        self, batch: int, generator: torch.Generator | None, device: torch.device | str
+    ) -> tuple[Level, torch.Tensor]:
+        """Levels of a batch and each sample's factor on its error: c W / p or c W."""
+        sampler = self.density_schedule or self.schedule
+        u = gaussian.stratified_uniform(batch, generator, device)
+        # the sampling schedule's t is mapped from u; its -dlam/dt times the Jacobian is 1 / p(lam)
+        # (its tables live on the CPU: bring the draws back to the batch's device)
+        t, jacobian = sampler.time_from_uniform(u.cpu())
+        lam = sampler.log_snr(t).to(device)
+        level = level_at(self.schedule, lam)
+        c = 0.5 if self.kind == "gaussian" else 1.0
+        factor = c * lam_weight(self.weighting, level, self.kind)
+        if self.corrected:
+            factor = factor * (-sampler.dlog_snr_dt(t).to(device)) * jacobian
+        return level, factor
+
+    def loss(
+        self, model_fn: Callable, x: torch.Tensor, generator: torch.Generator | None
+    ) -> LossTerms:
+        """The run's loss with lam drawn from this density."""
+        level, factor = self.draw(x.shape[0], generator, x.device)
+        error = evaluate_error(self.kind, model_fn, x, level, generator)
+        return LossTerms(factor.to(error.dtype) * error, level.log_snr, error.detach())
+
+
+class AdaptiveCorrected(GapDensity):
+    """p ∝ W max(gap, floor), importance corrected: L_w unchanged, lower variance."""
+
+
+class OptimalLossSchedule(GapDensity):
+    """Xu et al.: p ∝ W max(gap, 0), no correction: the effective weighting is W p."""
+
+    corrected = False
+    floor_fraction = 0.0
+
+
+DENSITY_CLASSES = {
+    "adaptive_corrected": AdaptiveCorrected,
+    "optimal_loss_schedule": OptimalLossSchedule,
+}
+
+
+def build(
+    name: str,
+    kind: str,
+    schedule: Schedule,
+    weighting: Weighting,
+    edges: torch.Tensor,
+    optimal: tuple[np.ndarray, np.ndarray],
+) -> GapDensity:
+    """The named gap density (``schedule`` needs none: the trainer uses the process's loss)."""
+    return DENSITY_CLASSES[name](kind, schedule, weighting, edges, optimal)
+
+
+def evaluate_error(
+    kind: str, model_fn: Callable, x: torch.Tensor, level: Level, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Per-sample unweighted per-dimension error at given levels, as LossTerms.error:
+    Gaussian eps-MSE, masked cross-entropy (nats) over masked tokens, both divided by D."""
+    if kind == "masked":
+        z = masked.corrupt(x, level, generator)
+        return masked.masked_cross_entropy(model_fn(z, level), x, z)
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    eps_hat = model_fn(gaussian.corrupt(x, level, eps), level)
+    return (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)
