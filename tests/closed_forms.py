@@ -116,6 +116,24 @@ def edm_monotonic(lam: np.ndarray) -> np.ndarray:
     return edm(np.maximum(lam, edm_peak()))
 
 
+def jstar_standin(lam: np.ndarray) -> np.ndarray:
+    """A known optimal-loss curve to bind Jstar to: the exact optimal eps-MSE of standard normal
+    data, alpha^2 = sigmoid(lam) (any positive curve would do; this one has J* -> 0 at high noise)."""
+    return 1 / (1 + np.exp(-lam))
+
+
+def xu_optimal(lam: np.ndarray, a=1.0, w_max=100.0, mu=-1.2, s=1.2, sigma_star=0.3) -> np.ndarray:
+    """Xu et al. (2506.13763, §3.4): on the x0-MSE at VE noise sigma = e^(-lam/2),
+    w_sigma = a min(1 / J*_sigma, w*) + N(log sigma; mu, s^2) 1[sigma < sigma*], with
+    J*_sigma = e^(-lam) J*_eps; on the eps-MSE (x0-MSE = e^(-lam) eps-MSE) the weight is
+    e^(-lam) w_sigma. Here J*_eps is ``jstar_standin``."""
+    sigma = np.exp(-lam / 2)
+    j_x0 = np.exp(-lam) * jstar_standin(lam)
+    log_normal = np.exp(-0.5 * ((np.log(sigma) - mu) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+    w_sigma = a * np.minimum(1 / j_x0, w_max) + log_normal * (sigma < sigma_star)
+    return np.exp(-lam) * w_sigma
+
+
 # -- eps_mse and simple: functions of t on a given schedule ---------------------------------
 
 

@@ -145,7 +145,7 @@ def test_training_with_the_papers_weighting_and_schedule(tmp_path, one_cpu_threa
     root = Path(__file__).resolve().parents[1]
     raw = (
         spec.load(root / "config" / "config.yaml", root=root)
-        .run("digits-gaussian-vp_cosine-elbo-tiny-s0")
+        .run("digits-gaussian-vp_cosine-elbo-mlp-s0")
         .resolved()
     )
     library = yaml.safe_load((root / "config" / "weightings.yaml").read_text())

@@ -101,6 +101,8 @@ def test_figures_command_draws_gap_quality_and_gap_x0_from_the_tables(tmp_path):
             "seed": [0, 1, 2, 3, 4],
             "monotonic": True,
             "fd_classifier": [1.0, 2.0, 3.0, 5.0, 4.0],
+            "fd_classifier_lo": [0.9, 1.8, 2.7, 4.5, 3.6],
+            "fd_classifier_hi": [1.1, 2.2, 3.3, 5.5, 4.4],
             "fid": pl.Series([None] * 5, dtype=pl.Float64),
             "nll_bpd": 1.0,
             "nll_stderr": 0.1,

@@ -8,7 +8,7 @@ copied from the library's expressions. A library entry without a closed form her
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import closed_forms as cf
 import numpy as np
@@ -43,6 +43,9 @@ WEIGHTINGS = {
     "indi": Pin(True, cf.indi),
     "eps_mse": Pin(False, of_t=cf.eps_mse),
     "simple": Pin(True, of_t=cf.simple),
+    # with Jstar bound to cf.jstar_standin: e^(-lam) min(e^lam / sigmoid(lam), 100) falls in lam,
+    # but the log-normal bump switched on below sigma* makes it rise again: not monotone
+    "xu_optimal": Pin(False, cf.xu_optimal),
 }
 SCHEDULES = {  # name: (process, closed form of t)
     **{
@@ -58,7 +61,10 @@ SCHEDULES = {  # name: (process, closed form of t)
 DENSITY_SCHEDULES = {"edm_lognormal"}  # interpolated inverse CDF: ~1e-3, not float64-exact
 
 SCHEDULE_LIBRARY = schedules.load_library()
-WEIGHTING_LIBRARY = weightings.load_library()
+WEIGHTING_LIBRARY = {  # Jstar bound to a known curve, as a run binds its optimal-loss table
+    name: replace(w, optimal_loss=lambda lam: torch.sigmoid(lam)) if w.uses_optimal_loss else w
+    for name, w in weightings.load_library().items()
+}
 PAIRS = [
     (w, s)
     for w, entry in WEIGHTING_LIBRARY.items()

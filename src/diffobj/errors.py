@@ -15,6 +15,7 @@ EXTRAS: dict[str, str] = {
     "matplotlib": "analysis",
     "pyarrow": "analysis",
     "scipy": "analysis",
+    "markdown": "analysis",
     "sklearn": "data",
     "PIL": "data",
     "snakemake": "workflow",

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffobj.models.unet import LogSNREmbedding, zero_init
+from diffobj.models.unet import Conditioned, LogSNREmbedding, zero_init
 
 TOKEN_DIM = 16  # per-position features of the masked head (in and out)
 
@@ -50,7 +50,7 @@ class Block(nn.Module):
         return h + self.fc1(self.dropout(F.silu(self.fc0(u))))
 
 
-class Trunk(nn.Module):
+class Trunk(Conditioned, nn.Module):
     """in_dim features -> ``num_blocks`` residual blocks of ``channels`` -> out_dim features."""
 
     def __init__(
@@ -78,14 +78,6 @@ class Trunk(nn.Module):
         self.blocks = nn.ModuleList(Block(channels, emb_dim, dropout) for _ in range(num_blocks))
         self.out_norm = nn.LayerNorm(channels, eps=1e-6)
         self.out = zero_init(nn.Linear(channels, out_dim))
-
-    def embedding(self, log_snr: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        emb = self.map(self.noise_embed(log_snr))
-        if self.label_embed is not None:
-            if labels is None:
-                labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device)
-            emb = emb + self.label_embed(labels)
-        return F.silu(emb)
 
     def forward(
         self, h: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None

@@ -133,7 +133,21 @@ class ResBlock(nn.Module):
         return self.attention(out) if self.attention is not None else out
 
 
-class Backbone(nn.Module):
+class Conditioned:
+    """The noise-level (and label) embedding of a network with ``noise_embed``, ``map``,
+    ``label_embed`` and ``num_classes``: SiLU(map(features of lam) + label embedding), where
+    ``labels=None`` means the "no label" class of classifier-free guidance."""
+
+    def embedding(self, log_snr: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        emb = self.map(self.noise_embed(log_snr))
+        if self.label_embed is not None:
+            if labels is None:
+                labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device)
+            emb = emb + self.label_embed(labels)
+        return F.silu(emb)
+
+
+class Backbone(Conditioned, nn.Module):
     """The DDPM++ encoder-decoder on features of ``stem_channels`` at full resolution.
 
     ``resolution`` is the input height (width scales alike); level l works at resolution >> l.
@@ -200,14 +214,6 @@ class Backbone(nn.Module):
                 ch = channels * mult
         self.out_norm = norm(ch)
         self.out_conv = zero_init(nn.Conv2d(ch, out_channels, out_kernel, padding=out_kernel // 2))
-
-    def embedding(self, log_snr: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        emb = self.map(self.noise_embed(log_snr))
-        if self.label_embed is not None:
-            if labels is None:
-                labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device)
-            emb = emb + self.label_embed(labels)
-        return F.silu(emb)
 
     def forward(
         self, h: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None
