@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from diffobj.devices import device_description, peak_memory_mb
 from diffobj.models import build_model, count_parameters
 from diffobj.sample import ancestral, heun
 from diffobj.spec import Sampling
-from diffobj.train import device_description, make_model_fn, peak_memory_mb
+from diffobj.train import make_model_fn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_configs import CPU_SMALL, DDPMPP, run_config  # noqa: E402

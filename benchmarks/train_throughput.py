@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import yaml
 
+from diffobj.devices import device_description, peak_memory_mb
 from diffobj.models import count_parameters
-from diffobj.train import Trainer, TrainOptions, device_description, peak_memory_mb
+from diffobj.train import Trainer, TrainOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_configs import CPU_SMALL, DDPMPP, run_config  # noqa: E402

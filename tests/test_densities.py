@@ -140,7 +140,8 @@ def test_training_with_the_papers_weighting_and_schedule(tmp_path, one_cpu_threa
     import yaml
 
     from diffobj import spec
-    from diffobj.train import CHECKPOINT_NAME, TrainOptions, load_checkpoint, train
+    from diffobj.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from diffobj.train import TrainOptions, train
 
     root = Path(__file__).resolve().parents[1]
     raw = (

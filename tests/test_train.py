@@ -17,22 +17,13 @@ import yaml
 
 from diffobj import spec
 from diffobj.adaptive import AdaptiveDensity, bin_edges
+from diffobj.checkpoint import CHECKPOINT_NAME, EXIT_PREEMPTED, EXIT_TERMINATED, load_checkpoint
+from diffobj.devices import Dist, distributed_env
 from diffobj.errors import UserError
 from diffobj.io import read_csv
 from diffobj.run_config import RunConfig
-from diffobj.train import (
-    CHECKPOINT_NAME,
-    EXIT_PREEMPTED,
-    EXIT_TERMINATED,
-    DataOrder,
-    Dist,
-    Ema,
-    TrainOptions,
-    distributed_env,
-    load_checkpoint,
-    load_run,
-    train,
-)
+from diffobj.train import Ema, TrainOptions, load_run, train
+from diffobj.train_data import DataOrder
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -59,7 +59,7 @@ def per_run_csv(loaded: LoadedSpec, results: Path, name: str, columns: list[str]
 
 
 def training_log(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
-    from diffobj.train import LOG_COLUMNS
+    from diffobj.train_log import LOG_COLUMNS
 
     cols = ["run_id", *LOG_COLUMNS]
     return per_run_csv(loaded, results, "train_log.csv", cols).with_columns(

@@ -424,7 +424,8 @@ def sample_run(
     ``heun_options``: the heun sampler's sigma_range and churn keywords."""
     from tqdm import tqdm
 
-    from diffobj.train import SAMPLE, load_run, make_model_fn, step_seed
+    from diffobj.seeds import SAMPLE, step_seed
+    from diffobj.train import load_run, make_model_fn
 
     check_sampler(None, sampler, steps, num, batch_size, eta)
     run = load_run(run_dir, device)

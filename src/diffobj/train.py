@@ -31,25 +31,26 @@ Rerunning the same command resumes; raising training.steps continues a finished 
 Multi-GPU: launched with WORLD_SIZE > 1 (torchrun) or SLURM_NTASKS > 1 (srun, with
 MASTER_ADDR / MASTER_PORT set), training runs under DDP with the batch split across ranks;
 rank 0 writes logs, checkpoints and outputs.
+
+The pieces live beside this module, one job each: ``devices`` (device, threads, DDP world),
+``seeds`` (the random streams), ``train_data`` (images on the device, their order),
+``train_log`` (binned errors, log columns), ``checkpoint`` (signals, atomic checkpoints, exit
+codes); this module is the loop that uses them and the loading of a trained run.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
-import resource
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -58,7 +59,23 @@ from diffobj import adaptive as adaptive_mod
 from diffobj import augment as augment_mod
 from diffobj import densities, optimal_curve
 from diffobj import lr as lr_mod
-from diffobj.data.arrays import read_images, read_labels
+from diffobj.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    SIGNAL_POLL_STEPS,
+    Preempted,
+    SignalFlag,
+    checkpoint_dir_for,
+    comparable_config,
+    load_checkpoint,
+    save_atomic,
+)
+from diffobj.devices import (
+    device_description,
+    distributed_env,
+    peak_memory_mb,
+    resolve_device,
+)
 from diffobj.errors import UserError
 from diffobj.io import atomic_path, write_csv, write_json
 from diffobj.models import build_model, count_parameters
@@ -67,38 +84,14 @@ from diffobj.processes.gaussian import Denoiser
 from diffobj.provenance import runtime
 from diffobj.run_config import RunConfig, dump_run_config, load_run_config
 from diffobj.schedules import Level, Schedule
+from diffobj.seeds import DROPOUT, EVAL, NOISE, step_seed
+from diffobj.train_data import DataOrder, load_data, model_input
+from diffobj.train_log import LOG_COLUMNS, BinWindow, bin_column
 
-EXIT_PREEMPTED = 3
-EXIT_TERMINATED = 128 + signal.SIGTERM
-EXIT_CODES = {
-    signal.SIGUSR1: EXIT_PREEMPTED,
-    signal.SIGUSR2: EXIT_PREEMPTED,
-    signal.SIGTERM: EXIT_TERMINATED,
-}
-CHECKPOINT_NAME = "latest.pt"
-# train_log.csv: the scalar columns every consumer reads (binned errors follow them)
-LOG_COLUMNS = ("step", "images_seen", "loss", "grad_norm", "lr", "images_per_s", "peak_mem_mb")
 MODEL_FORMAT = "diffobj-model-v1"
-CHECKPOINT_FORMAT = "diffobj-checkpoint-v1"
 EMA_RAMPUP = 0.05  # EDM: the EMA half-life is at most 5% of the images seen so far
-ON_DEVICE_BYTES = (
-    4 << 30
-)  # datasets up to 4 GiB live on the GPU; larger ones stream from pinned RAM
-SIGNAL_POLL_STEPS = 10  # DDP: ranks agree on "a signal arrived" every this many steps
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
-
-
-class Preempted(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Training stopped on a signal after writing its checkpoint; exit with ``code``."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path):
-        self.code = EXIT_CODES[signum]
-        self.step = step
-        super().__init__(
-            f"{signal.Signals(signum).name} received: checkpoint at step {step} in {checkpoint}; "
-            f"exiting with code {self.code} (rerun the same command to resume)"
-        )
 
 
 @dataclass
@@ -119,145 +112,6 @@ class TrainResult:
     images_per_s: float
     peak_mem_mb: float
     log_rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-# -- devices and processes ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_env() -> Dist:
-    """Rank and world size from torchrun's or SLURM's environment (1 process when neither)."""
-    env = os.environ
-    if int(env.get("WORLD_SIZE", "1")) > 1:
-        return Dist(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
-        return Dist(
-            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
-        )
-    return Dist()
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
-
-
-def set_cpu_threads(threads: int | None) -> None:
-    """torch's CPU thread count (None: leave torch's default, one per core)."""
-    if threads is None:
-        return
-    if threads <= 0:
-        raise UserError(f"--threads must be positive, got {threads}")
-    torch.set_num_threads(threads)
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{device.index} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated, or the process's peak resident memory on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def step_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers (seed, rank, step, stream)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
-
-
-NOISE, DROPOUT, ORDER, EVAL, SAMPLE = range(5)  # streams of step_seed
-
-
-# -- data --------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainData:
-    images: torch.Tensor  # uint8 (N, C, H, W), on the device or pinned on the host
-    labels: torch.Tensor | None
-
-    @property
-    def count(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
-
-
-def load_data(config: RunConfig, device: torch.device, need_labels: bool) -> TrainData:
-    images = read_images(config.data_path)
-    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    labels = None
-    if need_labels:
-        path = config.data_path.with_name("labels.npy")
-        labels = torch.from_numpy(read_labels(path, len(images)))
-        classes = int(config.model.get("num_classes", 0))
-        if labels.min() < 0 or labels.max() >= classes:
-            raise UserError(
-                f"{path}: labels must be in 0..{classes - 1} (model num_classes), "
-                f"got {int(labels.min())}..{int(labels.max())}"
-            )
-    if device.type == "cuda":
-        tensor = tensor.to(device) if tensor.numel() <= ON_DEVICE_BYTES else tensor.pin_memory()
-        labels = labels.to(device) if labels is not None else None
-    return TrainData(tensor, labels)
-
-
-class DataOrder:
-    """The seeded data stream: epoch e visits the images in a permutation seeded by (seed, e).
-
-    The images of a step are a function of the step alone, so the data position to resume from
-    is the step (``images_seen`` = step * batch).
-    """
-
-    def __init__(self, count: int, seed: int):
-        self.count = count
-        self.seed = seed
-        self._cache: dict[int, torch.Tensor] = {}
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._cache:
-            g = torch.Generator().manual_seed(step_seed(self.seed, 0, epoch, ORDER))
-            self._cache = {epoch: torch.randperm(self.count, generator=g)}  # keep one epoch
-        return self._cache[epoch]
-
-    def indices(self, step: int, batch: int, dist_: Dist) -> torch.Tensor:
-        """This rank's share of the stream positions [step * batch, (step + 1) * batch)."""
-        share = batch // dist_.world
-        positions = torch.arange(share) + step * batch + dist_.rank * share
-        epochs = positions // self.count
-        out = torch.empty_like(positions)
-        for epoch in epochs.unique().tolist():
-            sel = epochs == epoch
-            out[sel] = self.permutation(epoch)[positions[sel] % self.count]
-        return out
-
-
-def model_input(images_u8: torch.Tensor, kind: str, device: torch.device) -> torch.Tensor:
-    """Gaussian: x = u8 / 127.5 - 1 in [-1, 1]; masked: the integer pixels as tokens."""
-    x = images_u8.to(device, non_blocking=True)
-    x = x.float() / 127.5 - 1 if kind == "gaussian" else x.long()
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
 # -- the network as the process sees it ----------------------------------------------------------
@@ -312,144 +166,6 @@ class Ema:
         beta = 0.5 ** (batch / max(halflife, 1e-8))
         with torch.no_grad():
             torch._foreach_lerp_(self._target, self._source, 1 - beta)
-
-
-# -- binned errors -------------------------------------------------------------------------------
-
-
-class BinWindow:
-    """Sums of the training error and loss since the last log step, per log-SNR bin."""
-
-    def __init__(self, edges: torch.Tensor, device: torch.device):
-        self.edges = edges
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        bins = len(self.edges) - 1
-        self.error_sum = torch.zeros(bins, dtype=torch.float64, device=self.device)
-        self.count = torch.zeros(bins, dtype=torch.float64, device=self.device)
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.grad_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.steps = 0
-
-    def add(
-        self,
-        log_snr: torch.Tensor,
-        error: torch.Tensor,
-        loss: torch.Tensor,
-        grad_norm: torch.Tensor,
-    ) -> None:
-        idx = adaptive_mod.bin_index(log_snr, self.edges)
-        self.error_sum.index_add_(0, idx, error.detach().double())
-        self.count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
-        self.loss_sum += loss.detach().double()
-        self.grad_sum += grad_norm.detach().double()
-        self.steps += 1
-
-    def reduced(self, dist_: Dist) -> dict[str, torch.Tensor]:
-        """The window summed over ranks (loss and grad norm: means over ranks)."""
-        values = torch.cat([self.error_sum, self.count, self.loss_sum[None], self.grad_sum[None]])
-        if dist_.world > 1:
-            dist.all_reduce(values)
-            values[-2:] /= dist_.world
-        bins = len(self.edges) - 1
-        return {
-            "error_sum": values[:bins].cpu(),
-            "count": values[bins : 2 * bins].cpu(),
-            "loss_sum": values[-2].cpu(),
-            "grad_sum": values[-1].cpu(),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k) for k in ("error_sum", "count", "loss_sum", "grad_sum", "steps")
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
-
-
-def bin_column(k: int) -> str:
-    return f"error_bin_{k:02d}"
-
-
-# -- signals --------------------------------------------------------------------------------------
-
-
-class SignalFlag:
-    """Records SIGTERM / SIGUSR1 / SIGUSR2; the loop checkpoints at the next step boundary."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-
-    @contextmanager
-    def installed(self) -> Iterator[SignalFlag]:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # handlers can only be installed from the main thread
-            return
-        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    def agreed(self, dist_: Dist, device: torch.device) -> int | None:
-        """The signal any rank received (DDP ranks must stop at the same step)."""
-        if dist_.world == 1:
-            return self.received
-        flag = torch.tensor([self.received or 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
-
-
-# -- checkpoints ------------------------------------------------------------------------------------
-
-
-def checkpoint_dir_for(out_dir: Path, run_id: str, override: str | Path | None) -> Path:
-    if override:
-        return Path(override)
-    root = os.environ.get("DIFFOBJ_CHECKPOINT_DIR")
-    return Path(root) / run_id if root else out_dir / "checkpoints"
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, fsync, rename: the file is always whole or absent."""
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a checkpoint is never half-written, so this is a foreign file
-        raise UserError(
-            f"{path}: not a readable checkpoint ({err}); delete it to start over"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not a diffobj checkpoint; delete it to start over")
-    return state
-
-
-def _comparable(raw: dict[str, Any]) -> dict[str, Any]:
-    """A run config without the keys a resume may change (more steps, other logging)."""
-    raw = copy.deepcopy(raw)
-    for key in ("steps", "checkpoint_every", "log_every"):
-        raw.get("training", {}).pop(key, None)
-    return raw
 
 
 # -- the loop -------------------------------------------------------------------------------------------
@@ -589,7 +305,7 @@ class Trainer:
         state = load_checkpoint(self.checkpoint_path)
         if state is None:
             return False
-        if _comparable(state["run_config"]) != _comparable(self.config.raw):
+        if comparable_config(state["run_config"]) != comparable_config(self.config.raw):
             raise UserError(
                 f"{self.checkpoint_path}: checkpoint of a different run config; delete it or pass "
                 "another --checkpoint-dir to start over"

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffobj.train import load_run, model_input
+    from diffobj.train import load_run
+    from diffobj.train_data import model_input
 
     images = read_images(args.data)
     if args.max_images is not None:

@@ -77,9 +77,9 @@ def heun_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
+    from diffobj.devices import set_cpu_threads
     from diffobj.errors import UserError
     from diffobj.sample import sample_run, write_samples
-    from diffobj.train import set_cpu_threads
 
     set_cpu_threads(args.threads)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffobj.train import Preempted, TrainOptions, train
+from diffobj.checkpoint import Preempted
+from diffobj.train import TrainOptions, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from diffobj.devices import set_cpu_threads
     from diffobj.errors import UserError
-    from diffobj.train import set_cpu_threads
 
     set_cpu_threads(args.threads)
 
