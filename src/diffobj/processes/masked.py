@@ -35,7 +35,11 @@ def corrupt(
 
 def masked_cross_entropy(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Σ over masked tokens of -log p(x | z), per data dimension: (B,) nats / D."""
-    ce = F.cross_entropy(logits.float(), x, reduction="none")
+    # classes last, one row per token: the fast (N, V) kernel; a view when the network made
+    # its logits class-last (the MLP), a copy otherwise
+    vocab = logits.shape[1]
+    rows = logits.float().movedim(1, -1).reshape(-1, vocab)
+    ce = F.cross_entropy(rows, x.reshape(-1), reduction="none").view(x.shape)
     return (ce * (z == MASK)).flatten(1).sum(1) / x[0].numel()
 
 
