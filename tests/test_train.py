@@ -107,10 +107,12 @@ def test_training_writes_outputs_and_binned_logs(tmp_path):
 @pytest.mark.parametrize("kind", ["gaussian", "masked"])
 def test_eval_error_of_an_untrained_model_has_its_closed_form(tmp_path, kind):
     """With lr ~ 0 the network stays at its neutral start: eps_hat = 0, so the eps-MSE is
-    E||eps||^2 / D = 1; uniform logits, so the masked CE per dimension is (1 - alpha) log 256."""
+    E||eps||^2 / D = 1; uniform logits, so the masked CE per dimension is (1 - alpha) log 256.
+    (The U-Net: both its heads start neutral; the masked MLP's readout does not, by design.)"""
     out = tmp_path / "run"
+    unet = {"preset": "diffobj_unet", "channel_mult": [1, 2], "attention_resolutions": []}
     train(
-        run_config(tmp_path, kind, lr=1e-12, steps=1),
+        run_config(tmp_path, kind, lr=1e-12, steps=1, model=unet),
         out,
         TrainOptions(device="cpu", progress=False, eval_images=32),
     )
