@@ -119,6 +119,9 @@ class Sampling(Strict):
     gaussian_steps: int = Field(18, gt=0)
     masked_sampler: Literal["ancestral"] = "ancestral"
     masked_steps: int = Field(64, gt=0)
+    guidance: float = Field(
+        0.0, ge=0, description="classifier-free guidance scale w of class-conditional runs"
+    )
 
 
 class Evaluation(Strict):
@@ -130,6 +133,7 @@ class Evaluation(Strict):
     nll: bool = True
     nll_samples_per_image: int = Field(1, gt=0)
     features_epochs: int = Field(8, gt=0)
+    bounds: bool = Field(False, description="the cascade of improved bounds L^(i) per run")
 
 
 class Spec(Strict):

@@ -2,9 +2,12 @@ SAMPLING = S.sampling
 
 
 def sampler_args(wildcards):
+    # classifier-free guidance of class-conditional runs (omitted at 0, the default)
+    conditional = RUNS[wildcards.run].model_cfg.get("num_classes", 0) > 0
+    cfg = f" --guidance {SAMPLING.guidance}" if SAMPLING.guidance and conditional else ""
     if kind(RUNS[wildcards.run].process) == "masked":
-        return f"--sampler {SAMPLING.masked_sampler} --steps {SAMPLING.masked_steps}"
-    return f"--sampler {SAMPLING.gaussian_sampler} --steps {SAMPLING.gaussian_steps}"
+        return f"--sampler {SAMPLING.masked_sampler} --steps {SAMPLING.masked_steps}{cfg}"
+    return f"--sampler {SAMPLING.gaussian_sampler} --steps {SAMPLING.gaussian_steps}{cfg}"
 
 
 rule sample:

@@ -2,6 +2,8 @@
 
 Gaussian samplers: ddpm, ddim (--eta, default 0), heun (N steps = 2N - 1 network evaluations);
 masked: ancestral. Writes samples.npz (key ``images``: uint8, N x H x W x C) and samples.png.
+A class-conditional run draws balanced classes (sample i of class i mod K, key ``labels``),
+with classifier-free guidance of scale --guidance (default 0: the conditional model).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num", type=int, required=True, help="number of images")
     parser.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--guidance", type=float, default=0.0, help="classifier-free guidance scale w (>= 0)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
@@ -37,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from diffobj.errors import UserError
+    from diffobj.guidance import run_class_labels
     from diffobj.sample import sample_run, write_samples
     from diffobj.train import set_cpu_threads
 
@@ -56,9 +62,10 @@ def run(args: argparse.Namespace) -> None:
         device=args.device,
         progress=not args.no_progress,
         compile=args.compile,
+        guidance=args.guidance,
     )
     seconds = time.perf_counter() - start
-    png = write_samples(images, args.out)
+    png = write_samples(images, args.out, run_class_labels(args.run, len(images)))
     print(
         f"{args.out}: {len(images)} images {images.shape[1:]} ({args.sampler}, {args.steps} steps), "
         f"{len(images) / seconds:.1f} images/s; grid {png}",
