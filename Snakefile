@@ -41,10 +41,12 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/bounds.smk"
 
 
 rule all:
     input:
         all_tables(),
         all_figures(),
+        bounds_targets(),
     default_target: True

@@ -21,15 +21,17 @@ Prior: Gaussian KL(N(alpha x, sigma^2) || N(0, 1)) per dimension at lam_min; mas
 alpha(t1) log 256 per dimension (prior: each token kept uniformly at random with the forward
 keep probability, else masked). It is the same constant in every L^(i).
 
-Cumulative weights: a weighting w(lam) gives cut weights w_0 = w(lam_0), w_i = w(lam_i) -
-w(lam_{i-1}), so that Σ_{i<=j} w_i = w(lam_j) and (Abel summation)
+Cumulative weights: with w̄_j the mean of w(lam) over the interval j = [lam_{j+1}, lam_j]
+between two cuts, the cut weights are w_0 = w̄_0, w_i = w̄_i - w̄_{i-1} (i < T), w_T = 0, so
+Σ_{i<=j} w_i = w̄_j, and (Abel summation: interval j's KL is in every L^(i) with i <= j)
 
-    Σ_i w_i L^(i) - Σ_i w_i (prior + decoder_i)  =  Σ_i w_i M(lam_i)
-        -> ∫ w(lam) g(lam) e(lam) dlam  (the reweighted loss)  as the cuts refine.
+    Σ_i w_i L^(i) - Σ_i w_i (prior + decoder_i)  =  Σ_i w_i M(lam_i)  =  Σ_j w̄_j ∫_j g e
+        -> ∫ w(lam) g(lam) e(lam) dlam  (the reweighted loss)  as the cuts refine,
 
-All w_i >= 0 exactly when w is non-increasing in lam (monotone): then the reweighted loss is a
-positive combination of bounds tighter than the ELBO. Non-monotone w (IDDPM, EDM) get negative
-cut weights.
+at second order in the cut spacing (exact when g e is constant on each interval). All w_i >= 0
+exactly when the w̄_j do not decrease towards noise, i.e. for w non-increasing in lam
+(monotone): then the reweighted loss is a positive combination of bounds tighter than the ELBO,
+plus a constant. Non-monotone w (IDDPM, EDM) get negative cut weights.
 
 Exact vs estimated: the decoder term uses the exact posterior over the whole training set
 (softmax over all N points; masked: the exact consistent set), averaged over Monte Carlo
@@ -94,9 +96,19 @@ def trapezoid_weights(log_snr: torch.Tensor) -> torch.Tensor:
     return c
 
 
-def cumulative_weights(w_at_cuts: torch.Tensor) -> torch.Tensor:
-    """Cut weights w_0 = w(lam_0), w_i = w(lam_i) - w(lam_{i-1}) (cuts in decreasing lam)."""
-    return torch.cat([w_at_cuts[:1], w_at_cuts[1:] - w_at_cuts[:-1]])
+def interval_means(log_snr: torch.Tensor, values: torch.Tensor, per_cut: int) -> torch.Tensor:
+    """The mean of ``values`` (trapezoid) over each interval [lam_{i+1}, lam_i] between cuts,
+    from the fine nodes (``per_cut`` fine steps per interval, decreasing lam)."""
+    pieces = (values[1:] + values[:-1]) / 2 * (log_snr[:-1] - log_snr[1:])
+    widths = log_snr[:-1] - log_snr[1:]
+    return pieces.view(-1, per_cut).sum(1) / widths.view(-1, per_cut).sum(1)
+
+
+def cumulative_weights(w_bar: torch.Tensor) -> torch.Tensor:
+    """Cut weights from the interval means w̄_j of w (j = 0: the interval below the ELBO cut):
+    w_0 = w̄_0, w_i = w̄_i - w̄_{i-1}, and w_T = 0 (L^(T) has no model term), so that
+    Σ_{i<=j} w_i = w̄_j: the weight the cascade puts on the model's KL in interval j."""
+    return torch.cat([w_bar[:1], w_bar[1:] - w_bar[:-1], torch.zeros(1, dtype=w_bar.dtype)])
 
 
 @dataclass
@@ -151,18 +163,19 @@ class Identity:
 def weighted_identity(
     cascade: Cascade,
     kind: str,
-    w_at_cuts: torch.Tensor,
     fine_log_snr: torch.Tensor,
     fine_error: torch.Tensor,
     w_fine: torch.Tensor,
+    per_cut: int,
 ) -> Identity:
-    """The cumulative-weight identity on measured curves (see the module docstring)."""
-    weights = cumulative_weights(w_at_cuts.double())
+    """The cumulative-weight identity on measured curves (see the module docstring): the cut
+    weights from w on the fine grid, Σ w_i L^(i), its constant, and ∫ w g e on the fine grid."""
+    weights = cumulative_weights(interval_means(fine_log_snr, w_fine.double(), per_cut))
     total = float((weights * cascade.bound).sum())
     constant = float((weights * (cascade.prior + cascade.decoder)).sum())
     g = integrand_factor(kind, fine_log_snr)
     reweighted = float(upper_integral(fine_log_snr, w_fine.double() * g * fine_error)[0])
-    monotone = bool((weights[1:] >= -1e-12 * weights.abs().max()).all() and weights[0] >= 0)
+    monotone = bool((weights >= -1e-12 * weights.abs().max()).all())
     return Identity(weights, total, constant, reweighted, monotone)
 
 
@@ -170,7 +183,8 @@ def weighted_identity(
 
 
 def cut_grid(schedule: Schedule, cuts: int, per_cut: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fine log-SNR nodes (uniform in lam, decreasing) and the indices of the T + 1 cuts."""
+    """Fine log-SNR nodes (uniform in lam, decreasing) and the indices of the T + 1 cuts:
+    ``per_cut`` fine steps between two cuts."""
     if cuts < 1 or per_cut < 1:
         raise UserError(f"--cuts and --levels-per-cut must be positive, got {cuts}, {per_cut}")
     lam_min, lam_max = schedule.log_snr_endpoints()
@@ -271,7 +285,8 @@ def decoder_term(
         else:
             u = torch.rand((len(src), dim), generator=gen, dtype=DTYPE, device=data.device)
             nats = masked_decoder_nats(data, src, u < alpha)
-        values.append((nats - mult[src].log()).cpu() / dim)
+        # >= 0 exactly (the m copies of the source are in the sum); clamp float rounding
+        values.append((nats - mult[src].log()).clamp_min(0).cpu() / dim)
     return optimal.mean_and_stderr(torch.cat(values))
 
 
@@ -392,7 +407,7 @@ def bounds_of_run(
     )
     weighting = run.config.weighting
     w_fine = weighting(level_at(run.schedule, fine)).double()
-    identity = weighted_identity(result, run.kind, w_fine[::per_cut], fine, error, w_fine)
+    identity = weighted_identity(result, run.kind, fine, error, w_fine, per_cut)
     return table_rows(result, identity)
 
 

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nll": ("nll", "negative log-likelihood bound in bits per dimension"),
     "tables": ("tables", "gather results into validated parquet tables"),
     "figures": ("figures", "draw the figures of an experiment"),
+    "bounds": ("bounds", "the cascade of improved bounds L^(i) of a trained run"),
+    "bounds-table": ("bounds", "gather the runs' bounds into a table and draw its figure"),
 }
 
 

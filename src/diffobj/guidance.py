@@ -70,7 +70,10 @@ def guided(
     both = make_fn(torch.cat([labels, torch.full_like(labels, null_class)]))
 
     def guided_fn(z: torch.Tensor, level: Level) -> torch.Tensor:
-        cond, uncond = both(torch.cat([z, z]), _doubled(level)).float().chunk(2)
+        out = both(torch.cat([z, z]), _doubled(level))
+        cond, uncond = out.to(torch.promote_types(out.dtype, torch.float32)).chunk(
+            2
+        )  # bf16 -> fp32
         if kind == "masked":  # logits are defined up to a per-token constant: fix it first
             cond, uncond = F.log_softmax(cond, dim=1), F.log_softmax(uncond, dim=1)
         return combine(cond, uncond, scale)

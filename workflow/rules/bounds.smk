@@ -1,0 +1,46 @@
+# The cascade of improved bounds (Shi & Titsias), when the spec sets evaluation.bounds: true:
+# one `diffobj bounds` per run on its training set, then one table and one figure.
+
+
+def bounds_targets():
+    if not S.evaluation.bounds:
+        return []
+    return [f"{R}/tables/bounds.parquet", f"{R}/figures/bounds.png"]
+
+
+rule bounds:
+    input:
+        model=f"{R}/runs/{{run}}/model.pt",
+        data=lambda w: f"{data_dir(dataset_of(w))}/images.npy",
+    output:
+        f"{R}/runs/{{run}}/bounds.csv",
+    params:
+        out=lambda w: run_dir(w.run),
+    log:
+        f"{R}/logs/bounds/{{run}}.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=0,
+    shell:
+        "OMP_NUM_THREADS={threads} diffobj bounds --run {params.out} --data {input.data}"
+        " --out {output} > {log} 2>&1"
+
+
+rule bounds_table:
+    input:
+        spec=SPEC,
+        bounds=run_files("bounds.csv"),
+    output:
+        table=f"{R}/tables/bounds.parquet",
+        figure=report(f"{R}/figures/bounds.png", caption="../report/bounds.rst", category="Figures"),
+    log:
+        f"{R}/logs/bounds_table.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "diffobj bounds-table --spec {SPEC} --results {R} --table {output.table}"
+        " --figure {output.figure} > {log} 2>&1"
