@@ -179,3 +179,74 @@ def test_weighted_sum_of_bounds_is_the_reweighted_loss_up_to_a_constant(kind, w,
     assert coarse / fine == pytest.approx(4, rel=0.15)  # second order
     assert identity.monotone is monotone
     assert bool((identity.cut_weights >= 0).all()) is monotone  # w_i >= 0 iff w is monotone
+
+
+# -- the command and the table ---------------------------------------------------------------
+
+
+def test_bounds_command_on_a_trained_run(tmp_path):
+    """A real (briefly trained) run: the noisiest bound is the prior plus the entropy of the
+    training set, log N / D, and the ELBO end is the largest bound."""
+    import csv
+
+    from test_train import run_config  # the embedded default, on a few digits
+
+    from diffobj.cli import main
+    from diffobj.train import TrainOptions, train
+
+    cfg = run_config(tmp_path, "masked", "simple", images=32)
+    train(cfg, tmp_path / "run", TrainOptions(device="cpu", progress=False, eval_images=8))
+    data = tmp_path / "data" / "images.npy"
+    out = tmp_path / "bounds.csv"
+    argv = ["bounds", "--run", str(tmp_path / "run"), "--data", str(data), "--out", str(out)]
+    small = ["--cuts", "4", "--images", "16", "--queries", "64", "--device", "cpu"]
+    assert main([*argv, *small]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["i"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert list(rows[0]) == list(bounds.COLUMNS)
+    last, first = rows[-1], rows[0]
+    # at lam_min a token survives with probability 1e-4: 0.6% of queries keep one of 64 tokens
+    assert float(last["decoder_term"]) == pytest.approx(math.log(32) / 64, rel=2e-2)
+    assert float(last["decoder_term"]) <= math.log(32) / 64
+    assert float(first["bound"]) == max(float(r["bound"]) for r in rows)
+    assert main([*argv[:-1], str(tmp_path / "b.txt"), *small]) == 2  # not a .csv
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((4, 4, 4, 1), np.uint8))
+    assert main([*argv[:3], "--data", str(wrong), "--out", str(out), *small]) == 2
+
+
+def test_bounds_table_gathers_validates_and_draws(tmp_path, monkeypatch):
+    import polars as pl
+    import yaml
+
+    from diffobj import io, spec, tables
+    from diffobj.cli import main
+
+    raw = yaml.safe_load((ROOT / "config" / "experiments" / "conditional_digits.yaml").read_text())
+    raw["grid"] = [
+        {"dataset": "digits", "process": p, "schedule": s, "weighting": w, "model": "tiny_cond"}
+        for p, s, w in [("gaussian", "vp_cosine", "iddpm"), ("masked", "md4_cosine", "simple")]
+    ]
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    loaded = spec.load(spec_path, root=ROOT)
+    data = {"gaussian": (POINTS, optimal_eps()), "masked": (TOKENS, optimal_logits)}
+    for run in loaded.runs:
+        kind = loaded.spec.processes[run.process].kind
+        sched = loaded.schedule(run.schedule, run.process)
+        x, model = data[kind]
+        result, fine, error = bounds.cascade(
+            kind, model, sched, x, cuts=4, per_cut=2, images=64, queries=64
+        )
+        w_fine = loaded.weighting(run.weighting)(sched.level(sched.t_of_log_snr(fine)))
+        identity = bounds.weighted_identity(result, kind, fine, error, w_fine, 2)
+        rows = bounds.table_rows(result, identity)
+        io.write_csv(tmp_path / "runs" / run.id / "bounds.csv", rows, list(bounds.COLUMNS))
+    monkeypatch.chdir(ROOT)
+    table, figure = tmp_path / "bounds.parquet", tmp_path / "bounds.png"
+    argv = ["bounds-table", "--spec", str(spec_path), "--results", str(tmp_path)]
+    assert main([*argv, "--table", str(table), "--figure", str(figure)]) == 0
+    frame = tables.read("bounds", table)
+    assert frame.height == 10 and figure.stat().st_size > 0
+    assert frame.filter(pl.col("weighting") == "iddpm")["monotone"].unique().to_list() == [False]
+    assert frame.filter(pl.col("weighting") == "simple")["monotone"].unique().to_list() == [True]

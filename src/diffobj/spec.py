@@ -134,6 +134,9 @@ class Evaluation(Strict):
     nll_samples_per_image: int = Field(1, gt=0)
     features_epochs: int = Field(8, gt=0)
     bounds: bool = Field(False, description="the cascade of improved bounds L^(i) per run")
+    bounds_cuts: int = Field(16, gt=0, description="cuts t(1..T) of the bounds")
+    bounds_images: int = Field(256, gt=0, description="model evaluations per log-SNR level")
+    bounds_queries: int = Field(1024, gt=0, description="optimal-decoder queries per cut")
 
 
 class Spec(Strict):

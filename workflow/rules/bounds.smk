@@ -25,6 +25,7 @@ rule bounds:
         gpu=0,
     shell:
         "OMP_NUM_THREADS={threads} diffobj bounds --run {params.out} --data {input.data}"
+        " --cuts {EVAL.bounds_cuts} --images {EVAL.bounds_images} --queries {EVAL.bounds_queries}"
         " --out {output} > {log} 2>&1"
 
 

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="bounds table (.csv)")
     parser.add_argument("--cuts", type=int, default=16, help="T: cuts t(1..T) after t(0)")
     parser.add_argument(
-        "--levels-per-cut", type=int, default=4, help="error-curve levels between two cuts"
+        "--levels-per-cut", type=int, default=2, help="error-curve levels between two cuts"
     )
     parser.add_argument("--images", type=int, default=256, help="model evaluations per level")
     parser.add_argument("--queries", type=int, default=1024, help="decoder queries per cut")
@@ -81,7 +81,8 @@ def run_bounds_table(args: argparse.Namespace) -> None:
 
     loaded = spec.load(args.spec)
     runs = tables.validate("runs", gather.runs(loaded))
-    frame = gather.per_run_csv(loaded, Path(args.results), "bounds.csv", list(bounds.COLUMNS))
+    columns = ["run_id", *bounds.COLUMNS]
+    frame = gather.per_run_csv(loaded, Path(args.results), "bounds.csv", columns)
     frame = frame.join(runs.select("run_id", "kind", "schedule", "weighting"), on="run_id")
     frame = tables.write("bounds", frame, args.table)  # validated before anything is drawn
     figures.save(figures.bounds(frame), args.figure)
