@@ -43,7 +43,7 @@ means (levels are independent); the trapezoid's bias is not in them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,9 +80,14 @@ def integrand_factor(kind: str, log_snr: torch.Tensor) -> torch.Tensor:
     return torch.full_like(log_snr, 0.5) if kind == "gaussian" else torch.sigmoid(log_snr)
 
 
+def trapezoid_pieces(log_snr: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """∫ values over each step between neighbouring nodes (decreasing lam), trapezoid rule."""
+    return (values[1:] + values[:-1]) / 2 * (log_snr[:-1] - log_snr[1:])
+
+
 def upper_integral(log_snr: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """∫_{lam_min}^{lam_k} values dlam at every node (trapezoid); nodes in decreasing lam."""
-    pieces = (values[1:] + values[:-1]) / 2 * (log_snr[:-1] - log_snr[1:])
+    pieces = trapezoid_pieces(log_snr, values)
     tail = torch.flip(torch.cumsum(torch.flip(pieces, [0]), 0), [0])
     return torch.cat([tail, torch.zeros(1, dtype=tail.dtype)])
 
@@ -99,9 +104,9 @@ def trapezoid_weights(log_snr: torch.Tensor) -> torch.Tensor:
 def interval_means(log_snr: torch.Tensor, values: torch.Tensor, per_cut: int) -> torch.Tensor:
     """The mean of ``values`` (trapezoid) over each interval [lam_{i+1}, lam_i] between cuts,
     from the fine nodes (``per_cut`` fine steps per interval, decreasing lam)."""
-    pieces = (values[1:] + values[:-1]) / 2 * (log_snr[:-1] - log_snr[1:])
-    widths = log_snr[:-1] - log_snr[1:]
-    return pieces.view(-1, per_cut).sum(1) / widths.view(-1, per_cut).sum(1)
+    pieces = trapezoid_pieces(log_snr, values).view(-1, per_cut).sum(1)
+    widths = (log_snr[:-1] - log_snr[1:]).view(-1, per_cut).sum(1)
+    return pieces / widths
 
 
 def cumulative_weights(w_bar: torch.Tensor) -> torch.Tensor:
@@ -415,13 +420,3 @@ def check_positive(**values: int) -> None:
     for name, value in values.items():
         if value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-
-
-__all__: Sequence[str] = (
-    "Cascade",
-    "Identity",
-    "bounds_of_run",
-    "cascade",
-    "cumulative_weights",
-    "weighted_identity",
-)
