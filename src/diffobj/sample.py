@@ -279,22 +279,19 @@ def sample_run(
     check_sampler(None, sampler, steps, num, batch_size, eta)
     run = load_run(run_dir, device)
     check_sampler(run.kind, sampler, steps, num, batch_size, eta)
-    net = torch.compile(run.net) if compile else run.net
+    make = run.conditioned  # labels -> the denoiser callable (None: unconditional)
+    if compile:
+        net = torch.compile(run.net)
+        make = lambda labels: make_model_fn(net, run.config, run.device, labels)  # noqa: E731
     num_classes = int(run.config.model.get("num_classes", 0) or 0)
     check_guidance(guidance, num_classes)
     labels = class_labels(num, num_classes)
 
     def model_fn_for(start: int, size: int) -> ModelFn:
         if labels is None:
-            return make_model_fn(net, run.config, run.device)
+            return make(None)
         batch_labels = torch.from_numpy(labels[start : start + size]).to(run.device)
-        return guided(
-            lambda lab: make_model_fn(net, run.config, run.device, lab),
-            batch_labels,
-            num_classes,
-            guidance,
-            run.kind,
-        )
+        return guided(make, batch_labels, num_classes, guidance, run.kind)
 
     fn = {"ddpm": ddpm, "ddim": ddim, "heun": heun, "ancestral": ancestral}[sampler]
     extra = {"eta": eta or 0.0} if sampler == "ddim" else {}
