@@ -207,3 +207,21 @@ def test_a_conditional_model_draws_the_requested_digit_and_guidance_helps(tmp_pa
     print(f"{kind}: share of samples classified as the requested digit {accuracy}")
     assert accuracy[0.0] >= 0.9
     assert accuracy[1.0] > accuracy[0.0]
+
+
+def test_the_sample_command_writes_balanced_labels_of_a_conditional_run(tmp_path):
+    from sklearn.datasets import load_digits
+    from test_train import run_config  # the embedded default, on a few digits
+
+    from diffobj.cli import main
+    from diffobj.train import TrainOptions, train
+
+    cfg = run_config(tmp_path, "masked", "simple", images=32, model={"num_classes": 10})
+    np.save(tmp_path / "data" / "labels.npy", load_digits().target[:32].astype(np.int64))
+    train(cfg, tmp_path / "run", TrainOptions(device="cpu", progress=False, eval_images=8))
+    out = tmp_path / "samples.npz"
+    argv = ["sample", "--run", str(tmp_path / "run"), "--sampler", "ancestral", "--steps", "4"]
+    assert main([*argv, "--num", "12", "--guidance", "1", "--out", str(out), "--no-progress"]) == 0
+    with np.load(out) as f:
+        assert f["images"].shape == (12, 8, 8, 1)
+        assert f["labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
