@@ -6,8 +6,9 @@ both the conditional model p(. | c) and the unconditional one p(. | ∅) (Ho & S
 
 Guidance with scale w >= 0 (w = 0: the plain conditional model):
 - Gaussian, on the noise prediction:  eps_w = (1 + w) eps(z, c) - w eps(z, ∅).
-- Masked, on the denoiser's clean-token logits (the form of MUSE / MaskGIT-style masked
-  generators and of Schiff et al. 2024's D-CFG applied to the x0 distribution):
+- Masked, on the denoiser's clean-token logits (logit-space CFG as in masked generative
+  image models, e.g. MUSE; Schiff et al. 2024's D-CFG tempers the whole reverse transition
+  instead, which also moves the reveal probability; attributions from memory, not checked):
       log mu_w(x | z, c) = (1 + w) log mu(x | z, c) - w log mu(x | z, ∅)   (log-softmax terms),
   i.e. mu_w ∝ mu_c^(1 + w) mu_∅^(-w) per token. The sampler's softmax renormalises; the reveal
   probability (alpha_s - alpha_t) / (1 - alpha_t) is untouched, so guidance changes which
