@@ -67,6 +67,7 @@ include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/bounds.smk"
 
 
 rule all:
@@ -74,4 +75,5 @@ rule all:
         all_tables(),
         all_figures(),
         f"{R}/report.html" if "weighting_study" in S.figures else [],
+        bounds_targets(),
     default_target: True

@@ -98,6 +98,22 @@ def test_every_spec_dry_runs(tmp_path, spec):
 
 
 @pytest.mark.parametrize(
+    ("spec", "runs", "bounds"),
+    [("conditional_digits", 9, True), ("st_imagenet64", 6, False)],
+)
+def test_class_conditional_specs_dry_run(tmp_path, spec, runs, bounds):
+    (tmp_path / "data" / "imagenet64").mkdir(parents=True)  # stand-in: the dry run reads no data
+    result = snakemake(tmp_path, ROOT / "config" / "experiments" / f"{spec}.yaml", "-n", "-p")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["train"] == jobs["sample"] == runs
+    assert jobs.get("bounds", 0) == (runs if bounds else 0)
+    assert ("bounds_table" in jobs) is bounds
+    guided = "--guidance 1.0" in result.stdout
+    assert guided is (spec == "conditional_digits")  # st_imagenet64: guidance 0, flag omitted
+
+
+@pytest.mark.parametrize(
     ("edit", "message"),
     [
         (lambda s: s["grid"][0].update(weighting=["nope"]), "unknown weighting 'nope'"),

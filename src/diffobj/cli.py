@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tables": ("tables", "gather results into validated parquet tables"),
     "figures": ("figures", "draw the figures of an experiment"),
     "report": ("report", "the experiment's HTML report: study text and every figure"),
+    "bounds": ("bounds", "the cascade of improved bounds L^(i) of a trained run"),
+    "bounds-table": ("bounds", "gather the runs' bounds into a table and draw its figure"),
 }
 
 

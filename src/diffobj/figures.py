@@ -327,5 +327,38 @@ def gap_quality(correlations: pl.DataFrame) -> plt.Figure:
             ylim=(-1.05, 1.05),
         )
         ax.legend(fontsize=7)
+
+
+def bounds(table: pl.DataFrame) -> plt.Figure:
+    """Shi & Titsias's cascade: L^(i) against the cut t(i) per run (t = t(0): the ELBO), and the
+    cut weights w_i of each run's weighting (all >= 0 exactly for a monotone weighting)."""
+    kinds = table["kind"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(
+        2, len(kinds), figsize=(6 * len(kinds), 7), squeeze=False, sharex="col"
+    )
+    for col, kind in enumerate(kinds):
+        frame = table.filter(pl.col("kind") == kind).with_columns(
+            (pl.col("weighting") + " / " + pl.col("schedule")).alias("run")
+        )
+        top, bottom = axes[0, col], axes[1, col]
+        for (run,), group in frame.sort("i").group_by("run", maintain_order=True):
+            line = top.errorbar(
+                group["t"], group["bound"], yerr=group["bound_stderr"], marker="o", ms=3, label=run
+            )
+            top.plot(group["t"][0], group["bound"][0], "*", ms=12, color=line[0].get_color())
+            total = group["cut_weight"].abs().sum() or 1.0
+            bottom.plot(group["t"], group["cut_weight"] / total, marker="o", ms=3, label=run)
+        top.set(
+            title=f"{kind}: improved bounds L^(i) (★ i = 0, the ELBO)",
+            ylabel="bound (nats per dimension)",
+            yscale="log",  # the ELBO end is often 10-100x the tightest bound
+        )
+        top.legend(fontsize=7)
+        bottom.axhline(0, color="black", lw=1)
+        bottom.set(
+            title="cut weights w_i of the run's weighting (share of Σ|w_i|)",
+            xlabel="cut time t(i)",
+            ylabel="w_i / Σ|w_i|",
+        )
     fig.tight_layout()
     return fig

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from diffobj.errors import UserError
+from diffobj.guidance import check_guidance, class_labels, guided
 from diffobj.io import atomic_path
 from diffobj.processes.masked import MASK
 from diffobj.schedules import DTYPE, Level, Schedule
@@ -417,11 +418,15 @@ def sample_run(
     final_argmax: bool = False,
     schedules_library: str | Path | None = None,
     heun_options: dict | None = None,
+    guidance: float = 0.0,
 ) -> np.ndarray:
     """``num`` uint8 NHWC images from a trained run. Batch b draws from a generator seeded by
     (seed, b): the output depends on the seed and the batch size, nothing else. ``grid``,
     ``top_p`` and ``final_argmax`` are the ancestral sampler's options (see ``ancestral``);
-    ``heun_options``: the heun sampler's sigma_range and churn keywords."""
+    ``heun_options``: the heun sampler's sigma_range and churn keywords.
+
+    A class-conditional run draws sample i of class i mod K (``guidance.class_labels``) with
+    classifier-free guidance of scale ``guidance`` (0: the conditional model)."""
     from tqdm import tqdm
 
     from diffobj.seeds import SAMPLE, step_seed
@@ -432,9 +437,20 @@ def sample_run(
     check_sampler(run.kind, sampler, steps, num, batch_size, eta)
     log_snr_range = tuple(run.config.process["log_snr_range"])
     extra = masked_options(sampler, grid, top_p, final_argmax, log_snr_range, schedules_library)
-    model_fn = run.denoiser
+    make = run.conditioned  # labels -> the denoiser callable (None: unconditional)
     if compile:
-        model_fn = make_model_fn(torch.compile(run.net), run.config, run.device)
+        net = torch.compile(run.net)
+        make = lambda labels: make_model_fn(net, run.config, run.device, labels)  # noqa: E731
+    num_classes = int(run.config.model.get("num_classes", 0) or 0)
+    check_guidance(guidance, num_classes)
+    labels = class_labels(num, num_classes)
+
+    def model_fn_for(start: int, size: int) -> ModelFn:
+        if labels is None:
+            return make(None)
+        batch_labels = torch.from_numpy(labels[start : start + size]).to(run.device)
+        return guided(make, batch_labels, num_classes, guidance, run.kind)
+
     fn = {"ddpm": ddpm, "ddim": ddim, "heun": heun, "ancestral": ancestral}[sampler]
     if sampler == "ddim":
         extra = {"eta": eta or 0.0}
@@ -458,7 +474,7 @@ def sample_run(
             size = min(batch_size, num - b * batch_size)
             generator = torch.Generator(device=run.device).manual_seed(step_seed(seed, b, SAMPLE))
             x = fn(
-                model_fn,
+                model_fn_for(b * batch_size, size),
                 run.schedule,
                 (size, *run.image_shape),
                 steps,
@@ -471,11 +487,13 @@ def sample_run(
     return np.concatenate(out)
 
 
-def write_samples(images: np.ndarray, out: str | Path) -> Path:
-    """samples.npz (key ``images``, uint8 NHWC) and a PNG grid beside it; returns the PNG path."""
+def write_samples(images: np.ndarray, out: str | Path, labels: np.ndarray | None = None) -> Path:
+    """samples.npz (key ``images``, uint8 NHWC; ``labels``, int64, for a class-conditional
+    run) and a PNG grid beside it; returns the PNG path."""
     out = Path(out)
+    arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
     with atomic_path(out) as tmp, tmp.open("wb") as f:
-        np.savez(f, images=images)
+        np.savez(f, **arrays)
     png = out.with_suffix(".png")
     with atomic_path(png) as tmp:
         save_png(image_grid(images), tmp)

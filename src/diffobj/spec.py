@@ -179,6 +179,10 @@ class Sampling(Strict):
             raise ValueError(f"needs sigma_min < sigma_max, got {info.data['sigma_min']} and {v}")
         return v
 
+    guidance: float = Field(
+        0.0, ge=0, description="classifier-free guidance scale w of class-conditional runs"
+    )
+
 
 class Evaluation(Strict):
     fd_classifier: bool = True
@@ -199,6 +203,10 @@ class Evaluation(Strict):
     bootstrap: int = Field(
         200, ge=0, description="replicates over samples for the classifier FD's interval; 0: none"
     )
+    bounds: bool = Field(False, description="the cascade of improved bounds L^(i) per run")
+    bounds_cuts: int = Field(16, gt=0, description="cuts t(1..T) of the bounds")
+    bounds_images: int = Field(256, gt=0, description="model evaluations per log-SNR level")
+    bounds_queries: int = Field(1024, gt=0, description="optimal-decoder queries per cut")
 
 
 class StageResources(Strict):

@@ -154,6 +154,31 @@ class Gap(pa.DataFrameModel):
     gap_x0: float = pa.Field(nullable=True)
 
 
+class Bounds(pa.DataFrameModel):
+    """The cascade of improved bounds per run and cut t(i) (nats per dimension, i = 0: ELBO),
+    with the run's cut weights and the cumulative-weight identity (``diffobj.bounds``)."""
+
+    run_id: str
+    kind: str = pa.Field(isin=PROCESS_KINDS)
+    schedule: str
+    weighting: str
+    i: int = pa.Field(ge=0)
+    t: float = pa.Field(ge=0, le=1)
+    log_snr: float
+    bound: float = pa.Field(ge=0)
+    bound_stderr: float = pa.Field(ge=0)
+    model_term: float = pa.Field(ge=0)
+    model_stderr: float = pa.Field(ge=0)
+    decoder_term: float = pa.Field(ge=0)
+    decoder_stderr: float = pa.Field(ge=0)
+    prior: float = pa.Field(ge=0)
+    cut_weight: float
+    weighted_bound_sum: float
+    constant: float
+    reweighted_loss: float
+    monotone: bool
+
+
 SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
     "runs": Runs,
     "weightings": Weightings,
@@ -163,6 +188,7 @@ SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
     "evaluation": Evaluation,
     "study": Study,
     "gap": Gap,
+    "bounds": Bounds,
 }
 
 

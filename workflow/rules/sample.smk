@@ -16,12 +16,16 @@ def masked_sampler_options():
 
 
 def sampler_args(wildcards):
+    # classifier-free guidance of class-conditional runs (omitted at 0, the default)
+    conditional = RUNS[wildcards.run].model_cfg.get("num_classes", 0) > 0
+    cfg = f" --guidance {SAMPLING.guidance}" if SAMPLING.guidance and conditional else ""
     if kind(RUNS[wildcards.run].process) == "masked":
         return (
             f"--sampler {SAMPLING.masked_sampler} --steps {SAMPLING.masked_steps}"
             + masked_sampler_options()
+            + cfg
         )
-    args = f"--sampler {SAMPLING.gaussian_sampler} --steps {SAMPLING.gaussian_steps}"
+    args = f"--sampler {SAMPLING.gaussian_sampler} --steps {SAMPLING.gaussian_steps}{cfg}"
     if SAMPLING.gaussian_sampler == "heun":  # EDM's sigma range and churn (spec: sampling)
         args += f" --sigma-min {SAMPLING.sigma_min} --sigma-max {SAMPLING.sigma_max}"
         if SAMPLING.s_churn > 0:

@@ -2,6 +2,8 @@
 
 Gaussian samplers: ddpm, ddim (--eta, default 0), heun (N steps = 2N - 1 network evaluations);
 masked: ancestral (--grid, --top-p, --final-argmax: MD4's options). Writes samples.npz (key ``images``: uint8, N x H x W x C) and samples.png.
+A class-conditional run draws balanced classes (sample i of class i mod K, key ``labels``),
+with classifier-free guidance of scale --guidance (default 0: the conditional model).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     heun.add_argument("--s-max", type=float, default=float("inf"), help="... and <= s_max")
     heun.add_argument("--s-noise", type=float, default=1.0, help="scale of the churn draws")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--guidance", type=float, default=0.0, help="classifier-free guidance scale w (>= 0)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
@@ -79,6 +84,7 @@ def heun_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> None:
     from diffobj.devices import set_cpu_threads
     from diffobj.errors import UserError
+    from diffobj.guidance import run_class_labels
     from diffobj.sample import sample_run, write_samples
 
     set_cpu_threads(args.threads)
@@ -102,9 +108,10 @@ def run(args: argparse.Namespace) -> None:
         final_argmax=args.final_argmax,
         schedules_library=args.schedules_library,
         heun_options=heun_options(args),
+        guidance=args.guidance,
     )
     seconds = time.perf_counter() - start
-    png = write_samples(images, args.out)
+    png = write_samples(images, args.out, run_class_labels(args.run, len(images)))
     print(
         f"{args.out}: {len(images)} images {images.shape[1:]} ({args.sampler}, {args.steps} steps), "
         f"{len(images) / seconds:.1f} images/s; grid {png}",
