@@ -49,12 +49,13 @@ def expected_experiment(command: str) -> str:
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory) -> Path:
     """A working directory like the repository root (the commands are run from it), with a
-    stand-in for the CIFAR-10 archive that the dry run never reads."""
+    stand-ins for the CIFAR-10 archive and the ImageNet-64 folder that the dry run never reads."""
     workdir = tmp_path_factory.mktemp("repo")
     for name in ("Snakefile", "workflow", "config", "slurm"):
         (workdir / name).symlink_to(ROOT / name)
     (workdir / "data").mkdir()
     (workdir / "data" / "cifar-10-python.tar.gz").write_bytes(b"stand-in")
+    (workdir / "data" / "imagenet64").mkdir()  # the downsampled ImageNet folder (st_imagenet64)
     return workdir
 
 

@@ -327,6 +327,8 @@ def gap_quality(correlations: pl.DataFrame) -> plt.Figure:
             ylim=(-1.05, 1.05),
         )
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def bounds(table: pl.DataFrame) -> plt.Figure:
