@@ -169,14 +169,12 @@ def elbo_gap(gap: pl.DataFrame) -> pl.DataFrame:
     """Per run: the gap to the optimal loss integrated with the ELBO's weight on log-SNR, in
     bits per dimension (Gaussian 1/2 ∫ gap dλ; masked ∫ sigmoid(λ) gap dλ, SCIENCE §1.2) — the
     part of the training-set ELBO the model could still gain, over the bins' λ range."""
+    from diffobj.scaling import elbo_integral  # the one ELBO weight on log-SNR, both processes
+
     rows = []
-    for (run_id, kind), sub in gap.sort("log_snr").group_by(
-        ["run_id", "kind"], maintain_order=True
-    ):
-        lam = sub["log_snr"].to_numpy()
-        weight = 0.5 if kind == "gaussian" else 1 / (1 + np.exp(-lam))
-        integral = np.trapezoid(weight * sub["gap"].to_numpy(), lam) / math.log(2)
-        rows.append({"run_id": run_id, "elbo_gap_bpd": float(integral)})
+    for (run_id, kind), sub in gap.group_by(["run_id", "kind"], maintain_order=True):
+        integral = elbo_integral(kind, sub["log_snr"].to_numpy(), sub["gap"].to_numpy())
+        rows.append({"run_id": run_id, "elbo_gap_bpd": integral / math.log(2)})
     return pl.DataFrame(rows, schema={"run_id": pl.Utf8, "elbo_gap_bpd": pl.Float64})
 
 
