@@ -154,3 +154,61 @@ def test_configurations_average_seeds_and_bound_them():
     assert (simple["nll_bpd_lo"], simple["nll_bpd_hi"]) == (2.0, 2.2)
     assert (elbo["n_seeds"], elbo["fd_classifier_lo"], elbo["fd_classifier_hi"]) == (1, 30.0, 30.0)
     assert simple["fid"] is None
+
+
+def test_a_fid_interval_contains_its_estimate_although_resampling_inflates_the_distance():
+    # 100 samples of a 16-dimensional standard normal against its own exact moments: the FD of
+    # a resample (repeated rows, fewer distinct points) is larger than the sample's own, by more
+    # than the replicates' spread. Uncentred, every replicate lies above the estimate.
+    g = torch.Generator().manual_seed(0)
+    ref = Statistics(np.zeros(16), np.eye(16), {"n": 10**6})
+    evaluation, replicates = [], {}
+    for seed in (0, 1):
+        features = torch.randn(100, 16, generator=g, dtype=torch.float64)
+        moments = FeatureMoments(16)
+        moments.update(features)
+        fd = frechet_distance(moments.statistics(), ref)
+        replicates[f"r{seed}"] = np.array(
+            bootstrap_distances(features, ref, 200, seed=seed, device=torch.device("cpu"))
+        )
+        assert replicates[f"r{seed}"].min() > fd  # the bias the interval must not inherit
+        evaluation.append(
+            {
+                "run_id": f"r{seed}",
+                "kind": "gaussian",
+                "schedule": "s",
+                "weighting": "w",
+                "model": "m",
+                "seed": seed,
+                "monotonic": True,
+                "fd_classifier": fd,
+                "fid": None,
+                "nll_bpd": 1.0,
+            }
+        )
+    frame = pl.DataFrame(evaluation, schema_overrides={"fid": pl.Float64})
+    (row,) = study.configurations(frame, {"fd_classifier": replicates}).iter_rows(named=True)
+    assert row["fd_classifier_lo"] < row["fd_classifier"] < row["fd_classifier_hi"]
+
+
+def test_the_fd_bootstrap_spread_is_the_spread_over_independent_sample_sets():
+    # samples N(mu, 1.2^2 I), |mu|^2 = 5, against N(0, I): the FD is a smooth function of the
+    # moments there, so the bootstrap's spread of one sample set estimates the spread of the FD
+    # over fresh sample sets
+    d, n = 16, 500
+    ref = Statistics(np.zeros(d), np.eye(d), {"n": 10**6})
+    mu = torch.zeros(d, dtype=torch.float64)
+    mu[0] = math.sqrt(5)
+    g = torch.Generator().manual_seed(0)
+
+    def draw() -> torch.Tensor:
+        return torch.randn(n, d, generator=g, dtype=torch.float64) * 1.2 + mu
+
+    def fd(features: torch.Tensor) -> float:
+        moments = FeatureMoments(d)
+        moments.update(features)
+        return frechet_distance(moments.statistics(), ref)
+
+    fresh = np.std([fd(draw()) for _ in range(200)])
+    replicates = bootstrap_distances(draw(), ref, 400, seed=1, device=torch.device("cpu"))
+    assert np.std(replicates) == pytest.approx(fresh, rel=0.25)

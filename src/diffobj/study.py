@@ -60,6 +60,12 @@ def bootstrap_means(values: np.ndarray, replicates: int, rng: np.random.Generato
     return values[idx].mean(axis=1)
 
 
+def centred(replicates: np.ndarray, estimate: float) -> np.ndarray:
+    """The replicates shifted so that their mean is the run's own estimate (bias-corrected)."""
+    replicates = np.asarray(replicates, dtype=float)
+    return replicates - (replicates.mean() - estimate)
+
+
 def two_level_interval(
     per_seed: Sequence[np.ndarray], rng: np.random.Generator, draws: int = DRAWS
 ) -> tuple[float, float]:
@@ -99,7 +105,7 @@ def configurations(
                 row |= {metric: None, f"{metric}_lo": None, f"{metric}_hi": None}
                 continue
             per_seed = [
-                replicates.get(metric, {}).get(run_id, np.array([v]))
+                centred(replicates.get(metric, {}).get(run_id, np.array([v])), v)
                 for run_id, v in zip(group["run_id"], values, strict=True)
             ]
             lo, hi = two_level_interval(per_seed, rng)
