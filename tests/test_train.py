@@ -510,3 +510,13 @@ def test_missing_data_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="image file not found"):
         train(cfg, tmp_path / "run", quiet())
     assert not (tmp_path / "run").exists()
+
+
+def test_the_allocator_is_told_to_keep_freed_memory_where_it_is_glibc():
+    import platform
+
+    from diffobj.allocator import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory()  # both thresholds accepted (mallopt returns 1)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from diffobj.allocator import keep_freed_memory
 from diffobj.errors import UserError, missing_extra
 
 # subcommand -> (module under diffobj.commands, one-line help)
@@ -59,6 +60,7 @@ def _command_in(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    keep_freed_memory()
     parser = build_parser(only=_command_in(argv) or "")
     args = parser.parse_args(argv)
     try:

@@ -225,7 +225,9 @@ class StageResources(Strict):
 # GPUs in their `resources:`; a stage given there keeps these values for the keys it omits.
 STAGE_DEFAULTS: dict[str, dict[str, int]] = {
     "prepare_data": {"mem_mb": 8000, "runtime": 60},
-    "optimal_loss": {"threads": 2, "mem_mb": 16000, "runtime": 120},
+    # one thread, as the other CPU stages: a 2-thread job on a 2-core machine waits for both
+    # cores to be free at once, which among 1-thread jobs happens only at the end of the DAG
+    "optimal_loss": {"threads": 1, "mem_mb": 16000, "runtime": 120},
     "train": {"mem_mb": 8000, "runtime": 60},
     "sample": {"mem_mb": 8000, "runtime": 60},
     "nll": {"mem_mb": 8000, "runtime": 60},

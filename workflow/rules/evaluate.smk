@@ -11,6 +11,7 @@ rule train_features:
         data=lambda w: data_dir(w.dataset),
     log:
         f"{R}/logs/train_features/{{dataset}}.log",
+    priority: 1
     threads: stage_threads("classifier")
     resources:
         **stage_resources("classifier"),
@@ -27,6 +28,7 @@ rule fd_reference:
         f"{R}/features/{{dataset}}-ref.npz",
     log:
         f"{R}/logs/fd_reference/{{dataset}}.log",
+    priority: 1
     threads: stage_threads("classifier")
     resources:
         **stage_resources("classifier"),
@@ -128,6 +130,7 @@ rule fd_real:
         f"{R}/features/{{dataset}}-test-fd.json",
     log:
         f"{R}/logs/fd_real/{{dataset}}.log",
+    priority: 1
     threads: stage_threads("classifier")
     resources:
         **stage_resources("classifier"),

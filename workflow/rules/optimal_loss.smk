@@ -13,6 +13,9 @@ rule optimal_loss:
         subset=f"--subset {OPT.subset}" if OPT.subset else "",
     log:
         f"{R}/logs/optimal_loss/{{dataset}}-{{process}}.log",
+    # shared jobs first (also train_features, fd_reference): left to the end, on a few cores
+    # they wait behind the trainings and then run as a serial tail before the tables
+    priority: 1
     threads: stage_threads("optimal_loss")
     resources:
         **stage_resources("optimal_loss"),
@@ -33,6 +36,7 @@ rule optimal_loss_convergence:
         lam=lambda w: " ".join(str(v) for v in S.processes[w.process].log_snr_range),
     log:
         f"{R}/logs/optimal_loss/{{dataset}}-{{process}}-convergence.log",
+    priority: 1
     threads: stage_threads("optimal_loss")
     resources:
         **stage_resources("optimal_loss"),

@@ -36,11 +36,14 @@ def corrupt(
 def masked_cross_entropy(logits: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Σ over masked tokens of -log p(x | z), per data dimension: (B,) nats / D."""
     # classes last, one row per token: the fast (N, V) kernel; a view when the network made
-    # its logits class-last (the MLP), a copy otherwise
+    # its logits class-last (the MLP), a copy otherwise. Only masked tokens enter the sum, so
+    # only their rows go through the softmax: about half the rows on average over t.
     vocab = logits.shape[1]
     rows = logits.float().movedim(1, -1).reshape(-1, vocab)
-    ce = F.cross_entropy(rows, x.reshape(-1), reduction="none").view(x.shape)
-    return (ce * (z == MASK)).flatten(1).sum(1) / x[0].numel()
+    masked = (z == MASK).reshape(-1)
+    ce = F.cross_entropy(rows[masked], x.reshape(-1)[masked], reduction="none")
+    per_token = rows.new_zeros(masked.shape).masked_scatter(masked, ce)
+    return per_token.view(x.shape[0], -1).sum(1) / x[0].numel()
 
 
 def weighted_loss(
