@@ -85,9 +85,10 @@ TABLE_COLUMNS = (
 
 
 def images_to_unit(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, ...) images as float32 (N, D) in [-1, 1] (x = u8 / 127.5 - 1)."""
+    """uint8 (N, ...) images as float32 (N, D) in [-1, 1] (x = u8 / 127.5 - 1), in place: one
+    float32 copy at the peak (ImageNet 64: 63 GB, not 126 GB)."""
     flat = torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), -1))
-    return flat.to(torch.float32) / 127.5 - 1
+    return flat.to(torch.float32).div_(127.5).sub_(1)
 
 
 def images_to_tokens(images: np.ndarray) -> torch.Tensor:
