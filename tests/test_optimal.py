@@ -286,7 +286,47 @@ def test_convergence_study_writes_every_estimator(tmp_path, images_file):
     assert code == 0
     rows = read(out)
     assert {r["estimator"] for r in rows} == {"snis", "dol", "cdol"}
-    assert len(rows) == 3 * 2 * 4  # levels x subsets x (snis, dol, two cdol)
+    assert len(rows) == 3 * 2 * 5  # levels x subsets x (snis, dol, two cdol, cdol at default C)
+    for L in (4, 8):  # the C of `--estimator cdol` is among the study's, whatever --C-factors
+        at = [r for r in rows if r["estimator"] == "cdol" and int(r["subset"]) == L]
+        default = [r for r in at if float(r["C"]) == pytest.approx(optimal.default_c(40, L))]
+        assert len(default) == 3  # one per level
+        assert float(default[0]["C_factor"]) == pytest.approx(optimal.default_c(40, L) * L / 40)
+
+
+def test_convergence_study_adds_the_default_c_only_when_no_factor_gives_it():
+    images = np.random.default_rng(1).integers(0, 256, size=(30, 2, 2, 1), dtype=np.uint8)
+    sched = schedules.build("vp_cosine", schedules.load_library()["vp_cosine"], (-5.0, 5.0))
+    factor = optimal.default_c(30, 5) * 5 / 30
+    common = dict(levels=1, queries=10, subsets=[5], progress=False)
+    given = optimal.convergence_study(images, sched, c_factors=[1.0, factor], **common)
+    added = optimal.convergence_study(images, sched, c_factors=[1.0], **common)
+    for rows in (given, added):
+        cdol = sorted(r["C_factor"] for r in rows if r["estimator"] == "cdol")
+        assert cdol == pytest.approx(sorted([1.0, factor]))
+
+
+def test_convergence_figure_marks_the_default_c_per_subset_size():
+    from diffobj.plots_optimal import convergence_figure
+
+    images = np.random.default_rng(2).integers(0, 256, size=(40, 2, 2, 1), dtype=np.uint8)
+    sched = schedules.build("vp_cosine", schedules.load_library()["vp_cosine"], (-5.0, 5.0))
+    rows = optimal.convergence_study(
+        images, sched, levels=2, queries=16, subsets=[4, 8], c_factors=[1.0, 4.0], progress=False
+    )
+    panel = convergence_figure(rows).axes[2]
+    marks = {
+        line.get_label(): line.get_xdata()
+        for line in panel.get_lines()
+        if line.get_label().startswith("default C")
+    }
+    assert len(marks) == 2
+    for L in (4, 8):
+        factor = optimal.default_c(40, L) * L / 40
+        (label,) = [k for k in marks if k.startswith(f"default C, L = {L}:")]
+        assert np.allclose(marks[label], factor) and label.endswith(f"{factor:.3g} N/L")
+    legend = [t.get_text() for t in convergence_figure(rows).axes[0].get_legend().get_texts()]
+    assert "cdol default C" in legend
 
 
 BAD = {

@@ -105,6 +105,14 @@ def test_resolved_run_config_is_self_contained(tmp_path, root):
             lambda d: d["grid"][0].update(training={"stepz": 3}),
             "grid.0.training: unknown key 'stepz'",
         ),
+        (
+            lambda d: d.update(optimal_loss={"estimator": "cdol"}),
+            "optimal_loss: Value error, estimator cdol needs subset",
+        ),
+        (
+            lambda d: d.update(optimal_loss={"estimator": "snis", "subset": 64}),
+            "optimal_loss.estimator: snis is for Gaussian processes; the masked process 'masked'",
+        ),
     ],
 )
 def test_bad_specs_fail_naming_file_key_and_value(tmp_path, root, edit, message):

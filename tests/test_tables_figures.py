@@ -95,3 +95,104 @@ def test_sample_grid_tiles_images():
     tiled = figures._tile(images)
     assert tiled.shape == (4 * 9, 4 * 9)
     assert tiled[0:8, 27:35].min() == 255 and tiled[0:8, 0:8].max() == 0
+
+
+def test_training_density_plots_the_drawn_log_snr_density():
+    """Counts drawn from a known density per bin, plotted back as that density (count / total /
+    bin width), first-half windows left out, bins with no draws at 0, one line per config."""
+    known = {  # per (process, weighting): density per unit lam on its bins
+        ("fm", "fm"): np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.2, 0.1, 0.05]),  # width 1 on [-4, 4]
+        ("fm", "xu_optimal"): np.array([0.0, 0.0, 0.05, 0.05, 0.1, 0.4, 0.3, 0.1]),
+        ("edm", "edm"): np.array([0.05, 0.1, 0.2, 0.15]),  # width 2 on [-4, 4]
+    }
+    runs, rows, bins = [], [], []
+    for (process, weighting), p in known.items():
+        k = len(p)
+        width = 8 / k
+        centres = -4 + width * (np.arange(k) + 0.5)
+        for seed in (0, 1):
+            run = f"{process}-{weighting}-s{seed}"
+            runs.append((run, process, weighting, seed))
+            density = "optimal_loss_schedule" if weighting == "xu_optimal" else "schedule"
+            bins.append((run, density, -4.0, 4.0, k))
+            for step in range(10, 101, 10):
+                # first half: uniform draws (must be ignored); second half: the known density
+                counts = np.full(k, 7) if step <= 50 else np.rint(p * width * 1000).astype(int)
+                rows += [
+                    (run, step, float(c), 0.1, int(n))
+                    for c, n in zip(centres, counts, strict=True)
+                    if n > 0  # the training table holds only bins with draws
+                ]
+    training = tables.validate(
+        "training",
+        pl.DataFrame(rows, schema=["run_id", "step", "log_snr", "error", "count"], orient="row"),
+    )
+    runs_table = pl.DataFrame(
+        [
+            {
+                "run_id": run,
+                "dataset": "digits",
+                "process": process,
+                "kind": "gaussian",
+                "schedule": "vp_cosine",
+                "weighting": weighting,
+                "model": "tiny",
+                "seed": seed,
+                "monotonic": True,
+            }
+            for run, process, weighting, seed in runs
+        ]
+    )
+    bins_table = pl.DataFrame(
+        bins,
+        schema=["run_id", "density", "log_snr_min", "log_snr_max", "log_snr_bins"],
+        orient="row",
+    )
+    fig = figures.training_density(training, tables.validate("runs", runs_table), bins_table)
+    by_title = {ax.get_title().split(" ")[0]: ax for ax in fig.axes}
+    assert set(by_title) == {"fm", "edm"}
+    for process in ("fm", "edm"):
+        ax = by_title[process]
+        expected = [p for (proc, _), p in known.items() if proc == process]
+        k = len(expected[0])
+        lines = [line for line in ax.get_lines() if len(line.get_xdata()) == k]
+        assert len(lines) == len(expected)
+        for line in lines:
+            y = np.asarray(line.get_ydata(), float)
+            assert any(np.allclose(y, p) for p in expected), (process, y)
+        np.testing.assert_allclose(lines[0].get_xdata(), -4 + (8 / k) * (np.arange(k) + 0.5))
+        assert ax.get_xlabel() == "log-SNR λ" and "per unit λ" in ax.get_ylabel()
+    # the optimal-loss schedule's runs are told apart from the plain ones by their density
+    legend = [t.get_text() for t in by_title["fm"].get_legend().get_texts()]
+    assert "xu_optimal / optimal_loss_schedule" in legend and "fm / schedule" in legend
+
+
+def test_training_density_reads_each_runs_density_and_bins_from_the_spec():
+    from pathlib import Path
+
+    from diffobj import spec
+    from diffobj.commands.figures import FIGURES, density_bins
+
+    root = Path(__file__).resolve().parents[1]
+    loaded = spec.load(root / "config" / "experiments" / "optimal_loss_schedule.yaml", root)
+    assert "training_density" in loaded.spec.figures and "training_density" in FIGURES
+    bins = density_bins(loaded)
+    xu = bins["run_id"].str.contains("xu_optimal")
+    assert (bins.filter(xu)["density"] == "optimal_loss_schedule").all()
+    assert (bins.filter(~xu)["density"] == "schedule").all() and len(bins) == 8
+    assert bins.select("log_snr_min", "log_snr_max", "log_snr_bins").unique().rows() == [
+        (-10.0, 13.0, 16)
+    ]
+
+
+def test_every_figure_has_a_drawer_rule_inputs_and_a_caption():
+    from pathlib import Path
+
+    from diffobj.commands.figures import DRAW, FIGURES
+
+    root = Path(__file__).resolve().parents[1]
+    rules = (root / "workflow" / "rules" / "figures.smk").read_text()
+    assert set(DRAW) == set(FIGURES)
+    for name in FIGURES:
+        assert f'"{name}": ' in rules, name
+        assert (root / "workflow" / "report" / f"{name}.rst").stat().st_size > 0, name

@@ -98,6 +98,32 @@ def test_every_spec_dry_runs(tmp_path, spec):
 
 
 @pytest.mark.parametrize(
+    ("spec", "runs", "estimator", "device"),
+    [
+        ("optimal_loss_schedule_cifar10", 8, "--estimator exact ", " --device cuda"),
+        ("scaling_imagenet64", 4, "--estimator cdol --subset 16384", " --device cuda"),
+        ("optimal_loss_schedule", 8, "--estimator exact ", None),
+    ],
+)
+def test_optimal_loss_runs_on_the_device_its_resources_ask_for(
+    tmp_path, spec, runs, estimator, device
+):
+    """GPU specs put the estimator on the GPU; a CPU spec's command is left as it was (the
+    command's default is the CPU), so results already made are not planned again."""
+    (tmp_path / "data" / "imagenet64").mkdir(parents=True)  # stand-ins: the dry run reads none
+    (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(b"stand-in")
+    result = snakemake(tmp_path, ROOT / "config" / "experiments" / f"{spec}.yaml", "-n", "-p")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["train"] == runs and jobs["optimal_loss"] >= 1
+    commands = re.findall(r"diffobj optimal-loss .*$", result.stdout + result.stderr, re.M)
+    assert len(commands) == jobs["optimal_loss"] + jobs.get("optimal_loss_convergence", 0)
+    for command in commands:
+        assert estimator in command or "--convergence" in command
+        assert (device in command) if device else ("--device" not in command)
+
+
+@pytest.mark.parametrize(
     ("spec", "runs", "bounds"),
     [("conditional_digits", 9, True), ("st_imagenet64", 6, False)],
 )

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from diffobj.io import atomic_path  # noqa: E402
-from diffobj.optimal import critical_log_snr  # noqa: E402
+from diffobj.optimal import critical_log_snr, default_c  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts, CSV rows, or a polars DataFrame
 
@@ -107,7 +107,8 @@ def _label_process(axes, process: str) -> None:
 
 def convergence_figure(rows: Rows) -> plt.Figure:
     """(a) estimates against log-SNR at the smallest subset, (b) total relative error against L,
-    (c) cDOL's error against C (DOL is C = 1). Error: Σ_levels |bias| / Σ_levels exact."""
+    (c) cDOL's error against C (DOL is C = 1), the default C of each L dashed (★: its error).
+    Error: Σ_levels |bias| / Σ_levels exact."""
     c = _columns(rows)
     sns.set_theme(context="paper", style="whitegrid")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -138,12 +139,27 @@ def convergence_figure(rows: Rows) -> plt.Figure:
     for L in np.unique(c["subset"]):
         at = (c["subset"] == L) & np.isin(c["estimator"], ["dol", "cdol"])
         factors = sorted({float(v) for v in c["C_factor"][at]})
-        axes[2].plot(
+        (line,) = axes[2].plot(
             factors,
             [_total_error(c, at & (c["C_factor"] == f)) for f in factors],
             "o-",
             label=f"L = {int(L)}",
         )
+        # the C that `--estimator cdol` uses (default_c, ~2N/L), as a factor of N/L
+        n_data = int(c["n_data"][c["subset"] == L][0])
+        factor = default_c(n_data, int(L)) * L / n_data
+        axes[2].axvline(
+            factor,
+            color=line.get_color(),
+            ls="--",
+            lw=1,
+            label=f"default C, L = {int(L)}: {factor:.3g} N/L",
+        )
+        default = at & _default_c(c)
+        if default.any():
+            axes[2].plot(
+                [factor], [_total_error(c, default)], "*", ms=11, color=line.get_color(), zorder=3
+            )
     axes[0].set(
         ylim=(0, 1.5 * exact[1].max()),
         xlabel="log-SNR λ",
@@ -173,13 +189,25 @@ def convergence_figure(rows: Rows) -> plt.Figure:
 
 
 def _variants(c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """snis, dol and one cdol per C factor -> row mask."""
+    """snis, dol, cdol at its default C (its factor of N/L depends on L) and one cdol per other
+    C factor -> row mask."""
     out = {}
     for name in ("snis", "dol"):
         out[name] = c["estimator"] == name
-    for factor in sorted({float(f) for f in c["C_factor"][c["estimator"] == "cdol"]}):
-        out[f"cdol C={factor:g}N/L"] = (c["estimator"] == "cdol") & (c["C_factor"] == factor)
+    cdol = c["estimator"] == "cdol"
+    default = cdol & _default_c(c)
+    out["cdol default C"] = default
+    for factor in sorted({float(f) for f in c["C_factor"][cdol & ~default]}):
+        out[f"cdol C={factor:g}N/L"] = cdol & ~default & (c["C_factor"] == factor)
     return {k: v for k, v in out.items() if v.any()}
+
+
+def _default_c(c: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows whose C is the default (diffobj.optimal.default_c of their N and L)."""
+    default = np.array(
+        [default_c(int(n), int(L)) for n, L in zip(c["n_data"], c["subset"], strict=True)]
+    )
+    return np.isclose(c["C"], default, rtol=1e-9, atol=0)
 
 
 def _unique_levels(c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -147,6 +147,15 @@ class OptimalLoss(Strict):
         True, description="also run the estimator study (SNIS / DOL / cDOL vs exact)"
     )
 
+    @model_validator(mode="after")
+    def _subset_estimator_has_a_subset(self) -> OptimalLoss:
+        if self.estimator != "exact" and self.subset is None:
+            raise ValueError(
+                f"estimator {self.estimator} needs subset: L, the data points each query sees "
+                "(2 <= L <= N; cdol's C defaults to about 2N/L)"
+            )
+        return self
+
 
 class Sampling(Strict):
     num: int = Field(1000, gt=0)
@@ -553,6 +562,12 @@ def _check_references(
         bad = set(entry.training) - set(Training.model_fields)
         if bad:
             raise SpecError(f"{where}.training: unknown key {sorted(bad)[0]!r}")
+        estimator = spec.optimal_loss.estimator
+        if spec.optimal_loss.enabled and kind == "masked" and estimator != "exact":
+            raise SpecError(
+                f"{path}: optimal_loss.estimator: {estimator} is for Gaussian processes; the "
+                f"masked process {entry.process!r} (grid.{i}) has only the exact estimator"
+            )
 
 
 def _check_buildable(loaded: LoadedSpec) -> None:

@@ -1,4 +1,6 @@
 OPT = S.optimal_loss
+# the estimator runs where the spec's resources.optimal_loss put it (the command's default: CPU)
+OPT_DEVICE = " --device cuda" if S.resources.optimal_loss.gpus > 0 else ""
 
 
 rule optimal_loss:
@@ -22,7 +24,7 @@ rule optimal_loss:
     shell:
         "diffobj optimal-loss --data {input} --process {params.kind} --schedule {params.schedule}"
         " --log-snr-range {params.lam} --levels {OPT.levels} --queries {OPT.queries}"
-        " --estimator {OPT.estimator} {params.subset} --seed 0 --out {output} > {log} 2>&1"
+        " --estimator {OPT.estimator} {params.subset}{OPT_DEVICE} --seed 0 --out {output} > {log} 2>&1"
 
 
 rule optimal_loss_convergence:
@@ -43,4 +45,4 @@ rule optimal_loss_convergence:
     shell:
         "diffobj optimal-loss --convergence --data {input} --process {params.kind}"
         " --schedule {params.schedule} --log-snr-range {params.lam} --levels 8"
-        " --queries {OPT.queries} --seed 0 --out {output} > {log} 2>&1"
+        " --queries {OPT.queries}{OPT_DEVICE} --seed 0 --out {output} > {log} 2>&1"

@@ -14,6 +14,7 @@ FIGURES = (
     "gap_quality",
     "convergence",
     "training_curves",
+    "training_density",
     "samples",
     "scaling",
 )
@@ -123,6 +124,37 @@ def _training_curves(loaded, results, out):
     return figures.training_curves(_table(results, "training_log"), _table(results, "runs"))
 
 
+def _training_density(loaded, results, out):
+    from diffobj import figures
+
+    return figures.training_density(
+        _table(results, "training"), _table(results, "runs"), density_bins(loaded)
+    )
+
+
+def density_bins(loaded):
+    """Per run of the spec: its training density (training.density, default "schedule") and
+    its fixed log-SNR bins (the process's log_snr_range in training.log_snr_bins equal bins:
+    diffobj.densities.bin_edges), as the resolved run config (runs/<id>/config.yaml) has them."""
+    import polars as pl
+
+    from diffobj.densities import density_name
+
+    rows = []
+    for r in loaded.runs:
+        lo, hi = r.process_cfg["log_snr_range"]
+        rows.append(
+            {
+                "run_id": r.id,
+                "density": density_name(r.training_cfg),
+                "log_snr_min": float(lo),
+                "log_snr_max": float(hi),
+                "log_snr_bins": int(r.training_cfg["log_snr_bins"]),
+            }
+        )
+    return pl.DataFrame(rows)
+
+
 def _samples(loaded, results, out):
     import numpy as np
 
@@ -193,6 +225,7 @@ DRAW = {
     "gap_quality": _gap_quality,
     "convergence": _convergence,
     "training_curves": _training_curves,
+    "training_density": _training_density,
     "samples": _samples,
     "scaling": _scaling,
 }

@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[1.0, 2.0, 4.0, 16.0],
         metavar="F",
-        help="study cDOL at C = F * N / L (the default C is ~2N/L for L << N)",
+        help="study cDOL at C = F * N / L; the default C (~2N/L for L << N) is always added",
     )
 
 
