@@ -169,4 +169,21 @@ def test_training_with_the_papers_weighting_and_schedule(tmp_path, one_cpu_threa
     result = train(cfg, tmp_path / "run", TrainOptions(optimal_loss=table, **options))
     assert result.step == 6 and all(math.isfinite(r["loss"]) for r in result.log_rows)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / CHECKPOINT_NAME)
-    assert not state["adaptive"]["running_error"].isnan().all()
+    # every draw of the refresh windows is pooled: 48 in 16 bins, none has MIN_DRAWS yet
+    assert state["adaptive"]["pending_count"].sum() == 6 * 8
+    assert state["adaptive"]["running_error"].isnan().all()
+
+
+def test_a_bin_enters_the_gap_only_once_it_has_pooled_min_draws():
+    # 40 draws of error 2.0 in bin 0 per window: too few alone (a chance gap where W is large
+    # would draw the run there); the second window brings 80 pooled draws, folded in as one mean
+    density, _ = make("optimal_loss_schedule", "gaussian")
+    count = torch.zeros(8, dtype=torch.float64)
+    count[0] = 40
+    density.update(2.0 * count, count)
+    assert torch.equal(density.running_error, GAP)
+    density.update(2.0 * count, count)
+    expected = GAP.clone()
+    expected[0] = (1 - densities.ERROR_EMA) * GAP[0] + densities.ERROR_EMA * 2.0
+    assert torch.allclose(density.running_error, expected)
+    assert density.pending_count.sum() == 0  # pooled draws are used once

@@ -121,7 +121,7 @@ def test_the_scaling_figure_command_writes_per_level_fits(tmp_path):
     loaded = spec.load(spec_path, root=root)
     (tmp_path / "data" / "digits").mkdir(parents=True)
     np.save(tmp_path / "data" / "digits" / "images.npy", np.zeros((4, 8, 8, 1), np.uint8))
-    width = {"w8": 8, "w16": 16, "w32": 32, "w64": 64}
+    width = {"w32": 32, "w64": 64, "w128": 128, "w256": 256}
     rows = [
         {
             "run_id": r.id,
@@ -153,3 +153,30 @@ def test_the_scaling_figure_command_writes_per_level_fits(tmp_path):
     assert fits.height == 2 * 2 * 2  # levels x fits x sizes
     clean = fits.filter(pl.col("fit") == "minus_optimal")
     assert (clean["b"] > 0).all() and (clean["pearson_r"] < -0.9).all()
+
+
+def test_the_scaling_figure_draws_each_levels_exponent_raw_and_minus_optimal():
+    # J_lam(F) = 0.1 + F^(-b_lam) with b = 0.3 at lam = -2 and 0.6 at lam = 2: the J*-subtracted
+    # panel shows exactly those exponents and |rho| = 1; the raw fit bends, so its b is smaller
+    from diffobj import figures
+
+    size = np.geomspace(1e3, 1e6, 4)
+    exponents = {-2.0: 0.3, 2.0: 0.6}
+    levels = pl.DataFrame(
+        [
+            {"kind": "gaussian", "log_snr": lam, "n_params": f, "optimal_loss": 0.1}
+            | {"model_loss": 0.1 + f**-b}
+            for lam, b in exponents.items()
+            for f in size
+        ]
+    )
+    points = pl.DataFrame(
+        {"kind": "gaussian", "n_params": size, "loss": 0.2 + size**-0.5, "optimal_loss": 0.2}
+    )
+    fig = figures.scaling(points, per_level_fits(levels, "n_params"))
+    b_ax, r_ax = fig.axes[2], fig.axes[3]
+    drawn = {c.get_label(): c.lines[0].get_ydata() for c in b_ax.containers}
+    assert np.allclose(drawn["J − J*"], [0.3, 0.6])
+    assert (drawn["raw J"] < drawn["J − J*"]).all()
+    rho = {line.get_label(): line.get_ydata() for line in r_ax.get_lines()}
+    assert np.allclose(rho["J − J*"], 1.0)

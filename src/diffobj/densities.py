@@ -18,7 +18,9 @@ The reweighted objective of a run, written in log-SNR (SCIENCE §2),
   Before the first refresh lam is drawn from the run's schedule, also uncorrected.
 
 gap = running binned training error − optimal loss, piecewise constant over the fixed log-SNR
-bins, refreshed during training. w is evaluated on the run's own schedule at the same log-SNR
+bins, refreshed during training. A bin's draws are pooled over refresh windows until it has
+``MIN_DRAWS`` of them: the mean of a few draws is noisy, and where W is large (the low-SNR end of
+an x0-scale weighting) a small chance gap there drew most of a run's draws for hundreds of steps. w is evaluated on the run's own schedule at the same log-SNR
 (weightings such as masked "simple" read the schedule's t and alpha').
 """
 
@@ -40,6 +42,7 @@ from diffobj.weightings import Weighting
 
 FLOOR_FRACTION = 0.05  # corrected: floor = this share of the mean positive gap (bounds W/p)
 ERROR_EMA = 0.5  # running binned error: weight of the newest refresh window
+MIN_DRAWS = 64  # a bin's draws are pooled over windows until this many: its mean is then ±1/8 sd
 GRID = 8193  # p tabulated on this many lam points: a jump at a bin edge blurs over one cell
 DENSITIES = ("schedule", "adaptive_corrected", "optimal_loss_schedule")
 
@@ -109,22 +112,35 @@ class GapDensity:
         centres = bin_centres(edges).numpy()
         self.optimal = torch.as_tensor(scales.interpolate_optimal(centres, lam, opt, kind))
         self.running_error = torch.full((len(edges) - 1,), float("nan"), dtype=torch.float64)
+        self.pending_sum = torch.zeros(len(edges) - 1, dtype=torch.float64)  # not yet folded in
+        self.pending_count = torch.zeros(len(edges) - 1, dtype=torch.float64)
         self.density_schedule: Schedule | None = None  # None: not refreshed yet, use the run's
 
     # -- state (checkpointed) ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"running_error": self.running_error.clone()}
+        return {
+            "running_error": self.running_error.clone(),
+            "pending_sum": self.pending_sum.clone(),
+            "pending_count": self.pending_count.clone(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.running_error = state["running_error"].to(torch.float64)
+        zeros = torch.zeros_like(self.running_error)  # checkpoints from before pooling
+        self.pending_sum = state.get("pending_sum", zeros).to(torch.float64)
+        self.pending_count = state.get("pending_count", zeros).to(torch.float64)
         self.refresh_schedule()
 
     # -- refresh ------------------------------------------------------------------------------
     def update(self, error_sum: torch.Tensor, count: torch.Tensor) -> None:
-        """Fold one window of binned training errors into the running error; rebuild p."""
-        error_sum, count = error_sum.double().cpu(), count.double().cpu()
-        seen = count > 0
-        window = torch.where(seen, error_sum / count.clamp_min(1), torch.nan)
+        """Pool one window of binned training errors; fold the bins with ``MIN_DRAWS`` pooled
+        draws into the running error; rebuild p."""
+        self.pending_sum += error_sum.double().cpu()
+        self.pending_count += count.double().cpu()
+        seen = self.pending_count >= MIN_DRAWS
+        window = torch.where(seen, self.pending_sum / self.pending_count.clamp_min(1), torch.nan)
+        self.pending_sum = torch.where(seen, 0.0, self.pending_sum)
+        self.pending_count = torch.where(seen, 0.0, self.pending_count)
         fresh = seen & self.running_error.isnan()
         blended = (1 - ERROR_EMA) * self.running_error + ERROR_EMA * window
         self.running_error = torch.where(

@@ -369,11 +369,17 @@ def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str
     }
 
 
-def scaling(points: pl.DataFrame) -> plt.Figure:
+def scaling(points: pl.DataFrame, fits: pl.DataFrame | None = None) -> plt.Figure:
     """Loss and loss − optimal loss against model size, with power-law fits side by side
-    (Xu et al. Fig. 3): columns n_params, kind, loss, optimal_loss."""
+    (Xu et al. Fig. 3): columns n_params, kind, loss, optimal_loss. With ``fits``
+    (``scaling.per_level_fits`` against n_params), two more panels per process: per noise
+    level, the exponent b with its 95% interval and the Pearson |ρ| of the log-log points, raw
+    and J*-subtracted (Fig. 3b, 7, 8)."""
     kinds = points["kind"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(len(kinds), 2, figsize=(11, 4 * len(kinds)), squeeze=False)
+    columns = 2 if fits is None else 4
+    fig, axes = plt.subplots(
+        len(kinds), columns, figsize=(5.5 * columns, 4 * len(kinds)), squeeze=False
+    )
     for row, kind in enumerate(kinds):
         sub = points.filter(pl.col("kind") == kind).sort("n_params")
         x = sub["n_params"].to_numpy()
@@ -393,8 +399,34 @@ def scaling(points: pl.DataFrame) -> plt.Figure:
                 )
                 ax.legend(fontsize=8)
             ax.set(title=f"{kind}: {title}", xlabel="parameters", ylabel=title)
+        if fits is not None:
+            _per_level_fits(axes[row, 2], axes[row, 3], fits, kind)
     fig.tight_layout()
     return fig
+
+
+PER_LEVEL_FITS = {"raw": "raw J", "minus_optimal": "J − J*"}
+
+
+def _per_level_fits(b_ax: plt.Axes, r_ax: plt.Axes, fits: pl.DataFrame, kind: str) -> None:
+    """Exponent b (95% interval) and |Pearson ρ| per log-SNR level, raw and J*-subtracted."""
+    sub = fits.filter((pl.col("kind") == kind) & (pl.col("against") == "n_params"))
+    for offset, (fit, label) in zip((-0.08, 0.08), PER_LEVEL_FITS.items(), strict=True):
+        f = sub.filter(pl.col("fit") == fit).sort("log_snr")
+        lam, b = f["log_snr"].to_numpy(), f["b"].to_numpy()
+        err = np.vstack([b - f["b_lo"].to_numpy(), f["b_hi"].to_numpy() - b])
+        b_ax.errorbar(lam + offset, b, yerr=err, fmt="o", ms=3, capsize=2, label=label)
+        r_ax.plot(lam, np.abs(f["pearson_r"].to_numpy()), "o-", ms=3, label=label)
+    b_ax.axhline(0, color="black", lw=1)
+    b_ax.set(title=f"{kind}: exponent b per level", xlabel="log-SNR λ", ylabel="b in J = a F^(−b)")
+    r_ax.set(
+        title=f"{kind}: fit quality per level",
+        xlabel="log-SNR λ",
+        ylabel="|Pearson ρ| of log F, log J",
+        ylim=(0, 1.05),
+    )
+    for ax in (b_ax, r_ax):
+        ax.legend(fontsize=8)
 
 
 def gap_quality(correlations: pl.DataFrame) -> plt.Figure:

@@ -180,7 +180,7 @@ def _scaling(loaded, results, out):
     fits = pl.concat([per_level_fits(levels, "n_params"), per_level_fits(levels, "train_flops")])
     with atomic_path(out.with_name(f"{out.stem}_per_level.csv")) as tmp:
         fits.write_csv(tmp)
-    return figures.scaling(points)
+    return figures.scaling(points, fits)
 
 
 def scaling_points(loaded, results):
