@@ -263,3 +263,15 @@ def test_resources_default_to_cpu_and_a_stage_keeps_the_defaults_it_omits(tmp_pa
     assert (train.gpus, train.threads, train.mem_mb, train.runtime) == (2, 8, 8000, 60)
     with pytest.raises(UserError, match="resources.trian: unknown key"):
         spec.load(write_spec(tmp_path, {**MINIMAL, "resources": {"trian": {"gpus": 1}}}), root)
+
+
+def test_commands_joined_by_then_run_in_order_and_stop_at_the_first_failure(tmp_path, root, capsys):
+    good = write_spec(tmp_path, MINIMAL)
+    assert main(["validate", str(good), "--then", "validate", str(good)]) == 0
+    assert capsys.readouterr().out.count("experiment") == 2  # both ran
+    missing = tmp_path / "missing.yaml"
+    schema = tmp_path / "schema.json"
+    argv = ["validate", str(missing), "--then", "validate", "--schema", str(schema)]
+    assert main(argv) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not schema.exists()  # the failure stopped the chain

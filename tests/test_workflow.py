@@ -272,6 +272,43 @@ def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     assert "prepare_data" not in jobs and "optimal_loss" not in jobs
 
 
+def test_one_job_per_run_writes_what_the_separate_jobs_wrote(finished, tmp_path):
+    # evaluation.one_job_per_run chains sample, fid and nll in one process per run; on the
+    # finished DAG's trained runs it must write the same samples, FD and NLL, to the bit
+    import json
+    import shutil
+
+    import numpy as np
+
+    workdir, spec = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir / "results", copy / "results", symlinks=True)
+    combined = yaml.safe_load(spec.read_text())
+    combined["evaluation"]["one_job_per_run"] = True
+    path = copy / "combined.yaml"
+    path.write_text(yaml.safe_dump(combined))
+    runs = sorted(p.name for p in (copy / "results" / "tiny" / "runs").iterdir())
+    names = ("samples.npz", "fd_classifier.json", "nll.json")
+    targets = [f"results/tiny/runs/{run}/{name}" for run in runs for name in names]
+    for target in targets:
+        (copy / target).unlink()
+    result = snakemake(copy, path, "--cores", "2", *targets)
+    assert result.returncode == 0, result.stderr[-5000:]
+    jobs = planned_jobs(result)
+    assert jobs["evaluate_run"] == len(runs)
+    assert not {"sample", "fd_classifier", "nll"} & set(jobs)
+    for target in targets:
+        before, after = workdir / target, copy / target
+        if target.endswith(".npz"):
+            assert np.array_equal(np.load(before)["images"], np.load(after)["images"])
+            continue
+        timing = {"runtime", "seconds", "samples", "run", "data", "ref"}  # paths and clocks
+        old, new = json.loads(before.read_text()), json.loads(after.read_text())
+        assert {k: v for k, v in old.items() if k not in timing} == {
+            k: v for k, v in new.items() if k not in timing
+        }, target
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 # flags for a closed network and a root user (no sandbox), as the machines here need
 CHROMIUM_ARGS = [

@@ -58,9 +58,33 @@ def _command_in(argv: list[str]) -> str | None:
     return next((word for word in argv if word in COMMANDS), None)
 
 
+THEN = "--then"  # `diffobj sample ... --then fid ... --then nll ...`: one process, in order
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand, or several joined by ``--then`` (each as it would run alone, in
+    order, stopping at the first that fails): one Python and torch start-up instead of one per
+    command, for workflow jobs whose commands each take about as long as that start-up."""
     argv = sys.argv[1:] if argv is None else argv
     keep_freed_memory()
+    for command in _split(argv, THEN):
+        status = _run(command)
+        if status:
+            return status
+    return 0
+
+
+def _split(argv: list[str], separator: str) -> list[list[str]]:
+    parts: list[list[str]] = [[]]
+    for word in argv:
+        if word == separator:
+            parts.append([])
+        else:
+            parts[-1].append(word)
+    return parts
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser(only=_command_in(argv) or "")
     args = parser.parse_args(argv)
     try:

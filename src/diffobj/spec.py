@@ -212,6 +212,11 @@ class Evaluation(Strict):
     bootstrap: int = Field(
         200, ge=0, description="replicates over samples for the classifier FD's interval; 0: none"
     )
+    one_job_per_run: bool = Field(
+        False,
+        description="sampling, classifier FD and NLL of a run in one workflow job: one Python "
+        "and torch start-up instead of three (CPU-sized runs, where each takes about as long)",
+    )
     bounds: bool = Field(False, description="the cascade of improved bounds L^(i) per run")
     bounds_cuts: int = Field(16, gt=0, description="cuts t(1..T) of the bounds")
     bounds_images: int = Field(256, gt=0, description="model evaluations per log-SNR level")

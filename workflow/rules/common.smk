@@ -53,6 +53,21 @@ def stage_threads(stage):
     return getattr(S.resources, stage).threads
 
 
+EVALUATE_RUN_STAGES = ("sample", "classifier", "nll")  # the stages evaluate_run does in one job
+
+
+def combined_resources(stages):
+    """Resources of one job doing the work of several stages in turn: the most of each need,
+    the sum of the walltimes."""
+    needs = [getattr(S.resources, stage) for stage in stages]
+    runtime = sum(need.runtime for need in needs)
+    return {
+        "gpu": max(need.gpus for need in needs),
+        "mem_mb": max(need.mem_mb for need in needs),
+        "runtime": lambda wildcards, attempt: runtime * attempt,
+    }
+
+
 def stage_resources(stage, resumable=False):
     """Snakemake resources of a stage's jobs, from the spec's resources.<stage>: what the
     experiment needs belongs to the experiment (the profile holds the cluster's settings).

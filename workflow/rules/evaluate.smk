@@ -36,21 +36,34 @@ rule fd_reference:
         "diffobj fid-ref --data {input.images} --features {input.features} --out {output} > {log} 2>&1"
 
 
-rule fd_classifier:
-    input:
-        samples=f"{R}/runs/{{run}}/samples.npz",
-        ref=lambda w: f"{R}/features/{dataset_of(w)}-ref.npz",
-        features=lambda w: f"{R}/features/{dataset_of(w)}.pt",
-    output:
-        f"{R}/runs/{{run}}/fd_classifier.json",
-    log:
-        f"{R}/logs/fd_classifier/{{run}}.log",
-    threads: stage_threads("classifier")
-    resources:
-        **stage_resources("classifier"),
-    shell:
-        "OMP_NUM_THREADS={threads} diffobj fid --samples {input.samples} --ref {input.ref}"
-        " --features {input.features} --bootstrap {EVAL.bootstrap} --seed 0 --out {output} > {log} 2>&1"
+def fd_classifier_command(run):
+    """`diffobj fid` with the classifier features, of one run: shared with evaluate_run."""
+    features = f"{R}/features/{RUNS[run].dataset}"
+    return (
+        f"fid --samples {run_dir(run)}/samples.npz --ref {features}-ref.npz"
+        f" --features {features}.pt --bootstrap {EVAL.bootstrap} --seed 0"
+        f" --out {run_dir(run)}/fd_classifier.json"
+    )
+
+
+if not EVAL.one_job_per_run:
+
+    rule fd_classifier:
+        input:
+            samples=f"{R}/runs/{{run}}/samples.npz",
+            ref=lambda w: f"{R}/features/{dataset_of(w)}-ref.npz",
+            features=lambda w: f"{R}/features/{dataset_of(w)}.pt",
+        output:
+            f"{R}/runs/{{run}}/fd_classifier.json",
+        params:
+            command=lambda w: fd_classifier_command(w.run),
+        log:
+            f"{R}/logs/fd_classifier/{{run}}.log",
+        threads: stage_threads("classifier")
+        resources:
+            **stage_resources("classifier"),
+        shell:
+            "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"
 
 
 rule fid_reference:
@@ -86,27 +99,35 @@ rule fid:
         "diffobj fid --samples {input.samples} --ref {input.ref} {params.weights} --out {output} > {log} 2>&1"
 
 
-rule nll:
-    input:
-        model=f"{R}/runs/{{run}}/model.pt",
-        test=lambda w: f"{data_dir(dataset_of(w))}/test/images.npy",
-    output:
-        f"{R}/runs/{{run}}/nll.json",
-    params:
-        out=lambda w: run_dir(w.run),
-        # VDM's data grid applies to the Gaussian bound only
-        grid=lambda w: (
-            f"--grid {EVAL.nll_grid}" if kind(RUNS[w.run].process) == "gaussian" else ""
-        ),
-    log:
-        f"{R}/logs/nll/{{run}}.log",
-    threads: stage_threads("nll")
-    resources:
-        **stage_resources("nll"),
-    shell:
-        "OMP_NUM_THREADS={threads} diffobj nll --run {params.out} --data {input.test}"
-        " --samples-per-image {EVAL.nll_samples_per_image} --time-sampling {EVAL.nll_time_sampling}"
-        " {params.grid} --seed 0 --out {output} > {log} 2>&1"
+def nll_command(run):
+    """`diffobj nll` of one run: shared with evaluate_run."""
+    # VDM's data grid applies to the Gaussian bound only
+    gaussian = kind(RUNS[run].process) == "gaussian"
+    grid = f" --grid {EVAL.nll_grid}" if gaussian else ""
+    return (
+        f"nll --run {run_dir(run)} --data {data_dir(RUNS[run].dataset)}/test/images.npy"
+        f" --samples-per-image {EVAL.nll_samples_per_image}"
+        f" --time-sampling {EVAL.nll_time_sampling}{grid} --seed 0 --out {run_dir(run)}/nll.json"
+    )
+
+
+if not EVAL.one_job_per_run:
+
+    rule nll:
+        input:
+            model=f"{R}/runs/{{run}}/model.pt",
+            test=lambda w: f"{data_dir(dataset_of(w))}/test/images.npy",
+        output:
+            f"{R}/runs/{{run}}/nll.json",
+        params:
+            command=lambda w: nll_command(w.run),
+        log:
+            f"{R}/logs/nll/{{run}}.log",
+        threads: stage_threads("nll")
+        resources:
+            **stage_resources("nll"),
+        shell:
+            "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"
 
 
 def evaluation_files():
@@ -137,3 +158,42 @@ rule fd_real:
     shell:
         "diffobj fid --samples {input.test} --ref {input.ref} --features {input.features}"
         " --out {output} > {log} 2>&1"
+
+
+if EVAL.one_job_per_run:
+
+    def evaluate_run_inputs(wildcards):
+        dataset = dataset_of(wildcards)
+        inputs = {"model": f"{R}/runs/{wildcards.run}/model.pt"}
+        if EVAL.fd_classifier:
+            inputs |= {
+                "ref": f"{R}/features/{dataset}-ref.npz",
+                "features": f"{R}/features/{dataset}.pt",
+            }
+        if EVAL.nll:
+            inputs["test"] = f"{data_dir(dataset)}/test/images.npy"
+        return inputs
+
+    def evaluate_run_command(run):
+        commands = [sample_command(run)]
+        commands += [fd_classifier_command(run)] if EVAL.fd_classifier else []
+        commands += [nll_command(run)] if EVAL.nll else []
+        return " --then ".join(commands)
+
+    rule evaluate_run:
+        """sample, classifier FD and NLL of one run: the same three commands, one process."""
+        input:
+            unpack(evaluate_run_inputs),
+        output:
+            [f"{R}/runs/{{run}}/samples.npz"]
+            + ([f"{R}/runs/{{run}}/fd_classifier.json"] if EVAL.fd_classifier else [])
+            + ([f"{R}/runs/{{run}}/nll.json"] if EVAL.nll else []),
+        params:
+            command=lambda w: evaluate_run_command(w.run),
+        log:
+            f"{R}/logs/evaluate_run/{{run}}.log",
+        threads: max(stage_threads(s) for s in EVALUATE_RUN_STAGES)
+        resources:
+            **combined_resources(EVALUATE_RUN_STAGES),
+        shell:
+            "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"

@@ -15,11 +15,11 @@ def masked_sampler_options():
     return opts
 
 
-def sampler_args(wildcards):
+def sampler_args(run):
     # classifier-free guidance of class-conditional runs (omitted at 0, the default)
-    conditional = RUNS[wildcards.run].model_cfg.get("num_classes", 0) > 0
+    conditional = RUNS[run].model_cfg.get("num_classes", 0) > 0
     cfg = f" --guidance {SAMPLING.guidance}" if SAMPLING.guidance and conditional else ""
-    if kind(RUNS[wildcards.run].process) == "masked":
+    if kind(RUNS[run].process) == "masked":
         return (
             f"--sampler {SAMPLING.masked_sampler} --steps {SAMPLING.masked_steps}"
             + masked_sampler_options()
@@ -34,19 +34,27 @@ def sampler_args(wildcards):
     return args
 
 
-rule sample:
-    input:
-        f"{R}/runs/{{run}}/model.pt",
-    output:
-        f"{R}/runs/{{run}}/samples.npz",
-    params:
-        out=lambda w: run_dir(w.run),
-        sampler=sampler_args,
-    log:
-        f"{R}/logs/sample/{{run}}.log",
-    threads: stage_threads("sample")
-    resources:
-        **stage_resources("sample"),
-    shell:
-        "OMP_NUM_THREADS={threads} diffobj sample --run {params.out} {params.sampler}"
-        " --num {SAMPLING.num} --seed 0 --out {output} > {log} 2>&1"
+def sample_command(run):
+    """`diffobj sample` of one run (without the program name): shared with evaluate_run."""
+    return (
+        f"sample --run {run_dir(run)} {sampler_args(run)} --num {SAMPLING.num} --seed 0"
+        f" --out {run_dir(run)}/samples.npz"
+    )
+
+
+if not S.evaluation.one_job_per_run:  # else evaluate_run (evaluate.smk) samples
+
+    rule sample:
+        input:
+            f"{R}/runs/{{run}}/model.pt",
+        output:
+            f"{R}/runs/{{run}}/samples.npz",
+        params:
+            command=lambda w: sample_command(w.run),
+        log:
+            f"{R}/logs/sample/{{run}}.log",
+        threads: stage_threads("sample")
+        resources:
+            **stage_resources("sample"),
+        shell:
+            "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"
