@@ -48,31 +48,23 @@ def all_figures():
     return [f"{R}/figures/{name}.png" for name in S.figures]
 
 
-def stage_threads(stage):
-    """Threads of a stage's jobs, from the spec's resources.<stage>."""
-    return getattr(S.resources, stage).threads
+def stage_threads(*stages):
+    """Threads of a stage's jobs, from the spec's resources.<stage>; of a job doing the work of
+    several stages in turn, the most of them."""
+    return max(getattr(S.resources, stage).threads for stage in stages)
 
 
-EVALUATE_RUN_STAGES = ("sample", "classifier", "nll")  # the stages evaluate_run does in one job
-
-
-def combined_resources(stages):
-    """Resources of one job doing the work of several stages in turn: the most of each need,
-    the sum of the walltimes."""
+def stage_resources(*stages, resumable=False):
+    """Snakemake resources of a stage's jobs, from the spec's resources.<stage>: what the
+    experiment needs belongs to the experiment (the profile holds the cluster's settings).
+    A job doing the work of several stages in turn gets the most of each need and the sum of
+    their walltimes. A retry gets `attempt` times the walltime; a resumable job is requeued at
+    its walltime instead, so it keeps it."""
     needs = [getattr(S.resources, stage) for stage in stages]
-    runtime = sum(need.runtime for need in needs)
+    walltime = sum(need.runtime for need in needs)
+    runtime = walltime if resumable else (lambda wildcards, attempt: walltime * attempt)
     return {
         "gpu": max(need.gpus for need in needs),
         "mem_mb": max(need.mem_mb for need in needs),
-        "runtime": lambda wildcards, attempt: runtime * attempt,
+        "runtime": runtime,
     }
-
-
-def stage_resources(stage, resumable=False):
-    """Snakemake resources of a stage's jobs, from the spec's resources.<stage>: what the
-    experiment needs belongs to the experiment (the profile holds the cluster's settings).
-    A retry gets `attempt` times the walltime; a resumable job is requeued at its walltime
-    instead, so it keeps it."""
-    need = getattr(S.resources, stage)
-    runtime = need.runtime if resumable else (lambda wildcards, attempt: need.runtime * attempt)
-    return {"gpu": need.gpus, "mem_mb": need.mem_mb, "runtime": runtime}

@@ -161,6 +161,7 @@ rule fd_real:
 
 
 if EVAL.one_job_per_run:
+    EVALUATE_RUN_STAGES = ("sample", "classifier", "nll")  # the stages it does, in one job
 
     def evaluate_run_inputs(wildcards):
         dataset = dataset_of(wildcards)
@@ -192,8 +193,8 @@ if EVAL.one_job_per_run:
             command=lambda w: evaluate_run_command(w.run),
         log:
             f"{R}/logs/evaluate_run/{{run}}.log",
-        threads: max(stage_threads(s) for s in EVALUATE_RUN_STAGES)
+        threads: stage_threads(*EVALUATE_RUN_STAGES)
         resources:
-            **combined_resources(EVALUATE_RUN_STAGES),
+            **stage_resources(*EVALUATE_RUN_STAGES),
         shell:
             "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"
