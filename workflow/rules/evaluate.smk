@@ -36,12 +36,18 @@ rule fd_reference:
         "diffobj fid-ref --data {input.images} --features {input.features} --out {output} > {log} 2>&1"
 
 
+def classifier_inputs(run):
+    """The classifier FD's reference statistics and features of a run's dataset."""
+    features = f"{R}/features/{RUNS[run].dataset}"
+    return {"ref": f"{features}-ref.npz", "features": f"{features}.pt"}
+
+
 def fd_classifier_command(run):
     """`diffobj fid` with the classifier features, of one run: shared with evaluate_run."""
-    features = f"{R}/features/{RUNS[run].dataset}"
+    need = classifier_inputs(run)
     return (
-        f"fid --samples {run_dir(run)}/samples.npz --ref {features}-ref.npz"
-        f" --features {features}.pt --bootstrap {EVAL.bootstrap} --seed 0"
+        f"fid --samples {run_dir(run)}/samples.npz --ref {need['ref']}"
+        f" --features {need['features']} --bootstrap {EVAL.bootstrap} --seed 0"
         f" --out {run_dir(run)}/fd_classifier.json"
     )
 
@@ -50,9 +56,8 @@ if not EVAL.one_job_per_run:
 
     rule fd_classifier:
         input:
+            unpack(lambda w: classifier_inputs(w.run)),
             samples=f"{R}/runs/{{run}}/samples.npz",
-            ref=lambda w: f"{R}/features/{dataset_of(w)}-ref.npz",
-            features=lambda w: f"{R}/features/{dataset_of(w)}.pt",
         output:
             f"{R}/runs/{{run}}/fd_classifier.json",
         params:
@@ -99,13 +104,18 @@ rule fid:
         "diffobj fid --samples {input.samples} --ref {input.ref} {params.weights} --out {output} > {log} 2>&1"
 
 
+def nll_inputs(run):
+    """The trained model of a run and its dataset's held-out images."""
+    return {"model": f"{run_dir(run)}/model.pt", "test": f"{data_dir(RUNS[run].dataset)}/test/images.npy"}
+
+
 def nll_command(run):
     """`diffobj nll` of one run: shared with evaluate_run."""
     # VDM's data grid applies to the Gaussian bound only
     gaussian = kind(RUNS[run].process) == "gaussian"
     grid = f" --grid {EVAL.nll_grid}" if gaussian else ""
     return (
-        f"nll --run {run_dir(run)} --data {data_dir(RUNS[run].dataset)}/test/images.npy"
+        f"nll --run {run_dir(run)} --data {nll_inputs(run)['test']}"
         f" --samples-per-image {EVAL.nll_samples_per_image}"
         f" --time-sampling {EVAL.nll_time_sampling}{grid} --seed 0 --out {run_dir(run)}/nll.json"
     )
@@ -115,8 +125,7 @@ if not EVAL.one_job_per_run:
 
     rule nll:
         input:
-            model=f"{R}/runs/{{run}}/model.pt",
-            test=lambda w: f"{data_dir(dataset_of(w))}/test/images.npy",
+            unpack(lambda w: nll_inputs(w.run)),
         output:
             f"{R}/runs/{{run}}/nll.json",
         params:
@@ -164,15 +173,10 @@ if EVAL.one_job_per_run:
     EVALUATE_RUN_STAGES = ("sample", "classifier", "nll")  # the stages it does, in one job
 
     def evaluate_run_inputs(wildcards):
-        dataset = dataset_of(wildcards)
-        inputs = {"model": f"{R}/runs/{wildcards.run}/model.pt"}
-        if EVAL.fd_classifier:
-            inputs |= {
-                "ref": f"{R}/features/{dataset}-ref.npz",
-                "features": f"{R}/features/{dataset}.pt",
-            }
-        if EVAL.nll:
-            inputs["test"] = f"{data_dir(dataset)}/test/images.npy"
+        run = wildcards.run
+        inputs = {"model": f"{run_dir(run)}/model.pt"}
+        inputs |= classifier_inputs(run) if EVAL.fd_classifier else {}
+        inputs |= nll_inputs(run) if EVAL.nll else {}
         return inputs
 
     def evaluate_run_command(run):
