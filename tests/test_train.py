@@ -303,7 +303,7 @@ def _adaptive(kind: str, weighting_name: str, running_error: torch.Tensor) -> Ad
         edges,
         (np.array([-20.0, 20.0]), np.array([0.0, 0.0])),
     )
-    density.running_error = running_error.double()
+    density.running_gap = running_error.double()
     density.refresh_schedule()
     return density
 
@@ -371,7 +371,7 @@ def test_adaptive_density_keeps_the_objective(kind, weighting, lam_weight, expec
 
 def test_adaptive_training_runs_with_an_optimal_loss_table(tmp_path):
     table = tmp_path / "optimal.csv"
-    lam = np.linspace(-10, 10, 9)
+    lam = np.linspace(-20, 20, 9)  # beyond the range: J* = 0.01 at every drawn lam
     table.write_text("log_snr,optimal_loss\n" + "".join(f"{v},{0.01}\n" for v in lam))
     cfg = run_config(tmp_path, adaptive=True, steps=6)
     with pytest.raises(UserError, match="needs --optimal-loss"):
@@ -383,7 +383,10 @@ def test_adaptive_training_runs_with_an_optimal_loss_table(tmp_path):
     # the refresh windows' draws (6 steps x 8) are pooled and checkpointed; no bin has
     # MIN_DRAWS of them yet, so the gap is still unknown and lam comes from the schedule
     assert state["adaptive"]["pending_count"].sum() == 6 * 8
-    assert state["adaptive"]["running_error"].isnan().all()
+    assert state["adaptive"]["running_gap"].isnan().all()
+    # what is pooled is each draw's error minus J*(its lam) (0.01 here), not the raw error
+    errors = sum(r["error"] * r["count"] for r in state["bin_rows"])
+    assert math.isclose(float(state["adaptive"]["pending_sum"].sum()), errors - 0.01 * 48)
 
 
 def test_ddp_with_two_cpu_processes(tmp_path):

@@ -17,31 +17,42 @@ The reweighted objective of a run, written in log-SNR (SCIENCE §2),
   sample weighted by c W, with no correction, so the effective weighting is W · p (normalised p).
   Before the first refresh lam is drawn from the run's schedule, also uncorrected.
 
-gap = running binned training error − optimal loss, piecewise constant over the fixed log-SNR
-bins, refreshed during training. A bin's draws are pooled over refresh windows until it has
-``MIN_DRAWS`` of them: the mean of a few draws is noisy, and where W is large (the low-SNR end of
-an x0-scale weighting) a small chance gap there drew most of a run's draws for hundreds of steps. w is evaluated on the run's own schedule at the same log-SNR
-(weightings such as masked "simple" read the schedule's t and alpha').
+gap = running binned mean of the per-sample excess error − J*(lam_i), piecewise constant over the
+fixed log-SNR bins, refreshed during training. J* is subtracted from each sample at its own
+log-SNR (the optimal-loss table interpolated there, ``diffobj.optimal_curve``) before the samples
+are binned: a bin is ~1.4 wide in lam and J* changes by orders of magnitude across it, so the
+bin's mean error minus J* at its centre is not the bin's gap (an exactly optimal model showed
+gaps of -8% to 1e15 times J* that way, and Xu et al.'s p collapsed onto one bin). A bin's draws
+are pooled over refresh windows until it has ``MIN_DRAWS`` of them: the mean of a few draws is
+noisy, and where W is large (the low-SNR end of an x0-scale weighting) a small chance gap there
+drew most of a run's draws for hundreds of steps. w is evaluated on the run's own schedule at the
+same log-SNR (weightings such as masked "simple" read the schedule's t and alpha').
+
+The density is per unit lam, i.e. per unit log sigma (lam = -2 log sigma, a constant Jacobian).
+With ``xu_optimal`` (its weight e^-lam w_sigma on the eps error) W · gap_eps = w_sigma · gap_x0, so
+the draws follow p(log sigma) ∝ w_sigma (J_sigma - J*_sigma) in the paper's x0 scale
+(docs/densities.md says why log sigma and not sigma).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from diffobj import scales, schedules
+from diffobj import schedules
 from diffobj.errors import UserError
-from diffobj.optimal_curve import read_table
+from diffobj.optimal_curve import OptimalLossCurve, read_table
 from diffobj.processes import gaussian, masked
 from diffobj.processes.gaussian import LossTerms
 from diffobj.schedules import Level, Schedule
 from diffobj.weightings import Weighting
 
 FLOOR_FRACTION = 0.05  # corrected: floor = this share of the mean positive gap (bounds W/p)
-ERROR_EMA = 0.5  # running binned error: weight of the newest refresh window
+ERROR_EMA = 0.5  # running binned gap: weight of the newest refresh window
 MIN_DRAWS = 64  # a bin's draws are pooled over windows until this many: its mean is then ±1/8 sd
 GRID = 8193  # p tabulated on this many lam points: a jump at a bin edge blurs over one cell
 DENSITIES = ("schedule", "adaptive_corrected", "optimal_loss_schedule")
@@ -109,9 +120,8 @@ class GapDensity:
         self.weighting = weighting
         self.edges = edges
         lam, opt = optimal
-        centres = bin_centres(edges).numpy()
-        self.optimal = torch.as_tensor(scales.interpolate_optimal(centres, lam, opt, kind))
-        self.running_error = torch.full((len(edges) - 1,), float("nan"), dtype=torch.float64)
+        self.optimal = OptimalLossCurve(lam, np.clip(opt, 0.0, None), kind)  # J* at any lam
+        self.running_gap = torch.full((len(edges) - 1,), float("nan"), dtype=torch.float64)
         self.pending_sum = torch.zeros(len(edges) - 1, dtype=torch.float64)  # not yet folded in
         self.pending_count = torch.zeros(len(edges) - 1, dtype=torch.float64)
         self.density_schedule: Schedule | None = None  # None: not refreshed yet, use the run's
@@ -119,38 +129,45 @@ class GapDensity:
     # -- state (checkpointed) ------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "running_error": self.running_error.clone(),
+            "running_gap": self.running_gap.clone(),
             "pending_sum": self.pending_sum.clone(),
             "pending_count": self.pending_count.clone(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.running_error = state["running_error"].to(torch.float64)
-        zeros = torch.zeros_like(self.running_error)  # checkpoints from before pooling
-        self.pending_sum = state.get("pending_sum", zeros).to(torch.float64)
-        self.pending_count = state.get("pending_count", zeros).to(torch.float64)
+    def load_state_dict(self, state: dict) -> bool:
+        """Restore the gap; False (state dropped, the gap measured afresh) for a checkpoint from
+        before the per-sample gap, whose binned raw errors cannot be turned into gaps."""
+        if "running_gap" not in state:
+            print(
+                "checkpoint from before the per-sample gap: its binned training errors are "
+                "dropped and the gap to the optimal loss is measured afresh",
+                file=sys.stderr,
+            )
+            return False
+        self.running_gap = state["running_gap"].to(torch.float64)
+        self.pending_sum = state["pending_sum"].to(torch.float64)
+        self.pending_count = state["pending_count"].to(torch.float64)
         self.refresh_schedule()
+        return True
 
     # -- refresh ------------------------------------------------------------------------------
-    def update(self, error_sum: torch.Tensor, count: torch.Tensor) -> None:
-        """Pool one window of binned training errors; fold the bins with ``MIN_DRAWS`` pooled
-        draws into the running error; rebuild p."""
-        self.pending_sum += error_sum.double().cpu()
+    def update(self, excess_sum: torch.Tensor, count: torch.Tensor) -> None:
+        """Pool one window of binned excess errors (error - J*(lam) per sample, ``excess``); fold
+        the bins with ``MIN_DRAWS`` pooled draws into the running gap; rebuild p."""
+        self.pending_sum += excess_sum.double().cpu()
         self.pending_count += count.double().cpu()
         seen = self.pending_count >= MIN_DRAWS
         window = torch.where(seen, self.pending_sum / self.pending_count.clamp_min(1), torch.nan)
         self.pending_sum = torch.where(seen, 0.0, self.pending_sum)
         self.pending_count = torch.where(seen, 0.0, self.pending_count)
-        fresh = seen & self.running_error.isnan()
-        blended = (1 - ERROR_EMA) * self.running_error + ERROR_EMA * window
-        self.running_error = torch.where(
-            fresh, window, torch.where(seen, blended, self.running_error)
-        )
+        fresh = seen & self.running_gap.isnan()
+        blended = (1 - ERROR_EMA) * self.running_gap + ERROR_EMA * window
+        self.running_gap = torch.where(fresh, window, torch.where(seen, blended, self.running_gap))
         self.refresh_schedule()
 
     def gap(self) -> torch.Tensor:
-        """max(running error - optimal loss, floor) per bin; unseen bins get the mean gap."""
-        gap = self.running_error - self.optimal
+        """max(running gap, floor) per bin; unseen bins get the mean gap."""
+        gap = self.running_gap
         known = ~gap.isnan()
         positive = gap[known].clamp_min(0)
         mean = positive.mean() if positive.numel() else torch.tensor(1.0, dtype=torch.float64)
@@ -172,8 +189,9 @@ class GapDensity:
         return p
 
     def refresh_schedule(self) -> None:
-        # no gap seen yet, or none positive (uncorrected, floor 0): draw from the run's schedule
-        if self.running_error.isnan().all() or not (self.gap() > 0).any():
+        # no gap seen yet, or none of the seen ones positive (an optimal model where it was
+        # measured: unseen bins' stand-in gap would draw the run there): the run's schedule
+        if not (self.running_gap > 0).any():
             self.density_schedule = None
             return
         lo, hi = float(self.edges[0]), float(self.edges[-1])
@@ -184,28 +202,42 @@ class GapDensity:
     # -- the loss -----------------------------------------------------------------------------
     def draw(
         self, batch: int, generator: torch.Generator | None, device: torch.device | str
-    ) -> tuple[Level, torch.Tensor]:
-        """Levels of a batch and each sample's factor on its error: c W / p or c W."""
+    ) -> tuple[Level, torch.Tensor, torch.Tensor]:
+        """Levels of a batch, each sample's factor on its error (c W / p or c W) and J* at each
+        sample's log-SNR (float64)."""
         sampler = self.density_schedule or self.schedule
         u = gaussian.stratified_uniform(batch, generator, device)
         # the sampling schedule's t is mapped from u; its -dlam/dt times the Jacobian is 1 / p(lam)
-        # (its tables live on the CPU: bring the draws back to the batch's device)
+        # (its tables live on the CPU: the level goes to the batch's device once made). J*(lam)
+        # is looked up here, on the CPU, so the step needs no second device-to-host copy.
         t, jacobian = sampler.time_from_uniform(u.cpu())
-        lam = sampler.log_snr(t).to(device)
-        level = level_at(self.schedule, lam)
+        level = level_at(self.schedule, sampler.log_snr(t))
+        optimal = self.optimal(level.log_snr).to(device)  # at the level the error is taken at
+        level = level.to(device)
         c = 0.5 if self.kind == "gaussian" else 1.0
         factor = c * lam_weight(self.weighting, level, self.kind)
         if self.corrected:
             factor = factor * (-sampler.dlog_snr_dt(t).to(device)) * jacobian
-        return level, factor
+        return level, factor, optimal
 
     def loss(
         self, model_fn: Callable, x: torch.Tensor, generator: torch.Generator | None
     ) -> LossTerms:
-        """The run's loss with lam drawn from this density."""
-        level, factor = self.draw(x.shape[0], generator, x.device)
+        """The run's loss with lam drawn from this density; ``excess`` = error - J*(lam), per
+        sample, is what the refresh windows bin (the module doc says why not J* per bin)."""
+        level, factor, optimal = self.draw(x.shape[0], generator, x.device)
         error = evaluate_error(self.kind, model_fn, x, level, generator)
-        return LossTerms(factor.to(error.dtype) * error, level.log_snr, error.detach())
+        return LossTerms(
+            factor.to(error.dtype) * error,
+            level.log_snr,
+            error.detach(),
+            excess(error.detach(), optimal),
+        )
+
+
+def excess(error: torch.Tensor, optimal: torch.Tensor) -> torch.Tensor:
+    """error - J*(lam) per sample, in float64 like the bin sums it goes into."""
+    return error.double() - optimal
 
 
 class AdaptiveCorrected(GapDensity):

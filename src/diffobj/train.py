@@ -326,8 +326,9 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.window.load_state_dict(state["window"])
         self.refresh_window.load_state_dict(state["refresh_window"])
-        if self.adaptive and state["adaptive"] is not None:
-            self.adaptive.load_state_dict(state["adaptive"])
+        adaptive = state["adaptive"]
+        if self.adaptive and adaptive is not None and not self.adaptive.load_state_dict(adaptive):
+            self.refresh_window.reset()  # it holds raw errors too: dropped with them
         self.log_rows = list(state["log_rows"])
         self.bin_rows = list(state["bin_rows"])
         self.step = self._saved_step = int(state["step"])
@@ -366,7 +367,8 @@ class Trainer:
         self.ema.update(self.step * self.batch, self.batch)
         self.window.add(terms.log_snr, terms.error, loss, grad_norm)
         if self.adaptive is not None:
-            self.refresh_window.add(terms.log_snr, terms.error, loss, grad_norm)
+            # the gap is binned per sample: error - J*(lam_i), not the bin's error - J*(centre)
+            self.refresh_window.add(terms.log_snr, terms.excess, loss, grad_norm)
 
     def _labels(self, dev_idx: torch.Tensor) -> torch.Tensor | None:
         if self.data.labels is None:

@@ -15,7 +15,8 @@ LOG_COLUMNS = ("step", "images_seen", "loss", "grad_norm", "lr", "images_per_s",
 
 
 class BinWindow:
-    """Sums of the training error and loss since the last log step, per log-SNR bin."""
+    """Sums of a per-sample value since the last log step, per log-SNR bin (the training error for
+    the log; error - J*(lam) per sample for a gap density's refresh), and of the loss."""
 
     def __init__(self, edges: torch.Tensor, device: torch.device):
         self.edges = edges

@@ -28,11 +28,13 @@ EpsFn = Callable[[torch.Tensor, Level], torch.Tensor]
 @dataclass(frozen=True)
 class LossTerms:
     """Per-sample loss (what is optimised), its log-SNR, and the unweighted per-dimension error
-    (eps-MSE here, masked CE in nats there), which is what lines up with the optimal loss."""
+    (eps-MSE here, masked CE in nats there), which is what lines up with the optimal loss; the
+    gap densities add ``excess`` = error - J*(lam) per sample (diffobj.densities)."""
 
     loss: torch.Tensor
     log_snr: torch.Tensor
     error: torch.Tensor
+    excess: torch.Tensor | None = None
 
 
 def corrupt(x: torch.Tensor, level: Level, eps: torch.Tensor) -> torch.Tensor:
