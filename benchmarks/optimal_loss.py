@@ -71,6 +71,14 @@ def cifar_shaped(device: str, levels: int, queries: int) -> None:
         f"(b) CIFAR-shaped N={n} D={dim}, gaussian exact, {levels} levels x M={queries}, "
         f"{device}: {seconds:.2f} s, {rate / 1e12:.4f} TFLOP/s (best level {steady:.4f})"
     )
+    for r in rows:  # low noise: the float32 logits only pick contenders (diffobj.optimal)
+        alpha, sigma = r["alpha"], r["sigma"]
+        x = optimal.images_to_unit(images[:1]).to(device)
+        bound = optimal.logit_error_bound((x + sigma / alpha).to(device), x, alpha**2 / sigma**2)
+        path = "float64 contenders" if float(bound.max()) > optimal.LOGIT_TOL else "float32"
+        print(
+            f"    lam={r['log_snr']:+7.2f}: {r['seconds']:.2f} s, {r['tflops']:.4f} TFLOP/s ({path})"
+        )
     if (levels, queries) != (TARGET_LEVELS, TARGET_QUERIES):
         print(
             f"    extrapolated to {TARGET_LEVELS} levels x M={TARGET_QUERIES}: "

@@ -85,6 +85,72 @@ def test_chunked_online_softmax_matches_brute_force(lam):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-12)
 
 
+def image_set(shape: tuple[int, ...], n: int = 24, seed: int = 0) -> torch.Tensor:
+    """n random uint8 images plus two near copies: one grey level off in one channel of one
+    pixel, and one level up on a few rows. Their posteriors mix at moderate noise and must
+    vanish at low noise: the float32 logits cannot resolve them there."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    dup = images[0].copy()
+    dup[0, 0, 0] ^= 1
+    near = images[1].copy()
+    near[:4] = np.clip(near[:4].astype(int) + 1, 0, 255)
+    return optimal.images_to_unit(np.concatenate([images, dup[None], near[None]]))
+
+
+def brute_force_sq_error(queries, x, src, lam):
+    """float64 softmax over -||x̂ - x_n||² e^lam / 2 from the differences, error to the source."""
+    x64, q64 = x.double(), queries.double()
+    out = []
+    for q, s in zip(q64, src, strict=True):  # one query at a time: (N, D) float64 at most
+        weights = torch.softmax(-(q - x64).square().sum(1) * math.exp(lam) / 2, 0)
+        out.append((x64[s] - weights @ x64).square().sum())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (64, 64, 3)], ids=["cifar", "imagenet64"])
+@pytest.mark.parametrize("lam", [-8.0, -4.0, 0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0])
+def test_high_dimensional_posteriors_match_float64_brute_force(shape, lam, one_cpu_thread):
+    """Issue 24: at lam >= 16 on 32x32x3 the float32 logits are off by ~1e3 and the source's
+    float64 weight was compared against them (eps-scale J* 1e6..5e9 where it is 0). Tolerance:
+    per query, eps scale per dimension, 1e-3 of the level's largest value plus 1e-24."""
+    x = image_set(shape)
+    n, dim = x.shape
+    g = torch.Generator().manual_seed(1)
+    src = torch.arange(n).repeat(2)
+    alpha, sigma = vp(lam)
+    queries = (alpha * x[src] + sigma * torch.randn(len(src), dim, generator=g)) / alpha
+    got = optimal.posterior_sq_error(
+        queries,
+        x[src],
+        x,
+        math.exp(lam),
+        exclude=src,
+        self_offset=torch.zeros(len(src), dtype=torch.float64),
+        chunk_size=7,
+    )
+    scale = math.exp(lam) / dim
+    expected = brute_force_sq_error(queries, x, src, lam) * scale
+    torch.testing.assert_close(
+        got * scale, expected, rtol=0, atol=1e-3 * float(expected.max()) + 1e-24
+    )
+    if lam >= 16:  # every posterior is the source's alone: J* is 0
+        assert float((got * scale).max()) < 1e-24
+
+
+def test_low_noise_optimal_loss_vanishes_on_cifar_shaped_data(one_cpu_thread):
+    """The whole estimator path (exact, snis, cdol) at lam = 16..24, N = 40 random images."""
+    images = np.random.default_rng(3).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    x = optimal.images_to_unit(images)
+    for lam in (16.0, 20.0, 24.0):
+        alpha, sigma = vp(lam)
+        for estimator, subset in (("exact", None), ("snis", 40), ("cdol", 8)):
+            losses = optimal.gaussian_query_losses(
+                x, alpha, sigma, 80, estimator=estimator, subset=subset, seed=2
+            )
+            assert float(losses.max()) * math.exp(lam) < 1e-24, (lam, estimator)
+
+
 def test_snis_on_the_whole_set_equals_exact():
     x = clustered(96, 8)
     alpha, sigma = vp(1.0)
