@@ -45,13 +45,19 @@ def write_spec(tmp_path, data, name="spec.yaml"):
     return path
 
 
-def test_default_spec_validates_with_every_weighting_and_both_processes(root):
+def test_default_spec_runs_both_processes_and_the_arms_of_the_masked_claims(root):
+    from diffobj import study
+
     loaded = spec.load(root / "config" / "config.yaml", root)
     kinds = {loaded.spec.processes[r.process].kind for r in loaded.runs}
-    weights = {r.weighting for r in loaded.runs}
     assert kinds == {"gaussian", "masked"}
-    assert {"elbo", "simple", "sigmoid", "fm", "iddpm", "edm"} <= weights
-    assert len(loaded.runs) >= 12
+    masked = [r for r in loaded.runs if loaded.spec.processes[r.process].kind == "masked"]
+    claimed = {(c.better, c.worse) for c in study.PAPER_CLAIMS if c.kind == "masked"}
+    for weighting in ("simple", "sigmoid", "fm"):
+        assert (weighting, "elbo") in claimed
+        seeds = {r.seed for r in masked if r.weighting == weighting}
+        assert seeds == {r.seed for r in masked if r.weighting == "elbo"}  # paired
+        assert len(seeds) >= 3
 
 
 def test_grid_expands_into_stable_readable_ids(tmp_path, root):

@@ -79,14 +79,16 @@ def test_subtracting_the_optimal_loss_reveals_the_power_law():
 def test_figures_draw_and_save_png_and_pdf(tmp_path):
     from diffobj import study
 
-    configs = tables.validate("study", study.configurations(evaluation_frame(), {}))
+    configs = tables.validate("study", study.configurations(evaluation_frame()))
     fig = figures.weighting_study(configs, evaluation_frame())
     written = figures.save(fig, tmp_path / "study.png")
     assert [p.suffix for p in written] == [".png", ".pdf"]
     assert all(p.stat().st_size > 1000 for p in written)
-    text = study.markdown(configs, None, evaluation_frame().select("run_id"), {})
-    assert "| masked | md4_cosine | edm † | tiny | 1 | 9 [9, 9] | 1.3 [1.3, 1.3] |" in text
-    assert "simple better than edm (Shi & Titsias 2025, ImageNet 64 FID): **not resolved" in text
+    evaluation = evaluation_frame()
+    text = study.markdown(configs, evaluation, None, evaluation.select("run_id"), {})
+    assert "| masked | md4_cosine | edm † | tiny | 1 | 9 | 1.3 |" in text  # one seed: no interval
+    assert "masked: simple < edm (md4_cosine, tiny) | Shi & Titsias 2025" in text
+    assert "**not resolved (fewer than 2 shared seeds)** |" in text
 
 
 def test_sample_grid_tiles_images():

@@ -141,26 +141,6 @@ def _percentiles(metric: str, replicates: list[float] | None) -> dict[str, float
     return {f"{metric}_lo": float(lo), f"{metric}_hi": float(hi)}
 
 
-def replicates(
-    loaded: LoadedSpec, results: Path, seed: int = 0
-) -> dict[str, dict[str, np.ndarray]]:
-    """Within-run bootstrap replicates per metric and run: the classifier FD's over samples (from
-    the FD job) and the NLL's over test images (resampled here from the per-image bounds)."""
-    from diffobj.study import bootstrap_means
-
-    rng = np.random.default_rng(seed)
-    out: dict[str, dict[str, np.ndarray]] = {"fd_classifier": {}, "nll_bpd": {}}
-    for r in loaded.runs:
-        d = results / "runs" / r.id
-        fd = _json(d / "fd_classifier.json").get("bootstrap")
-        if fd:
-            out["fd_classifier"][r.id] = np.asarray(fd, dtype=float)
-        per_image = _json(d / "nll.json").get("per_image_bpd")
-        if per_image:
-            out["nll_bpd"][r.id] = bootstrap_means(np.asarray(per_image, dtype=float), 1000, rng)
-    return out
-
-
 def job_runtimes(loaded: LoadedSpec, results: Path) -> dict[str, list[dict]]:
     """Per compute stage, the runtime records (device, threads, versions) its jobs wrote."""
     files = {"train": "runtime.json", "fd_classifier": "fd_classifier.json", "nll": "nll.json"}

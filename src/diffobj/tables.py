@@ -112,8 +112,9 @@ class Evaluation(pa.DataFrameModel):
 
 
 class Study(pa.DataFrameModel):
-    """Per configuration (process, schedule, weighting, model): mean over seeds and 95% interval
-    (two-level bootstrap, ``diffobj.study``) of each metric."""
+    """Per configuration (process, schedule, weighting, model): mean over seeds and its 95%
+    t-interval on n_seeds - 1 degrees of freedom (``diffobj.study``) of each metric; the interval
+    is null for one seed."""
 
     kind: str = pa.Field(isin=PROCESS_KINDS)
     schedule: str

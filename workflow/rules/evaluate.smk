@@ -117,7 +117,7 @@ def nll_command(run):
     return (
         f"nll --run {run_dir(run)} --data {nll_inputs(run)['test']}"
         f" --samples-per-image {EVAL.nll_samples_per_image}"
-        f" --time-sampling {EVAL.nll_time_sampling}{grid} --seed 0 --out {run_dir(run)}/nll.json"
+        f" --time-sampling {EVAL.nll_time_sampling}{grid} --seed {RUNS[run].seed} --out {run_dir(run)}/nll.json"
     )
 
 

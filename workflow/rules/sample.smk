@@ -37,7 +37,7 @@ def sampler_args(run):
 def sample_command(run):
     """`diffobj sample` of one run (without the program name): shared with evaluate_run."""
     return (
-        f"sample --run {run_dir(run)} {sampler_args(run)} --num {SAMPLING.num} --seed 0"
+        f"sample --run {run_dir(run)} {sampler_args(run)} --num {SAMPLING.num} --seed {RUNS[run].seed}"
         f" --out {run_dir(run)}/samples.npz"
     )
 

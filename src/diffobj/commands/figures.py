@@ -56,6 +56,7 @@ def _weighting_study(loaded, results, out):
     gaps = study.elbo_gap(tables.read("gap", gap_path)) if gap_path.exists() else None
     text = study.markdown(
         configs,
+        evaluation,
         gaps,
         _table(results, "runs"),
         tables.read_provenance(results / "tables" / "study.parquet") or {},

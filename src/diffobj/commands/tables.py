@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> None:
         "training_log": gather.training_log(loaded, results),
         "training": gather.training(loaded, results),
         "evaluation": evaluation,
-        "study": study.configurations(evaluation, gather.replicates(loaded, results)),
+        "study": study.configurations(evaluation),
     }
     if loaded.spec.optimal_loss.enabled:
         optimal = tables.validate("optimal_loss", gather.optimal_loss(loaded, results))
