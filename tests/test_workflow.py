@@ -176,6 +176,7 @@ def run_tiny(workdir: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    """The tiny spec run end to end; every test that uses it is marked slow."""
     return run_tiny(tmp_path_factory.mktemp("e2e"))
 
 
@@ -194,6 +195,7 @@ PRODUCED = [
 TIMING_COLUMNS = {"images_per_s", "peak_mem_mb"}
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_the_dag_twice_gives_identical_tables_apart_from_timing(finished, tmp_path):
     import polars as pl
 
@@ -217,6 +219,7 @@ def test_the_dag_twice_gives_identical_tables_apart_from_timing(finished, tmp_pa
     assert report[0] == report[1]
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_tables_and_report_carry_provenance(finished):
     from diffobj import tables
 
@@ -239,6 +242,7 @@ def test_tables_and_report_carry_provenance(finished):
     assert f"spec_sha256: {record['spec_sha256']}" in text
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_end_to_end_tables_validate_and_figures_exist(finished):
     from diffobj import tables
 
@@ -257,6 +261,7 @@ def test_end_to_end_tables_validate_and_figures_exist(finished):
             assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 1000, figure
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     workdir, spec = finished
     grown = yaml.safe_load(spec.read_text())
@@ -272,6 +277,7 @@ def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     assert "prepare_data" not in jobs and "optimal_loss" not in jobs
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_one_job_per_run_writes_what_the_separate_jobs_wrote(finished, tmp_path):
     # evaluation.one_job_per_run chains sample, fid and nll in one process per run; on the
     # finished DAG's trained runs it must write the same samples, FD and NLL, to the bit
@@ -323,6 +329,7 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_the_report_opens_in_a_browser_with_every_image_loaded(finished):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     if not CHROMIUM.exists():

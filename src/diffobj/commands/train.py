@@ -20,9 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, help="run directory for model.pt, logs and config.yaml"
     )
     parser.add_argument(
-        "--optimal-loss", help="optimal-loss table (CSV); needed when training.adaptive"
+        "--optimal-loss",
+        help="optimal-loss table (CSV); needed when the weighting reads Jstar or "
+        "training.density is adaptive_corrected or optimal_loss_schedule",
     )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if present"
+    )
     parser.add_argument(
         "--checkpoint-dir",
         help="checkpoint folder (default: $DIFFOBJ_CHECKPOINT_DIR/RUN_ID if set, else OUT/checkpoints)",
