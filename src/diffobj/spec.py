@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from diffobj import schedules, weightings
-from diffobj.errors import UserError
+from diffobj.errors import UserError, yaml_error_line
 
 NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # names become parts of run ids and paths: no '-' or '/'
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -462,7 +462,7 @@ def _read_yaml(path: Path) -> Any:
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({err})") from None
+        raise SpecError(yaml_error_line(path, err)) from None
 
 
 def _format_validation(path: Path, err: ValidationError) -> str:
