@@ -69,6 +69,14 @@ def snakemake(workdir: Path, spec: Path, *args: str) -> subprocess.CompletedProc
     )
 
 
+def linked_spec(workdir: Path, spec: str) -> Path:
+    """``spec`` (a path under config/) as it sits in a checkout at ``workdir``: config/ linked
+    from the repository, so the spec's relative dataset paths (data/...) start at ``workdir``
+    (diffobj.spec.spec_base), where the tests put their stand-ins."""
+    (workdir / "config").symlink_to(ROOT / "config")
+    return workdir / spec
+
+
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     table = re.search(r"job\s+count\n[-\s]+\n(.*?)\n\s*total", result.stdout + result.stderr, re.S)
     assert table, result.stdout + result.stderr
@@ -91,7 +99,7 @@ def test_every_spec_dry_runs(tmp_path, spec):
     (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(
         b"stand-in: the dry run reads no data"
     )
-    result = snakemake(tmp_path, ROOT / spec, "-n")
+    result = snakemake(tmp_path, linked_spec(tmp_path, spec), "-n")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["train"] >= 8 and jobs["all"] == 1
@@ -112,7 +120,9 @@ def test_optimal_loss_runs_on_the_device_its_resources_ask_for(
     command's default is the CPU), so results already made are not planned again."""
     (tmp_path / "data" / "imagenet64").mkdir(parents=True)  # stand-ins: the dry run reads none
     (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(b"stand-in")
-    result = snakemake(tmp_path, ROOT / "config" / "experiments" / f"{spec}.yaml", "-n", "-p")
+    result = snakemake(
+        tmp_path, linked_spec(tmp_path, f"config/experiments/{spec}.yaml"), "-n", "-p"
+    )
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["train"] == runs and jobs["optimal_loss"] >= 1
@@ -129,7 +139,9 @@ def test_optimal_loss_runs_on_the_device_its_resources_ask_for(
 )
 def test_class_conditional_specs_dry_run(tmp_path, spec, runs, bounds):
     (tmp_path / "data" / "imagenet64").mkdir(parents=True)  # stand-in: the dry run reads no data
-    result = snakemake(tmp_path, ROOT / "config" / "experiments" / f"{spec}.yaml", "-n", "-p")
+    result = snakemake(
+        tmp_path, linked_spec(tmp_path, f"config/experiments/{spec}.yaml"), "-n", "-p"
+    )
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["train"] == jobs["sample"] == runs
