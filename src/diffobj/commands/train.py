@@ -1,7 +1,8 @@
 """diffobj train --run-config RUN.yaml --out RUN_DIR: train one run (resumes if interrupted).
 
 Exit codes: 0 done; 2 bad input (nothing written); 3 stopped by SIGUSR1 / SIGUSR2 after
-checkpointing (requeue and rerun the same command); 143 stopped by SIGTERM after checkpointing.
+checkpointing (requeue and rerun the same command); 143 stopped by SIGTERM, 130 by SIGINT (Ctrl-C),
+after checkpointing.
 Checkpoints: --checkpoint-dir, else $DIFFOBJ_CHECKPOINT_DIR/<run_id>, else RUN_DIR/checkpoints.
 """
 
