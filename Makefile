@@ -4,7 +4,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint format report clean
+.PHONY: setup demo test test-fast lint format report clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,13 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks workflow/scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks workflow/scripts
 
+# the whole suite, end-to-end runs of the workflow included (pytest -m slow)
 test: lint
 	$(VENV)/bin/pytest -q
+
+# everything but the tests marked slow (end-to-end runs): for the edit-test loop
+test-fast: lint
+	$(VENV)/bin/pytest -q -m "not slow"
 
 format: setup
 	$(VENV)/bin/ruff format src tests benchmarks workflow/scripts

@@ -20,6 +20,14 @@ DEFAULT_SPEC = Path(workflow.basedir) / "config" / "config.yaml"
 configfile: str(DEFAULT_SPEC)
 
 
+def shell_path(path):
+    """A path for a job's command: relative to the working directory when inside it, so commands
+    do not depend on how a file was named (and do not re-run when it is named differently),
+    else absolute. Symlinks are kept, as diffobj.spec.spec_base keeps them."""
+    absolute = Path(os.path.abspath(path))
+    return os.path.relpath(absolute) if absolute.is_relative_to(Path.cwd()) else str(absolute)
+
+
 def given_spec():
     """The spec is the file given with --configfile (the last one; cluster jobs get the same
     list), loaded whole by diffobj.spec: Snakemake merges it over config/config.yaml key by
@@ -33,11 +41,7 @@ def given_spec():
         )
     if "spec" in overrides and files:
         raise UserError("give the spec once: --configfile FILE or --config spec=FILE, not both")
-    path = overrides.get("spec") or (files[-1] if files else str(DEFAULT_SPEC))
-    absolute = Path(path).resolve()
-    # relative to the working directory when inside it, so shell commands do not depend on how
-    # the spec was named (and do not re-run when it is named differently)
-    return os.path.relpath(absolute) if absolute.is_relative_to(Path.cwd()) else str(absolute)
+    return shell_path(overrides.get("spec") or (files[-1] if files else str(DEFAULT_SPEC)))
 
 
 try:

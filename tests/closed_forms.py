@@ -1,10 +1,10 @@
 """Closed forms of the library's weightings and schedules, written from the papers' recipes.
 
 Independent of config/*.yaml on purpose: each formula is derived here (the derivation in its
-docstring) from the training recipe of its paper (SCIENCE §1-2), never copied from the
+docstring) from the training recipe of its paper (docs/science.md §1-2), never copied from the
 library's expression, so a wrong library entry disagrees with it. numpy float64 throughout.
 
-Conventions (SCIENCE §2.1): L_w = 1/2 ∫ w(lam) E||eps - eps_hat||^2 dlam. A recipe that draws
+Conventions (docs/science.md §2.1): L_w = 1/2 ∫ w(lam) E||eps - eps_hat||^2 dlam. A recipe that draws
 lam from a density p(lam) and puts a weight c_eps(lam) on the eps-MSE has w = 2 p(lam) c_eps.
 Library weightings fix the constant factor as their papers do; each closed form below states
 the constant that relates the recipe to the library's normalisation.

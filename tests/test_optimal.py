@@ -1,4 +1,4 @@
-"""The optimal loss against closed forms, brute force and limits (SCIENCE.md §3)."""
+"""The optimal loss against closed forms, brute force and limits (docs/science.md §3)."""
 
 from __future__ import annotations
 

@@ -25,10 +25,13 @@ MD4 = ROOT / "config" / "experiments" / "md4_cifar10.yaml"
 
 @pytest.mark.parametrize(("path", "runs"), [(EDM, 2), (MD4, 1)])
 def test_recipe_dry_runs(tmp_path, path, runs):
+    # the spec as in a checkout at tmp_path: its data/ path starts there (diffobj.spec.spec_base)
+    (tmp_path / "config").symlink_to(ROOT / "config")
+    linked = tmp_path / path.relative_to(ROOT)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(b"stand-in: a dry run reads none")
     result = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(tmp_path), "--config", f"spec={path}", "-n"],
+        [*SNAKEMAKE, "--directory", str(tmp_path), "--config", f"spec={linked}", "-n"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

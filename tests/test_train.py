@@ -246,7 +246,8 @@ def _start(cfg: Path, out: Path) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize(
-    ("signum", "code"), [(signal.SIGTERM, EXIT_TERMINATED), (signal.SIGUSR1, EXIT_PREEMPTED)]
+    ("signum", "code"),
+    [(signal.SIGTERM, EXIT_TERMINATED), (signal.SIGUSR1, EXIT_PREEMPTED), (signal.SIGINT, 130)],
 )
 def test_signal_checkpoints_then_exits_and_rerun_resumes(tmp_path, signum, code):
     cfg = run_config(tmp_path, steps=100_000, checkpoint_every=100_000, log_every=1000)

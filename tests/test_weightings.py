@@ -1,4 +1,4 @@
-"""Weightings against the formulas of SCIENCE §2 and the identities of §7."""
+"""Weightings against the formulas of docs/science.md §2 and the identities of §7."""
 
 import math
 import re
@@ -85,7 +85,7 @@ def test_fm_total_weight_stays_finite_at_the_end_of_md4_cosine(schedule_library,
 
 
 def test_edm_weighting_is_the_lognormal_density_times_its_loss_weight(weighting_library):
-    # EDM's recipe, converted to w(lam) by w = 2 p(lam) c_eps(lam) (SCIENCE §2.1):
+    # EDM's recipe, converted to w(lam) by w = 2 p(lam) c_eps(lam) (docs/science.md §2.1):
     # - training draws ln sigma ~ N(P_mean = -1.2, P_std = 1.2) and lam = -2 ln sigma, so
     #   P(Lam <= lam) = P(ln sigma >= -lam/2), the normal's survival function at -lam/2; p is
     #   its derivative (a central difference here, from EDM's own sigma distribution);

@@ -69,6 +69,14 @@ def snakemake(workdir: Path, spec: Path, *args: str) -> subprocess.CompletedProc
     )
 
 
+def linked_spec(workdir: Path, spec: str) -> Path:
+    """``spec`` (a path under config/) as it sits in a checkout at ``workdir``: config/ linked
+    from the repository, so the spec's relative dataset paths (data/...) start at ``workdir``
+    (diffobj.spec.spec_base), where the tests put their stand-ins."""
+    (workdir / "config").symlink_to(ROOT / "config")
+    return workdir / spec
+
+
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     table = re.search(r"job\s+count\n[-\s]+\n(.*?)\n\s*total", result.stdout + result.stderr, re.S)
     assert table, result.stdout + result.stderr
@@ -91,7 +99,7 @@ def test_every_spec_dry_runs(tmp_path, spec):
     (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(
         b"stand-in: the dry run reads no data"
     )
-    result = snakemake(tmp_path, ROOT / spec, "-n")
+    result = snakemake(tmp_path, linked_spec(tmp_path, spec), "-n")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["train"] >= 8 and jobs["all"] == 1
@@ -112,7 +120,9 @@ def test_optimal_loss_runs_on_the_device_its_resources_ask_for(
     command's default is the CPU), so results already made are not planned again."""
     (tmp_path / "data" / "imagenet64").mkdir(parents=True)  # stand-ins: the dry run reads none
     (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(b"stand-in")
-    result = snakemake(tmp_path, ROOT / "config" / "experiments" / f"{spec}.yaml", "-n", "-p")
+    result = snakemake(
+        tmp_path, linked_spec(tmp_path, f"config/experiments/{spec}.yaml"), "-n", "-p"
+    )
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["train"] == runs and jobs["optimal_loss"] >= 1
@@ -129,7 +139,9 @@ def test_optimal_loss_runs_on_the_device_its_resources_ask_for(
 )
 def test_class_conditional_specs_dry_run(tmp_path, spec, runs, bounds):
     (tmp_path / "data" / "imagenet64").mkdir(parents=True)  # stand-in: the dry run reads no data
-    result = snakemake(tmp_path, ROOT / "config" / "experiments" / f"{spec}.yaml", "-n", "-p")
+    result = snakemake(
+        tmp_path, linked_spec(tmp_path, f"config/experiments/{spec}.yaml"), "-n", "-p"
+    )
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["train"] == jobs["sample"] == runs
@@ -176,6 +188,7 @@ def run_tiny(workdir: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    """The tiny spec run end to end; every test that uses it is marked slow."""
     return run_tiny(tmp_path_factory.mktemp("e2e"))
 
 
@@ -194,6 +207,7 @@ PRODUCED = [
 TIMING_COLUMNS = {"images_per_s", "peak_mem_mb"}
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_the_dag_twice_gives_identical_tables_apart_from_timing(finished, tmp_path):
     import polars as pl
 
@@ -217,6 +231,7 @@ def test_the_dag_twice_gives_identical_tables_apart_from_timing(finished, tmp_pa
     assert report[0] == report[1]
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_tables_and_report_carry_provenance(finished):
     from diffobj import tables
 
@@ -239,6 +254,7 @@ def test_tables_and_report_carry_provenance(finished):
     assert f"spec_sha256: {record['spec_sha256']}" in text
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_end_to_end_tables_validate_and_figures_exist(finished):
     from diffobj import tables
 
@@ -257,6 +273,7 @@ def test_end_to_end_tables_validate_and_figures_exist(finished):
             assert (results / "figures" / f"{figure}{suffix}").stat().st_size > 1000, figure
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     workdir, spec = finished
     grown = yaml.safe_load(spec.read_text())
@@ -272,6 +289,7 @@ def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     assert "prepare_data" not in jobs and "optimal_loss" not in jobs
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_one_job_per_run_writes_what_the_separate_jobs_wrote(finished, tmp_path):
     # evaluation.one_job_per_run chains sample, fid and nll in one process per run; on the
     # finished DAG's trained runs it must write the same samples, FD and NLL, to the bit
@@ -323,6 +341,7 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_the_report_opens_in_a_browser_with_every_image_loaded(finished):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     if not CHROMIUM.exists():

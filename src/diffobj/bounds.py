@@ -1,4 +1,4 @@
-"""The cascade of improved bounds of Shi & Titsias (2511.19664; SCIENCE.md §2.4), measured.
+"""The cascade of improved bounds of Shi & Titsias (2511.19664; docs/science.md §2.4), measured.
 
 Bounds are on the negative log-likelihood of the training set's empirical distribution, in
 nats per data dimension. On a grid of cuts lam_0 = lam_max > lam_1 > .. > lam_T = lam_min

@@ -21,10 +21,12 @@ from diffobj.io import atomic_path
 
 EXIT_PREEMPTED = 3
 EXIT_TERMINATED = 128 + signal.SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C: the shell's code for it
 EXIT_CODES = {
     signal.SIGUSR1: EXIT_PREEMPTED,
     signal.SIGUSR2: EXIT_PREEMPTED,
     signal.SIGTERM: EXIT_TERMINATED,
+    signal.SIGINT: EXIT_INTERRUPTED,
 }
 CHECKPOINT_NAME = "latest.pt"
 CHECKPOINT_FORMAT = "diffobj-checkpoint-v1"
@@ -44,14 +46,18 @@ class Preempted(Exception):  # noqa: N818 - a control-flow signal, not an error
 
 
 class SignalFlag:
-    """Records SIGTERM / SIGUSR1 / SIGUSR2; the loop checkpoints at the next step boundary."""
+    """Records SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT; the loop checkpoints at the next step
+    boundary. A second Ctrl-C stops at once, as a user pressing it twice expects (KeyboardInterrupt:
+    the checkpoint on disk is the last whole one)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self) -> None:
         self.received: int | None = None
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
         self.received = signum
 
     @contextmanager

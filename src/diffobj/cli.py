@@ -33,13 +33,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# the docstring's first line without its reST markup (argparse prints help as plain text)
+DESCRIPTION = __doc__.splitlines()[0].replace("``", "")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffobj")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, just that subcommand's module is imported.
 
     Every workflow job is one ``diffobj`` call, so importing each command's dependencies (torch,
     polars, pandera, seaborn) for every call would cost a second or more per job.
     """
-    parser = argparse.ArgumentParser(prog="diffobj", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="diffobj",
+        description=DESCRIPTION,
+        epilog="Each command's options: diffobj COMMAND --help. Exit code 2: bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)

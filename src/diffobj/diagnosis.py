@@ -4,7 +4,7 @@ Across the runs of an experiment, at each log-SNR bin centre: the correlation of
 gap (model loss − optimal loss, eps or x0 scale) with a run-level quality metric (FID, or the
 classifier FD on small data). Pearson r with a 95% interval from Fisher's z (needs ≥ 4 runs),
 and Spearman's rank correlation. The paper reports the gap near σ* negatively correlated with
-FID and just below σ* positively correlated (SCIENCE §3.4).
+FID and just below σ* positively correlated (docs/science.md §3.4).
 """
 
 from __future__ import annotations

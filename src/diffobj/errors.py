@@ -32,3 +32,20 @@ def missing_extra(err: ModuleNotFoundError) -> str | None:
     if extra is None:
         return None
     return f'this command needs {module!r}, from the {extra} extra: pip install "diffobj[{extra}]"'
+
+
+def yaml_error_line(path: object, err: Exception) -> str:
+    """One line for a YAML parse error: ``FILE:LINE:COLUMN: not valid YAML: what``.
+
+    PyYAML's own text spans several lines and names ``<unicode string>`` rather than the file;
+    its marks are 0-based, editors count from 1. An unclosed bracket is reported where the file
+    ends, so the line where the construct began is named too."""
+    mark = getattr(err, "problem_mark", None)
+    start = getattr(err, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    context = getattr(err, "context", None)
+    if context and start is not None and (mark is None or start.line != mark.line):
+        context += f" (from line {start.line + 1}, column {start.column + 1})"
+    parts = [context, getattr(err, "problem", None)]
+    what = ", ".join(p for p in parts if p) or str(err).splitlines()[0]
+    return f"{where}: not valid YAML: {what}"

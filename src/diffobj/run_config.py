@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from diffobj import schedules, weightings
-from diffobj.errors import UserError
+from diffobj.errors import UserError, yaml_error_line
 from diffobj.schedules import Schedule
 from diffobj.weightings import Weighting
 
@@ -73,7 +73,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     except FileNotFoundError:
         raise UserError(f"{path}: run config not found") from None
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err})") from None
+        raise UserError(yaml_error_line(path, err)) from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping")
     missing = [k for k in REQUIRED if k not in raw]

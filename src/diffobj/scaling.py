@@ -1,7 +1,7 @@
 """Scaling laws as Xu et al. fit them: the ELBO integral per run, and power laws per noise level.
 
 - ``elbo_integral``: the continuous-time ELBO of a per-level loss curve in log-SNR,
-  Gaussian ½ ∫ E[eps-MSE | lam] dlam, masked ∫ sigmoid(lam) E[CE | lam] dlam (SCIENCE §1.2),
+  Gaussian ½ ∫ E[eps-MSE | lam] dlam, masked ∫ sigmoid(lam) E[CE | lam] dlam (docs/science.md §1.2),
   by the trapezoid rule over the given levels.
 - ``per_level_fits``: at each noise level, J_σ(F) = J*_σ + a F^(-b) against model size F, fitted
   as a line in log-log after subtracting the known J*_σ, next to the raw fit J_σ = a F^(-b)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import yaml
 
-from diffobj.errors import UserError
+from diffobj.errors import UserError, yaml_error_line
 from diffobj.expr import Compiled, ExprError, compile_expr
 
 PROCESSES = ("gaussian", "masked")
@@ -422,7 +422,7 @@ def _load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ScheduleError(f"{path}: {what} library not found") from None
     except yaml.YAMLError as err:
-        raise ScheduleError(f"{path}: not valid YAML ({err})") from None
+        raise ScheduleError(yaml_error_line(path, err)) from None
     if not isinstance(data, dict):
         raise ScheduleError(f"{path}: expected a mapping of {what} by name")
     return data

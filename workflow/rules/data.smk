@@ -2,7 +2,7 @@ def prepare_args(wildcards):
     d = S.datasets[wildcards.dataset]
     args = [f"--source {d.source}", f"--name {wildcards.dataset}", f"--pad {d.pad}"]
     if d.path:
-        args.append(f"--path {d.path}")
+        args.append(f"--path {shell_path(LOADED.resolve(d.path))}")  # from the spec's base
     if d.resolution:
         args.append(f"--resolution {d.resolution}")
     if d.source in ("sklearn_digits", "image_folder"):

@@ -77,7 +77,7 @@ rule fid_reference:
     output:
         f"{R}/features/{{dataset}}-inception-ref.npz",
     params:
-        weights=f"--inception {EVAL.inception_weights}" if EVAL.inception_weights else "",
+        weights=f"--inception {shell_path(LOADED.resolve(EVAL.inception_weights))}" if EVAL.inception_weights else "",
     log:
         f"{R}/logs/fid_reference/{{dataset}}.log",
     threads: stage_threads("fid")
@@ -94,7 +94,7 @@ rule fid:
     output:
         f"{R}/runs/{{run}}/fid.json",
     params:
-        weights=f"--inception {EVAL.inception_weights}" if EVAL.inception_weights else "",
+        weights=f"--inception {shell_path(LOADED.resolve(EVAL.inception_weights))}" if EVAL.inception_weights else "",
     log:
         f"{R}/logs/fid/{{run}}.log",
     threads: stage_threads("fid")

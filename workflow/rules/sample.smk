@@ -7,7 +7,7 @@ def masked_sampler_options():
     if SAMPLING.masked_grid != "uniform":
         opts += f" --grid {SAMPLING.masked_grid}"
     if SAMPLING.masked_grid not in ("uniform", "cosine"):
-        opts += f" --schedules-library {S.schedules_library}"
+        opts += f" --schedules-library {shell_path(LOADED.libraries['schedules'])}"
     if SAMPLING.masked_top_p is not None:
         opts += f" --top-p {SAMPLING.masked_top_p}"
     if SAMPLING.masked_final_argmax:

@@ -27,9 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--images", type=int, default=256, help="model evaluations per level")
     parser.add_argument("--queries", type=int, default=1024, help="decoder queries per cut")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the noise and decoder-query draws"
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="rows per model call")
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if present"
+    )
 
 
 def run(args: argparse.Namespace) -> None:

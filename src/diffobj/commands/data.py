@@ -23,7 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="dataset name recorded in meta.json (default: the source)")
     parser.add_argument("--resolution", type=int, help="resize to RES x RES after padding")
     parser.add_argument("--pad", type=int, default=0, help="zero pixels added on each side")
-    parser.add_argument("--resize-filter", default="lanczos", choices=RESIZE_FILTERS)
+    parser.add_argument(
+        "--resize-filter",
+        default="lanczos",
+        choices=RESIZE_FILTERS,
+        help="PIL filter used by --resolution (default lanczos)",
+    )
     parser.add_argument(
         "--test-fraction",
         type=float,

@@ -20,9 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", required=True, help="prepared dataset folder (diffobj prepare-data)"
     )
     parser.add_argument("--out", required=True, help="classifier file (.pt)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the training images")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the initialisation and batch order"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
 

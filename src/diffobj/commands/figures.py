@@ -23,7 +23,7 @@ FIGURES = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", default="config/config.yaml", help="experiment YAML")
     parser.add_argument("--results", required=True, help="results/<experiment>")
-    parser.add_argument("--figure", required=True, choices=FIGURES)
+    parser.add_argument("--figure", required=True, choices=FIGURES, help="which figure")
     parser.add_argument("--out", required=True, help="PNG path (a PDF is written beside it)")
 
 

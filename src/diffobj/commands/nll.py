@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Gaussian: where the 256 values sit: edm = u8/127.5 - 1 (as trained), "
         "vdm = 2(u8 + 0.5)/256 - 1 (VDM's, for bit-comparable numbers)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -22,7 +22,9 @@ from diffobj.io import write_csv
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="images.npy, uint8 (N, H, W, C)")
-    parser.add_argument("--process", required=True, choices=schedules.PROCESSES)
+    parser.add_argument(
+        "--process", required=True, choices=schedules.PROCESSES, help="diffusion process"
+    )
     parser.add_argument("--schedule", required=True, help="schedule name in --schedules-file")
     parser.add_argument(
         "--levels",
@@ -38,7 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="M",
         help="queries per level (about 2-3 N for the exact estimator)",
     )
-    parser.add_argument("--estimator", default="exact", choices=optimal.ESTIMATORS)
+    parser.add_argument(
+        "--estimator",
+        default="exact",
+        choices=optimal.ESTIMATORS,
+        help="exact: all N points; snis/dol/cdol: subsets of --subset L (docs/science.md §3.3)",
+    )
     parser.add_argument("--subset", type=int, metavar="L", help="subset size of snis/dol/cdol")
     parser.add_argument(
         "--C", type=float, dest="C", help="cDOL self-weight divisor (default ~2N/L, 1 at L = N)"
@@ -50,9 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("MIN", "MAX"),
         help="default -10 10 (gaussian), -9.21 9.21 (masked)",
     )
-    parser.add_argument("--schedules-file", default=str(schedules.DEFAULT_LIBRARY))
+    parser.add_argument(
+        "--schedules-file",
+        default=str(schedules.DEFAULT_LIBRARY),
+        help="schedule library (default: the installed config/schedules.yaml)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the query and subset draws")
     parser.add_argument("--batch-size", type=int, metavar="B", help="queries per batch")
     parser.add_argument("--out", required=True, help="CSV table, one row per level")
     parser.add_argument("--figure", help="also draw the figure (PNG/PDF/SVG)")

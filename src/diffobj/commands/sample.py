@@ -28,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     heun.add_argument("--s-min", type=float, default=0.0, help="churn only at sigma^ >= s_min")
     heun.add_argument("--s-max", type=float, default=float("inf"), help="... and <= s_max")
     heun.add_argument("--s-noise", type=float, default=1.0, help="scale of the churn draws")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's draws")
     parser.add_argument(
         "--guidance", type=float, default=0.0, help="classifier-free guidance scale w (>= 0)"
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=256, help="images per model call")
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if present"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(

@@ -1,4 +1,7 @@
-"""diffobj validate SPEC: check a spec and list its runs (or write its JSON schema)."""
+"""diffobj validate SPEC: check a spec and list its runs (or write its JSON schema).
+
+It prints where the spec's relative paths start, the library files it read and the dataset
+files it found, and refuses a dataset path that does not exist, as the workflow would."""
 
 from __future__ import annotations
 
@@ -35,8 +38,14 @@ def run(args: argparse.Namespace) -> None:
         with atomic_path(out) as tmp:
             tmp.write_text(dump_run_config(loaded.run(run_id).resolved()))
         return
+    spec.check_files(loaded)  # first: cheap, and what a user fixes first
     n_schedules, n_weightings = spec.check_libraries(loaded)
     print(f"{args.spec}: experiment {loaded.experiment!r}, {len(loaded.runs)} runs")
+    print(f"  paths relative to {loaded.base}")
+    for what, path in loaded.libraries.items():
+        print(f"  {what} library: {path}")
     print(f"  libraries: {n_schedules} schedules and {n_weightings} weightings check out")
+    for name in spec.dataset_paths(loaded):
+        print(f"  datasets.{name}.path: {loaded.resolve(loaded.spec.datasets[name].path)}")
     for r in loaded.runs:
         print(f"  {r.id}")

@@ -1,7 +1,8 @@
 """diffobj train --run-config RUN.yaml --out RUN_DIR: train one run (resumes if interrupted).
 
 Exit codes: 0 done; 2 bad input (nothing written); 3 stopped by SIGUSR1 / SIGUSR2 after
-checkpointing (requeue and rerun the same command); 143 stopped by SIGTERM after checkpointing.
+checkpointing (requeue and rerun the same command); 143 stopped by SIGTERM, 130 by SIGINT (Ctrl-C),
+after checkpointing.
 Checkpoints: --checkpoint-dir, else $DIFFOBJ_CHECKPOINT_DIR/<run_id>, else RUN_DIR/checkpoints.
 """
 
@@ -20,9 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, help="run directory for model.pt, logs and config.yaml"
     )
     parser.add_argument(
-        "--optimal-loss", help="optimal-loss table (CSV); needed when training.adaptive"
+        "--optimal-loss",
+        help="optimal-loss table (CSV); needed when the weighting reads Jstar or "
+        "training.density is adaptive_corrected or optimal_loss_schedule",
     )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if present"
+    )
     parser.add_argument(
         "--checkpoint-dir",
         help="checkpoint folder (default: $DIFFOBJ_CHECKPOINT_DIR/RUN_ID if set, else OUT/checkpoints)",
