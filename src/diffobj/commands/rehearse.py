@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -69,14 +70,17 @@ def run(args: argparse.Namespace) -> None:
     results = [rehearse_one(Path(spec), args) for spec in args.spec]
     if args.prepare_only:
         return
-    print("\nrehearsal          wall time  jobs  result")
-    for spec, ok, seconds, jobs in results:
-        print(f"  {spec}: {seconds:7.1f} s  {jobs:4d}  {'ok' if ok else 'FAILED'}")
-    if not all(ok for _, ok, _, _ in results):
+    print("\nwall s   CPU s  jobs  result  rehearsal")
+    for spec, ok, seconds, cpu, jobs in results:
+        print(f"{seconds:6.1f} {cpu:7.1f} {jobs:5d}  {'ok' if ok else 'FAILED':6s}  {spec}")
+    total = sum(r[2] for r in results), sum(r[3] for r in results)
+    print(f"{total[0]:6.1f} {total[1]:7.1f}  in all")
+    if not all(r[1] for r in results):
         sys.exit(1)
 
 
-def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, float, int]:
+def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, float, float, int]:
+    """(spec, ran to the end, wall seconds, CPU seconds of its jobs, jobs done)."""
     from diffobj import rehearsal
     from diffobj import spec as spec_mod
     from diffobj.devices import GPU_SWITCHES_ON_CPU
@@ -102,12 +106,14 @@ def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, 
     if args.prepare_only:
         prefix = f"{GPU_SWITCHES_ON_CPU}=1 " if args.gpu_switches else ""
         print("  " + prefix + " ".join(command))
-        return str(spec_path), True, 0.0, 0
+        return str(spec_path), True, 0.0, 0.0, 0
     log = workdir / "snakemake.log"
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), children_cpu_seconds()
     with log.open("w") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - start
+    # CPU time of every job: what the rehearsal costs on any machine, however busy this one is
+    cpu = children_cpu_seconds() - cpu_start
     text = log.read_text()
     jobs = jobs_done(text)
     ok = done.returncode == 0
@@ -116,6 +122,7 @@ def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, 
         "rehearsal": str(prepared.spec_path),
         "ok": ok,
         "wall_s": round(seconds, 1),
+        "cpu_s": round(cpu, 1),
         "jobs": jobs,
         "runs": args.run or prepared.runs,
         "inception": prepared.inception,
@@ -129,7 +136,7 @@ def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, 
             print(f"{job_log} ends:\n{tail(workdir / job_log)}")
     else:
         print(f"{spec_path}: rehearsed, {jobs} jobs in {seconds:.1f} s", flush=True)
-    return str(spec_path), ok, seconds, jobs
+    return str(spec_path), ok, seconds, cpu, jobs
 
 
 def fresh_folder(folder: Path) -> Path:
@@ -145,6 +152,11 @@ def fresh_folder(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / MARKER).write_text("made by diffobj rehearse; emptied by the next one\n")
     return folder
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tail(path: Path) -> str:
