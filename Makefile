@@ -21,9 +21,11 @@ demo: setup
 	$(VENV)/bin/snakemake --cores all
 	@echo "report: results/default/report.html (study: results/default/figures/weighting_study.md)"
 
-# every paper spec's whole DAG at toy size on this CPU, stand-in data (docs/rehearsal.md)
+# every spec's whole DAG at toy size on this CPU, stand-in data (docs/rehearsal.md);
+# `make rehearse SPECS=config/experiments/edm_cifar10.yaml` for one
+SPECS ?= config/experiments/*.yaml
 rehearse: setup
-	$(VENV)/bin/diffobj rehearse config/experiments/*.yaml
+	$(VENV)/bin/diffobj rehearse $(SPECS)
 
 # bf16 autocast + channels_last + torch.compile on the CPU: one run per network preset (and
 # both processes of the diffobj U-Net); minutes per run, most of them compiling

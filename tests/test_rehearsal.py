@@ -205,3 +205,23 @@ def test_a_rehearsal_spec_says_it_is_one(tmp_path):
     text = prepared.spec_path.read_text()
     assert text.startswith("# A REHEARSAL of")
     assert yaml.safe_load(text)["description"].startswith("REHEARSAL")
+
+
+def test_a_failed_rehearsal_prints_the_failed_jobs_log(tmp_path, capsys):
+    import os
+    import sys
+
+    from diffobj.commands.rehearse import execute
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "fid.log").write_text("Traceback ...\nValueError: the reason\n")
+    snakemake_like = (
+        "print('1 of 3 steps (33%) done');"
+        "print('    log: logs/fid.log (check log file(s) for error details)');"
+        "raise SystemExit(1)"
+    )
+    ok, _, _, jobs = execute([sys.executable, "-c", snakemake_like], dict(os.environ), tmp_path)
+    out = capsys.readouterr().out
+    assert not ok and jobs == 1
+    assert "snakemake.log ends:" in out and "logs/fid.log ends:" in out
+    assert "ValueError: the reason" in out

@@ -99,24 +99,15 @@ def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, 
         env[GPU_SWITCHES_ON_CPU] = "1"
     weights = {"installed": "the installed Inception weights", "random": "RANDOM Inception"}
     print(
-        f"{spec_path}: rehearsing {len(args.run or prepared.runs)} run(s) in "
-        f"{workdir}" + (f" ({weights[prepared.inception]})" if prepared.inception else ""),
+        f"{spec_path}: rehearsing {len(args.run or prepared.runs)} run(s) in {workdir}"
+        + (f" ({weights[prepared.inception]})" if prepared.inception else ""),
         flush=True,
     )
     if args.prepare_only:
         prefix = f"{GPU_SWITCHES_ON_CPU}=1 " if args.gpu_switches else ""
         print("  " + prefix + " ".join(command))
         return str(spec_path), True, 0.0, 0.0, 0
-    log = workdir / "snakemake.log"
-    start, cpu_start = time.perf_counter(), children_cpu_seconds()
-    with log.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    seconds = time.perf_counter() - start
-    # CPU time of every job: what the rehearsal costs on any machine, however busy this one is
-    cpu = children_cpu_seconds() - cpu_start
-    text = log.read_text()
-    jobs = jobs_done(text)
-    ok = done.returncode == 0
+    ok, seconds, cpu, jobs = execute(command, env, workdir)
     record = {
         "spec": str(spec_path),
         "rehearsal": str(prepared.spec_path),
@@ -130,13 +121,29 @@ def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, 
         "stand_ins": prepared.stand_ins,
     }
     (workdir / "rehearsal.json").write_text(json.dumps(record, indent=2) + "\n")
-    if not ok:
-        print(f"{spec_path}: rehearsal FAILED after {seconds:.0f} s; {log} ends:\n{tail(log)}")
+    verdict = f"rehearsed, {jobs} jobs in {seconds:.1f} s" if ok else "rehearsal FAILED"
+    print(f"{spec_path}: {verdict}", flush=True)
+    return str(spec_path), ok, seconds, cpu, jobs
+
+
+def execute(
+    command: list[str], env: dict[str, str], workdir: Path
+) -> tuple[bool, float, float, int]:
+    """Run Snakemake into workdir/snakemake.log: (ok, wall s, CPU s of every job, jobs done).
+    On failure the ends of its log and of each failed job's log are printed."""
+    log = workdir / "snakemake.log"
+    start, cpu_start = time.perf_counter(), children_cpu_seconds()
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    seconds = time.perf_counter() - start
+    # CPU time of the jobs: what the rehearsal costs on an idle machine, however busy this is
+    cpu = children_cpu_seconds() - cpu_start
+    text = log.read_text()
+    if done.returncode:
+        print(f"{log} ends:\n{tail(log)}")
         for job_log in failed_job_logs(text):
             print(f"{job_log} ends:\n{tail(workdir / job_log)}")
-    else:
-        print(f"{spec_path}: rehearsed, {jobs} jobs in {seconds:.1f} s", flush=True)
-    return str(spec_path), ok, seconds, cpu, jobs
+    return done.returncode == 0, seconds, cpu, jobs_done(text)
 
 
 def fresh_folder(folder: Path) -> Path:
