@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import pickle
 import struct
-import tarfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from diffobj.cli import main
 from diffobj.data import load_prepared, load_source, prepare, read_images
+from diffobj.data.fake import (
+    FakeData,
+    imagenet64_batch,
+    random_images,
+    write_cifar10,
+    write_image_folder,
+    write_imagenet64,
+    write_mnist_idx,
+)
 from diffobj.errors import UserError
 
 RNG = np.random.default_rng(0)
@@ -83,54 +88,28 @@ def test_nearest_resize_doubles_each_pixel(tmp_path):
 # -- MNIST idx ----------------------------------------------------------------------------------
 
 
-def idx_images(images: np.ndarray) -> bytes:
-    n, rows, cols = images.shape
-    return struct.pack(">iiii", 2051, n, rows, cols) + images.tobytes()
-
-
-def idx_labels(labels: np.ndarray) -> bytes:
-    return struct.pack(">ii", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
-
-
-def write_mnist(folder: Path, n_train=5, n_test=3, side=28) -> dict[str, np.ndarray]:
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        "train_x": RNG.integers(0, 256, (n_train, side, side), dtype=np.uint8),
-        "train_y": RNG.integers(0, 10, n_train),
-        "test_x": RNG.integers(0, 256, (n_test, side, side), dtype=np.uint8),
-        "test_y": RNG.integers(0, 10, n_test),
-    }
-    # Debian's files are gzip-compressed, npm's raw: one of each
-    (folder / "train-images-idx3-ubyte.gz").write_bytes(
-        gzip.compress(idx_images(arrays["train_x"]))
-    )
-    (folder / "train-labels-idx1-ubyte.gz").write_bytes(
-        gzip.compress(idx_labels(arrays["train_y"]))
-    )
-    (folder / "t10k-images-idx3-ubyte").write_bytes(idx_images(arrays["test_x"]))
-    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_labels(arrays["test_y"]))
-    return arrays
+def assert_loaded_is(loaded, fake: FakeData) -> None:
+    np.testing.assert_array_equal(loaded.train.images, fake.train_images)
+    np.testing.assert_array_equal(loaded.train.labels, fake.train_labels)
+    np.testing.assert_array_equal(loaded.test.images, fake.test_images)
+    np.testing.assert_array_equal(loaded.test.labels, fake.test_labels)
 
 
 def test_mnist_idx_gz_and_raw(tmp_path):
-    arrays = write_mnist(tmp_path)
-    loaded = load_source("mnist_idx", tmp_path)
-    np.testing.assert_array_equal(loaded.train.images[..., 0], arrays["train_x"])
-    np.testing.assert_array_equal(loaded.train.labels, arrays["train_y"])
-    np.testing.assert_array_equal(loaded.test.images[..., 0], arrays["test_x"])
-    np.testing.assert_array_equal(loaded.test.labels, arrays["test_y"])
+    fake = write_mnist_idx(tmp_path, RNG)
+    assert_loaded_is(load_source("mnist_idx", tmp_path), fake)
 
 
 def test_mnist_padded_like_edm_keeps_the_source_split(tmp_path):
-    arrays = write_mnist(tmp_path / "raw")
+    fake = write_mnist_idx(tmp_path / "raw", RNG)
     meta = prepare("mnist_idx", tmp_path / "out", path=tmp_path / "raw", pad=2)
     test, _, _ = load_prepared(tmp_path / "out", "test")
     assert meta["resolution"] == 32 and meta["split"]["rule"] == "source"
-    np.testing.assert_array_equal(test[:, 2:30, 2:30, 0], arrays["test_x"])
+    np.testing.assert_array_equal(test[:, 2:30, 2:30], fake.test_images)
 
 
 def test_mnist_truncated_file_names_file(tmp_path):
-    write_mnist(tmp_path)
+    write_mnist_idx(tmp_path, RNG)
     raw = (tmp_path / "t10k-images-idx3-ubyte").read_bytes()
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw[:-10])
     with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte: .*truncated"):
@@ -138,7 +117,7 @@ def test_mnist_truncated_file_names_file(tmp_path):
 
 
 def test_mnist_bad_magic_and_bad_gzip(tmp_path):
-    write_mnist(tmp_path)
+    write_mnist_idx(tmp_path, RNG)
     labels = tmp_path / "t10k-labels-idx1-ubyte"
     labels.write_bytes(struct.pack(">ii", 2051, 3) + b"\0\0\0")
     with pytest.raises(
@@ -162,59 +141,15 @@ def test_mnist_missing_folder_says_where_to_get_it(tmp_path):
 # -- CIFAR-10 ---------------------------------------------------------------------------------
 
 
-def cifar_batch(n: int, bytes_keys: bool) -> tuple[bytes, np.ndarray, list[int]]:
-    images = RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    # rows: the red plane (1024, row-major), then green, then blue
-    rows = images.transpose(0, 3, 1, 2).reshape(n, 3072)
-    labels = [int(v) for v in RNG.integers(0, 10, n)]
-    batch = {
-        "batch_label": "testing",
-        "data": rows,
-        "labels": labels,
-        "filenames": [f"{i}.png" for i in range(n)],
-    }
-    if bytes_keys:
-        batch = {k.encode(): v for k, v in batch.items()}
-    return pickle.dumps(batch, protocol=2), images, labels
-
-
-def write_cifar(
-    root: Path, as_tar: bool, bytes_keys: bool = False
-) -> tuple[np.ndarray, list, np.ndarray, list]:
-    files, train_x, train_y = {}, [], []
-    for i in range(1, 6):
-        data, x, y = cifar_batch(2, bytes_keys)
-        files[f"data_batch_{i}"] = data
-        train_x.append(x)
-        train_y += y
-    files["test_batch"], test_x, test_y = cifar_batch(3, bytes_keys)
-    files["batches.meta"] = pickle.dumps({"label_names": ["airplane"] * 10}, protocol=2)
-    if as_tar:
-        with tarfile.open(root, "w:gz") as tar:
-            for name, data in files.items():
-                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    else:
-        (root / "cifar-10-batches-py").mkdir(parents=True)
-        for name, data in files.items():
-            (root / "cifar-10-batches-py" / name).write_bytes(data)
-    return np.concatenate(train_x), train_y, test_x, test_y
-
-
 @pytest.mark.parametrize("as_tar,bytes_keys", [(True, False), (False, True)])
 def test_cifar10_tarball_or_folder_str_or_bytes_keys(tmp_path, as_tar, bytes_keys):
     root = tmp_path / "cifar-10-python.tar.gz" if as_tar else tmp_path
-    train_x, train_y, test_x, test_y = write_cifar(root, as_tar, bytes_keys)
-    loaded = load_source("cifar10", root)
-    np.testing.assert_array_equal(loaded.train.images, train_x)
-    np.testing.assert_array_equal(loaded.train.labels, train_y)
-    np.testing.assert_array_equal(loaded.test.images, test_x)
-    np.testing.assert_array_equal(loaded.test.labels, test_y)
+    fake = write_cifar10(root, RNG, as_tar=as_tar, bytes_keys=bytes_keys)
+    assert_loaded_is(load_source("cifar10", root), fake)
 
 
 def test_cifar10_truncated_pickle_names_file(tmp_path):
-    write_cifar(tmp_path, as_tar=False)
+    write_cifar10(tmp_path, RNG, as_tar=False)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:500])
     with pytest.raises(UserError, match=r"data_batch_3: not a readable pickle"):
@@ -222,7 +157,7 @@ def test_cifar10_truncated_pickle_names_file(tmp_path):
 
 
 def test_cifar10_wrong_row_length(tmp_path):
-    write_cifar(tmp_path, as_tar=False)
+    write_cifar10(tmp_path, RNG, as_tar=False)
     bad = {"data": np.zeros((2, 3000), np.uint8), "labels": [0, 1]}
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(bad))
     with pytest.raises(UserError, match=r"test_batch: rows of 3000 values, expected 3\*32\*32"):
@@ -235,7 +170,7 @@ def test_cifar10_missing_says_what_to_download(tmp_path):
 
 
 def test_pickles_cannot_run_code(tmp_path):
-    write_cifar(tmp_path, as_tar=False)
+    write_cifar10(tmp_path, RNG, as_tar=False)
 
     class Evil:
         def __reduce__(self):
@@ -249,49 +184,17 @@ def test_pickles_cannot_run_code(tmp_path):
 # -- downsampled ImageNet 64 ----------------------------------------------------------------------
 
 
-def imagenet_batch(n: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    images = RNG.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-    labels = RNG.integers(1, 1001, n)  # 1-indexed in the released files
-    return (
-        {"data": images.transpose(0, 3, 1, 2).reshape(n, 12288), "labels": list(labels)},
-        images,
-        labels,
-    )
-
-
 @pytest.mark.parametrize("npz", [True, False])
 def test_imagenet64_npz_or_pickle_labels_from_zero(tmp_path, npz):
-    expected_x, expected_y = [], []
-    for name, n in [
-        ("train_data_batch_1", 2),
-        ("train_data_batch_2", 3),
-        ("train_data_batch_10", 1),
-        ("val_data", 2),
-    ]:
-        batch, x, y = imagenet_batch(n)
-        if npz:
-            np.savez(
-                tmp_path / f"{name}.npz",
-                data=batch["data"],
-                labels=np.asarray(batch["labels"]),
-                mean=np.zeros(12288),
-            )
-        else:
-            (tmp_path / name).write_bytes(pickle.dumps({**batch, "mean": np.zeros(12288)}))
-        expected_x.append(x)
-        expected_y.append(y - 1)
-    loaded = load_source("imagenet64", tmp_path)
-    # batches in numeric order: 1, 2, 10 (not 1, 10, 2)
-    np.testing.assert_array_equal(loaded.train.images, np.concatenate(expected_x[:3]))
-    np.testing.assert_array_equal(loaded.train.labels, np.concatenate(expected_y[:3]))
-    np.testing.assert_array_equal(loaded.test.images, expected_x[3])
-    np.testing.assert_array_equal(loaded.test.labels, expected_y[3])
+    # batches 1, 2 and 10: read in numeric order (1, 2, 10), not as strings sort (1, 10, 2)
+    fake = write_imagenet64(tmp_path, RNG, {1: 2, 2: 3, 10: 1}, val=2, npz=npz)
+    assert_loaded_is(load_source("imagenet64", tmp_path), fake)
 
 
 def test_imagenet64_errors(tmp_path):
     with pytest.raises(UserError, match="Imagenet64_train_part1.zip"):
         load_source("imagenet64", tmp_path)
-    batch, _, _ = imagenet_batch(2)
+    batch = imagenet64_batch(*random_images(RNG, 2, 64, 3, 1000))
     np.savez(tmp_path / "train_data_batch_1.npz", data=batch["data"])
     with pytest.raises(UserError, match=r"train_data_batch_1.npz: missing key 'labels'"):
         load_source("imagenet64", tmp_path)
@@ -303,26 +206,11 @@ def test_imagenet64_errors(tmp_path):
 # -- image folder / zip (EDM layout) --------------------------------------------------------------
 
 
-def write_edm_folder(root: Path, images: np.ndarray, labels: list[int] | None) -> None:
-    from PIL import Image
-
-    entries = []
-    for i, img in enumerate(images):
-        idx = f"{i:08d}"
-        name = f"{idx[:5]}/img{idx}.png"
-        (root / idx[:5]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(
-            root / name, compress_level=0
-        )
-        entries.append([name, labels[i] if labels else None])
-    (root / "dataset.json").write_text(json.dumps({"labels": entries if labels else None}))
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_folder_and_zip_with_dataset_json(tmp_path, channels):
     images = RNG.integers(0, 256, (4, 8, 8, channels), dtype=np.uint8)
     labels = [3, 1, 4, 1]
-    write_edm_folder(tmp_path / "folder", images, labels)
+    write_image_folder(tmp_path / "folder", images, labels)
     with zipfile.ZipFile(tmp_path / "data.zip", "w", zipfile.ZIP_STORED) as archive:
         for f in sorted((tmp_path / "folder").rglob("*")):
             if f.is_file():
@@ -334,7 +222,7 @@ def test_image_folder_and_zip_with_dataset_json(tmp_path, channels):
 
 
 def test_image_folder_without_labels_and_errors(tmp_path):
-    write_edm_folder(tmp_path, RNG.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8), None)
+    write_image_folder(tmp_path, RNG.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8), None)
     assert load_source("image_folder", tmp_path).train.labels is None
     (tmp_path / "00000" / "img00000001.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     with pytest.raises(UserError, match=r"00000/img00000001.png: not a readable image"):
@@ -418,3 +306,23 @@ def test_blur_keeps_constants_and_mass():
         blurred[0, 4, 4, 0] < 255 and abs(blurred.sum() - 255) <= 81 // 2
     )  # rounding of 81 pixels
     np.testing.assert_array_equal(blurred[0, :, :, 0], blurred[0, :, :, 0].T)  # isotropic
+
+
+@pytest.mark.parametrize(
+    ("source", "shape"),
+    [
+        ("cifar10", (32, 32, 3)),
+        ("imagenet64", (64, 64, 3)),
+        ("mnist_idx", (28, 28, 1)),
+        ("image_folder", (16, 16, 3)),
+    ],
+)
+def test_stand_ins_load_through_the_real_loaders(tmp_path, source, shape):
+    from diffobj.data.fake import write_stand_in
+
+    path = write_stand_in(source, tmp_path, RNG, train=12, test=4, side=16)
+    loaded = load_source(source, path)
+    # CIFAR-10 rounds up to five equal batches; the folder has no split of its own
+    train = {"cifar10": 15, "image_folder": 16}.get(source, 12)
+    assert loaded.train.images.shape == (train, *shape)
+    assert loaded.test is None if source == "image_folder" else len(loaded.test.images) == 4

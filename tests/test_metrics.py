@@ -195,6 +195,35 @@ def test_real_weights_match_the_torchscript_network():
     }
 
 
+def test_random_weights_load_as_a_rehearsals_and_never_pass_for_an_fid(tmp_path):
+    path = inception.write_random_weights(tmp_path / "random.pt", seed=1)
+    model = inception.load_inception(path)
+    assert model.feature == inception.RANDOM_FEATURE_NAME != inception.FEATURE_NAME
+    # the file holds the network's every tensor, and a second write with the seed is the same
+    again = inception.load_inception(inception.write_random_weights(tmp_path / "b.pt", seed=1))
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), again.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    images = RNG.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    extractor = make_extractor(inception_weights=path)
+    stats = compute_statistics(images, extractor)
+    assert np.isfinite(stats.mu).all() and stats.meta["feature"] == inception.RANDOM_FEATURE_NAME
+    result = evaluate(images, stats, extractor)
+    assert result["feature"] == inception.RANDOM_FEATURE_NAME
+    assert result["fid"] == pytest.approx(0, abs=1e-6 * float(np.abs(stats.sigma).max()) + 1e-9)
+
+
+@needs_weights
+def test_a_random_weights_reference_refuses_real_weights_samples(tmp_path):
+    images = RNG.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    random = make_extractor(inception_weights=inception.write_random_weights(tmp_path / "r.pt"))
+    compute_statistics(images, random).save(tmp_path / "ref.npz")
+    real = make_extractor(inception_weights=WEIGHTS)
+    with pytest.raises(UserError, match=r"reference made with features 'RANDOM-inception"):
+        evaluate(images, Statistics.load(tmp_path / "ref.npz"), real, ref_path=tmp_path / "ref.npz")
+
+
 @needs_weights
 def test_fid_of_a_set_with_itself_is_zero_with_real_weights():
     images = RNG.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)

@@ -44,6 +44,17 @@ def test_subtracting_the_optimal_loss_recovers_the_exponent():
     assert raw["b"] < 0.2 and raw["r2"] < clean["r2"]
 
 
+def test_models_all_of_one_size_have_no_exponent_and_the_figure_says_why():
+    from diffobj.commands.figures import check_sizes
+    from diffobj.errors import UserError
+
+    fit = power_law_fit(np.full(4, 1000.0), np.array([0.5, 0.4, 0.45, 0.42]))
+    assert math.isnan(fit["b"]) and fit["n"] == 4
+    with pytest.raises(UserError, match=r"spec.yaml: figures: scaling .* has 1000 parameters"):
+        check_sizes(pl.DataFrame({"n_params": [1000, 1000, 1000]}), "spec.yaml")
+    check_sizes(pl.DataFrame({"n_params": [1000, 2000]}), "spec.yaml")
+
+
 def test_the_95_percent_interval_on_b_covers_it_about_95_percent_of_the_time():
     rng = np.random.default_rng(0)
     size = np.geomspace(1e4, 1e6, 6)

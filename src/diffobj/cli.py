@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "the experiment's HTML report: study text and every figure"),
     "bounds": ("bounds", "the cascade of improved bounds L^(i) of a trained run"),
     "bounds-table": ("bounds", "gather the runs' bounds into a table and draw its figure"),
+    "rehearse": ("rehearse", "run a spec's whole DAG at toy size on this CPU, stand-in data"),
 }
 
 

@@ -44,6 +44,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+# =1: bf16 autocast and channels_last on a CPU too, as on a GPU (`diffobj rehearse
+# --gpu-switches`): the GPU's code paths run, slowly, where no GPU is
+GPU_SWITCHES_ON_CPU = "DIFFOBJ_GPU_SWITCHES_ON_CPU"
+
+
+def gpu_switches(device: torch.device) -> bool:
+    """Whether the GPU switches (bf16 autocast where the run asks for it, channels_last) apply
+    on ``device``: on a GPU always, on a CPU only under $DIFFOBJ_GPU_SWITCHES_ON_CPU=1."""
+    return device.type == "cuda" or os.environ.get(GPU_SWITCHES_ON_CPU) == "1"
+
+
 def set_cpu_threads(threads: int | None) -> None:
     """torch's CPU thread count (None: leave torch's default, one per core)."""
     if threads is None:

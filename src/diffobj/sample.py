@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffobj.devices import gpu_switches
 from diffobj.errors import UserError
 from diffobj.guidance import check_guidance, class_labels, guided
 from diffobj.io import atomic_path
@@ -138,7 +139,7 @@ def _prior(
     z = torch.randn(shape, generator=generator, device=device) * std
     return (
         z.contiguous(memory_format=torch.channels_last)
-        if device.type == "cuda" and z.dim() == 4
+        if gpu_switches(device) and z.dim() == 4
         else z
     )
 

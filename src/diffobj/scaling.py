@@ -51,7 +51,8 @@ def power_law_fit(size: np.ndarray, loss: np.ndarray, offset: float = 0.0) -> di
     size, loss = np.asarray(size, float), np.asarray(loss, float)
     excess = loss - offset
     nan = dict.fromkeys(("b", "b_lo", "b_hi", "a", "pearson_r", "r2"), math.nan)
-    if len(size) < 3 or not (excess > 0).all():
+    # a level where every run has one size (or compute) has no slope to fit
+    if len(size) < 3 or len(np.unique(size)) < 2 or not (excess > 0).all():
         return {**nan, "n": len(size)}
     fit = fit_power_law(size, excess)
     predicted = offset + fit["beta"] * size ** fit["alpha"]

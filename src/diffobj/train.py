@@ -75,6 +75,7 @@ from diffobj.checkpoint import (
 from diffobj.devices import (
     device_description,
     distributed_env,
+    gpu_switches,
     peak_memory_mb,
     resolve_device,
 )
@@ -120,9 +121,10 @@ class TrainResult:
 
 
 def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on a GPU when the run asks for it; plain fp32 on a CPU."""
-    enabled = device.type == "cuda" and precision == "bf16"
-    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else nullcontext()
+    """bf16 autocast on a GPU when the run asks for it; plain fp32 on a CPU (unless the GPU
+    switches are rehearsed there, ``devices.gpu_switches``)."""
+    enabled = gpu_switches(device) and precision == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def make_model_fn(
@@ -217,7 +219,7 @@ class Trainer:
         self.order = DataOrder(self.data.count, config.seed)
         torch.manual_seed(config.seed)  # the initial weights
         self.net = build_model({**config.model}, self.kind, self.data.image_shape).to(self.device)
-        if self.device.type == "cuda":
+        if gpu_switches(self.device):
             self.net = self.net.to(memory_format=torch.channels_last)
         self.params = list(self.net.parameters())
         self.ema = Ema(self.net, float(self.training["ema_halflife_images"]))
@@ -496,7 +498,8 @@ class Trainer:
         if not self.dist.main:
             return
         params = count_parameters(self.net)
-        precision = self.training.get("precision", "fp32") if self.device.type == "cuda" else "fp32"
+        switches = gpu_switches(self.device)
+        precision = self.training.get("precision", "fp32") if switches else "fp32"
         where = f"resuming at step {self.step}" if resumed else "from scratch"
         print(
             f"{self.config.run_id}: {self.kind}, {params / 1e6:.2f}M parameters, "
@@ -634,7 +637,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "auto") -> Loaded
     net = build_model({**config.model}, record["kind"], shape)
     net.load_state_dict(record["ema"])
     net = net.to(dev).eval().requires_grad_(False)
-    if dev.type == "cuda":
+    if gpu_switches(dev):
         net = net.to(memory_format=torch.channels_last)
     return LoadedRun(
         config,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from diffobj.data.arrays import read_images, read_labels
-from diffobj.devices import Dist
+from diffobj.devices import Dist, gpu_switches
 from diffobj.errors import UserError
 from diffobj.run_config import RunConfig
 from diffobj.seeds import ORDER, step_seed
@@ -85,4 +85,4 @@ def model_input(images_u8: torch.Tensor, kind: str, device: torch.device) -> tor
     """Gaussian: x = u8 / 127.5 - 1 in [-1, 1]; masked: the integer pixels as tokens."""
     x = images_u8.to(device, non_blocking=True)
     x = x.float() / 127.5 - 1 if kind == "gaussian" else x.long()
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last) if gpu_switches(device) else x

@@ -174,6 +174,7 @@ def _scaling(loaded, results, out):
     from diffobj.scaling import per_level_fits
 
     points = scaling_points(loaded, results)
+    check_sizes(points, loaded.path)
     # per noise level, raw and J*-subtracted power laws (Xu et al. Fig. 3b, 7), against
     # parameters and against training compute, written beside the figure
     sizes = points.select("run_id", pl.col("n_params", "train_flops").cast(pl.Float64))
@@ -182,6 +183,20 @@ def _scaling(loaded, results, out):
     with atomic_path(out.with_name(f"{out.stem}_per_level.csv")) as tmp:
         fits.write_csv(tmp)
     return figures.scaling(points, fits)
+
+
+def check_sizes(points, spec_path) -> None:
+    """A power law in model size needs models of two sizes or more (found by a rehearsal,
+    whose shrunk models were once all alike: a bare scipy ValueError)."""
+    from diffobj.errors import UserError
+
+    sizes = sorted(set(points["n_params"].to_list()))
+    if len(sizes) < 2:
+        raise UserError(
+            f"{spec_path}: figures: scaling fits loss against model size, but every model "
+            f"of the grid has {sizes[0] if sizes else 0} parameters; give models of two or "
+            "more sizes, or drop the figure"
+        )
 
 
 def scaling_points(loaded, results):

@@ -85,6 +85,7 @@ class InceptionExtractor(Extractor):
     ):
         path = inception.resolve_weights(weights)
         self.model = inception.load_inception(path, device)
+        self.feature = self.model.feature  # random weights (a rehearsal) are named as such
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels_last = channels_last

