@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from diffobj.errors import UserError
 from diffobj.run_config import RunConfig
+from diffobj.seeds import Draws
+from diffobj.seeds import draw as draw_rows
 
 AUGMENT_DIM = 9
 
@@ -49,21 +52,21 @@ class AugmentPipe:
     aniso_rotate_prob: float = 0.5
     translate_std: float = 0.125  # of the image size
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device) -> Transform:
+    def draw(self, n: int, generator: Draws, device: torch.device) -> Transform:
         """Per-image parameters; a transform not drawn for an image has its identity value."""
 
         def gated(values: torch.Tensor, prob: float) -> torch.Tensor:
-            u = torch.rand(values.shape[-1], generator=generator, device=device)
+            u = draw_rows(torch.rand, (values.shape[-1],), generator, device=device)
             return torch.where(u < prob, values, torch.zeros_like(values))
 
         def uniform(scale: float) -> torch.Tensor:
-            return (torch.rand(n, generator=generator, device=device) * 2 - 1) * scale
+            return (draw_rows(torch.rand, (n,), generator, device=device) * 2 - 1) * scale
 
         def bit() -> torch.Tensor:
-            return torch.randint(2, (n,), generator=generator, device=device).float()
+            return draw_rows(partial(torch.randint, 2), (n,), generator, device=device).float()
 
         def normal(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, n, generator=generator, device=device)
+            return draw_rows(torch.randn, (*shape, n), generator, dim=-1, device=device)
 
         p = self.p
         xflip = gated(bit(), self.xflip * p)
@@ -76,9 +79,7 @@ class AugmentPipe:
         shift = gated(normal(2), self.translate * p)
         return Transform(xflip, yflip, scale, rotate, aniso, angle, shift[0], shift[1], self)
 
-    def __call__(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, generator: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented images (N, C, H, W) and their labels (N, 9)."""
         t = self.draw(images.shape[0], generator, images.device)
         return t.apply(images), t.labels()

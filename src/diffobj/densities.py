@@ -49,6 +49,7 @@ from diffobj.optimal_curve import OptimalLossCurve, read_table
 from diffobj.processes import gaussian, masked
 from diffobj.processes.gaussian import LossTerms
 from diffobj.schedules import Level, Schedule
+from diffobj.seeds import Draws, draw
 from diffobj.weightings import Weighting
 
 FLOOR_FRACTION = 0.05  # corrected: floor = this share of the mean positive gap (bounds W/p)
@@ -201,7 +202,7 @@ class GapDensity:
 
     # -- the loss -----------------------------------------------------------------------------
     def draw(
-        self, batch: int, generator: torch.Generator | None, device: torch.device | str
+        self, batch: int, generator: Draws, device: torch.device | str
     ) -> tuple[Level, torch.Tensor, torch.Tensor]:
         """Levels of a batch, each sample's factor on its error (c W / p or c W) and J* at each
         sample's log-SNR (float64)."""
@@ -220,9 +221,7 @@ class GapDensity:
             factor = factor * (-sampler.dlog_snr_dt(t).to(device)) * jacobian
         return level, factor, optimal
 
-    def loss(
-        self, model_fn: Callable, x: torch.Tensor, generator: torch.Generator | None
-    ) -> LossTerms:
+    def loss(self, model_fn: Callable, x: torch.Tensor, generator: Draws) -> LossTerms:
         """The run's loss with lam drawn from this density; ``excess`` = error - J*(lam), per
         sample, is what the refresh windows bin (the module doc says why not J* per bin)."""
         level, factor, optimal = self.draw(x.shape[0], generator, x.device)
@@ -270,13 +269,13 @@ def build(
 
 
 def evaluate_error(
-    kind: str, model_fn: Callable, x: torch.Tensor, level: Level, generator: torch.Generator | None
+    kind: str, model_fn: Callable, x: torch.Tensor, level: Level, generator: Draws
 ) -> torch.Tensor:
     """Per-sample unweighted per-dimension error at given levels, as LossTerms.error:
     Gaussian eps-MSE, masked cross-entropy (nats) over masked tokens, both divided by D."""
     if kind == "masked":
         z = masked.corrupt(x, level, generator)
         return masked.masked_cross_entropy(model_fn(z, level), x, z)
-    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    eps = draw(torch.randn, x.shape, generator, dtype=x.dtype, device=x.device)
     eps_hat = model_fn(gaussian.corrupt(x, level, eps), level)
     return (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)

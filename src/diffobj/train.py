@@ -32,7 +32,13 @@ Rerunning the same command resumes; raising training.steps continues a finished 
 
 Multi-GPU: launched with WORLD_SIZE > 1 (torchrun) or SLURM_NTASKS > 1 (srun, with
 MASTER_ADDR / MASTER_PORT set), training runs under DDP with the batch split across ranks;
-rank 0 writes logs, checkpoints and outputs.
+rank 0 writes logs, checkpoints and outputs. The world size does not change the experiment:
+rank r trains on rows [r B/W, (r+1) B/W) of the step's global batch, with the data, noise
+levels, noise, masks, augmentations and label dropout those rows get in a 1-process run
+(``seeds.Shard``), and gradients are averaged over ranks; what remains world-size dependent
+is dropout inside the network (each rank draws masks for its rows from its own stream) and
+the order of float sums (reductions across ranks). So a checkpoint resumes in another world
+size (a note says so); with dropout 0 the runs agree to float rounding.
 
 The pieces live beside this module, one job each: ``devices`` (device, threads, DDP world),
 ``seeds`` (the random streams), ``train_data`` (images on the device, their order),
@@ -87,7 +93,7 @@ from diffobj.processes.gaussian import Denoiser
 from diffobj.provenance import runtime
 from diffobj.run_config import RunConfig, dump_run_config, load_run_config
 from diffobj.schedules import Level, Schedule
-from diffobj.seeds import DROPOUT, EVAL, NOISE, step_seed
+from diffobj.seeds import DROPOUT, EVAL, NOISE, Shard, draw, step_seed
 from diffobj.train_data import DataOrder, load_data, model_input
 from diffobj.train_log import LOG_COLUMNS, BinWindow, bin_column
 
@@ -290,8 +296,9 @@ class Trainer:
                 "noise": self.noise.get_state(),
                 "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
             },
-            "window": self.window.state_dict(),
-            "refresh_window": self.refresh_window.state_dict(),
+            # summed over ranks: a resume in any world size continues the logs exactly
+            "window": self.window.global_state(self.dist),
+            "refresh_window": self.refresh_window.global_state(self.dist),
             "adaptive": self.adaptive.state_dict() if self.adaptive else None,
             "log_rows": self.log_rows,
             "bin_rows": self.bin_rows,
@@ -301,8 +308,9 @@ class Trainer:
         if self._saved_step == self.step:
             return
         self._saved_step = self.step
+        state = self.state_dict()  # on every rank: it reduces the windows across ranks
         if self.dist.main:
-            save_atomic(self.state_dict(), self.checkpoint_path)
+            save_atomic(state, self.checkpoint_path)
         if self.dist.world > 1:
             dist.barrier()
 
@@ -321,6 +329,7 @@ class Trainer:
                 f"{self.checkpoint_path}: checkpoint at step {state['step']} is beyond "
                 f"training.steps = {steps}"
             )
+        self._note_world_change(int(state.get("world_size", 1)))
         self.net.load_state_dict(state["model"])
         self.ema.net.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -328,8 +337,8 @@ class Trainer:
         self.noise.set_state(state["rng"]["noise"])
         if state["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.window.load_state_dict(state["window"])
-        self.refresh_window.load_state_dict(state["refresh_window"])
+        self.window.load_global_state(state["window"], self.dist)
+        self.refresh_window.load_global_state(state["refresh_window"], self.dist)
         adaptive = state["adaptive"]
         if self.adaptive and adaptive is not None and not self.adaptive.load_state_dict(adaptive):
             self.refresh_window.reset()  # it holds raw errors too: dropped with them
@@ -337,6 +346,18 @@ class Trainer:
         self.bin_rows = list(state["bin_rows"])
         self.step = self._saved_step = int(state["step"])
         return True
+
+    def _note_world_change(self, saved: int) -> None:
+        if saved == self.dist.world or not self.dist.main:
+            return
+        dropout = float(self.config.model.get("dropout", 0.0) or 0.0)
+        differs = f"dropout masks ({dropout}) and " if dropout else ""
+        print(
+            f"{self.config.run_id}: resuming a {saved}-process checkpoint in "
+            f"{self.dist.world} process(es): the data, noise and batch continue unchanged; "
+            f"{differs}float rounding differ from an uninterrupted {saved}-process run",
+            file=sys.stderr,
+        )
 
     # -- one step ------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -347,19 +368,22 @@ class Trainer:
         idx = self.order.indices(step, self.batch, self.dist)
         dev_idx = idx.to(self.data.images.device)
         x = model_input(self.data.images[dev_idx], self.kind, self.device)
-        self.noise.manual_seed(step_seed(seed, rank, step, NOISE))
+        # one noise stream for all ranks (rank 0's seed), each keeping its rows of the batch
+        self.noise.manual_seed(step_seed(seed, 0, step, NOISE))
+        share = self.batch // self.dist.world
+        draws = Shard(self.noise, rank * share, share, self.batch)
         torch.manual_seed(step_seed(seed, rank, step, DROPOUT))  # dropout draws
-        labels = self._labels(dev_idx)
+        labels = self._labels(dev_idx, draws)
         augmented = None
         if self.augment is not None:  # EDM's non-leaking augmentation, labels to the network
-            x, augmented = self.augment(x, self.noise)
+            x, augmented = self.augment(x, draws)
         model_fn = make_model_fn(self.train_net, self.config, self.device, labels, augmented)
         self.net.train()
         if self.adaptive is not None:
-            terms = self.adaptive.loss(model_fn, x, self.noise)
+            terms = self.adaptive.loss(model_fn, x, draws)
         else:
             process = gaussian if self.kind == "gaussian" else masked
-            terms = process.weighted_loss(model_fn, x, self.schedule, self.weighting, self.noise)
+            terms = process.weighted_loss(model_fn, x, self.schedule, self.weighting, draws)
         loss = terms.loss.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -374,13 +398,13 @@ class Trainer:
             # the gap is binned per sample: error - J*(lam_i), not the bin's error - J*(centre)
             self.refresh_window.add(terms.log_snr, terms.excess, loss, grad_norm)
 
-    def _labels(self, dev_idx: torch.Tensor) -> torch.Tensor | None:
+    def _labels(self, dev_idx: torch.Tensor, draws: Shard) -> torch.Tensor | None:
         if self.data.labels is None:
             return None
         labels = self.data.labels[dev_idx.to(self.data.labels.device)].to(self.device)
         p = float(self.config.model.get("label_dropout", 0.0))
         if p > 0:  # classifier-free guidance: the "no label" class index is num_classes
-            drop = torch.rand(labels.shape, generator=self.noise, device=self.device) < p
+            drop = draw(torch.rand, labels.shape, draws, device=self.device) < p
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return labels
 

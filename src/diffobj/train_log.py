@@ -59,14 +59,19 @@ class BinWindow:
             "grad_sum": values[-1].cpu(),
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k) for k in ("error_sum", "count", "loss_sum", "grad_sum", "steps")
-        }
+    def global_state(self, dist_: Dist) -> dict[str, Any]:
+        """The window of all ranks (a collective call): sums of errors and counts, means of
+        loss and grad norm; ``load_global_state`` spreads it over any number of ranks."""
+        return {**self.reduced(dist_), "steps": self.steps}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
+    def load_global_state(self, state: dict[str, Any], dist_: Dist) -> None:
+        """Rank 0 takes the sums, every rank the means, so ``reduced`` gives them back."""
+        for k in ("error_sum", "count"):
+            value = state[k].to(self.device, torch.float64)
+            setattr(self, k, value if dist_.main else torch.zeros_like(value))
+        for k in ("loss_sum", "grad_sum"):
+            setattr(self, k, state[k].to(self.device, torch.float64))
+        self.steps = int(state["steps"])
 
 
 def bin_column(k: int) -> str:

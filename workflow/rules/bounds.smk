@@ -22,9 +22,9 @@ rule bounds:
     resources:
         **stage_resources("nll"),
     shell:
-        "OMP_NUM_THREADS={threads} diffobj bounds --run {params.out} --data {input.data}"
+        LOG_LINK + "OMP_NUM_THREADS={threads} diffobj bounds --run {params.out} --data {input.data}"
         " --cuts {EVAL.bounds_cuts} --images {EVAL.bounds_images} --queries {EVAL.bounds_queries}"
-        " --out {output} > {log} 2>&1"
+        " --out {output}" + LOG
 
 
 rule bounds_table:
@@ -40,5 +40,5 @@ rule bounds_table:
     resources:
         **stage_resources("aggregate"),
     shell:
-        "diffobj bounds-table --spec {SPEC} --results {R} --table {output.table}"
-        " --figure {output.figure} > {log} 2>&1"
+        LOG_LINK + "diffobj bounds-table --spec {SPEC} --results {R} --table {output.table}"
+        " --figure {output.figure}" + LOG

@@ -2,6 +2,15 @@
 import json
 
 
+# A job's output is appended to one file per process, LOG.rank0, LOG.rank1, ... (RANK set by
+# the executor under DDP, 0 otherwise), and LOG links to rank 0's. Snakemake deletes LOG each
+# time it starts the job: on every DDP task (each runs the job command) and on every retry
+# or requeue. Written to directly, LOG lost the earlier attempts' output and, when a later
+# task started, rank 0's; the rank files survive both (docs/slurm.md).
+LOG_LINK = 'ln -sfn "$(basename "{log}").rank0" "{log}"; '
+LOG = ' >> "{log}.rank${{RANK:-0}}" 2>&1'
+
+
 def run_dir(run_id):
     return f"{R}/runs/{run_id}"
 

@@ -25,4 +25,4 @@ rule prepare_data:
     resources:
         **stage_resources("prepare_data"),
     shell:
-        "diffobj prepare-data {params.args} --out {params.out} > {log} 2>&1"
+        LOG_LINK + "diffobj prepare-data {params.args} --out {params.out}" + LOG

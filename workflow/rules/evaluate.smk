@@ -16,8 +16,8 @@ rule train_features:
     resources:
         **stage_resources("classifier"),
     shell:
-        "diffobj train-features --data {params.data} --epochs {EVAL.features_epochs} --seed 0"
-        " --out {output} > {log} 2>&1"
+        LOG_LINK + "diffobj train-features --data {params.data} --epochs {EVAL.features_epochs} --seed 0"
+        " --out {output}" + LOG
 
 
 rule fd_reference:
@@ -33,7 +33,7 @@ rule fd_reference:
     resources:
         **stage_resources("classifier"),
     shell:
-        "diffobj fid-ref --data {input.images} --features {input.features} --out {output} > {log} 2>&1"
+        LOG_LINK + "diffobj fid-ref --data {input.images} --features {input.features} --out {output}" + LOG
 
 
 def classifier_inputs(run):
@@ -68,7 +68,7 @@ if not EVAL.one_job_per_run:
         resources:
             **stage_resources("classifier"),
         shell:
-            "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"
+            LOG_LINK + "OMP_NUM_THREADS={threads} diffobj {params.command}" + LOG
 
 
 rule fid_reference:
@@ -84,7 +84,7 @@ rule fid_reference:
     resources:
         **stage_resources("fid"),
     shell:
-        "diffobj fid-ref --data {input} {params.weights} --out {output} > {log} 2>&1"
+        LOG_LINK + "diffobj fid-ref --data {input} {params.weights} --out {output}" + LOG
 
 
 rule fid:
@@ -101,7 +101,7 @@ rule fid:
     resources:
         **stage_resources("fid"),
     shell:
-        "diffobj fid --samples {input.samples} --ref {input.ref} {params.weights} --out {output} > {log} 2>&1"
+        LOG_LINK + "diffobj fid --samples {input.samples} --ref {input.ref} {params.weights} --out {output}" + LOG
 
 
 def nll_inputs(run):
@@ -136,7 +136,7 @@ if not EVAL.one_job_per_run:
         resources:
             **stage_resources("nll"),
         shell:
-            "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"
+            LOG_LINK + "OMP_NUM_THREADS={threads} diffobj {params.command}" + LOG
 
 
 def evaluation_files():
@@ -165,8 +165,8 @@ rule fd_real:
     resources:
         **stage_resources("classifier"),
     shell:
-        "diffobj fid --samples {input.test} --ref {input.ref} --features {input.features}"
-        " --out {output} > {log} 2>&1"
+        LOG_LINK + "diffobj fid --samples {input.test} --ref {input.ref} --features {input.features}"
+        " --out {output}" + LOG
 
 
 if EVAL.one_job_per_run:
@@ -201,4 +201,4 @@ if EVAL.one_job_per_run:
         resources:
             **stage_resources(*EVALUATE_RUN_STAGES),
         shell:
-            "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"
+            LOG_LINK + "OMP_NUM_THREADS={threads} diffobj {params.command}" + LOG

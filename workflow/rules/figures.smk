@@ -42,7 +42,7 @@ for _figure in [f for f in S.figures if f != "weightings"]:
         resources:
             **stage_resources("aggregate"),
         shell:
-            "diffobj figures --spec {SPEC} --results {R} --figure {params.figure} --out {output} > {log} 2>&1"
+            LOG_LINK + "diffobj figures --spec {SPEC} --results {R} --figure {params.figure} --out {output}" + LOG
 
 
 rule report:
@@ -57,5 +57,5 @@ rule report:
     resources:
         **stage_resources("aggregate"),
     shell:
-        "diffobj report --spec {SPEC} --results {R} --captions {CAPTIONS}"
-        " --out {output} > {log} 2>&1"
+        LOG_LINK + "diffobj report --spec {SPEC} --results {R} --captions {CAPTIONS}"
+        " --out {output}" + LOG

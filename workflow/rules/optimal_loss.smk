@@ -22,9 +22,9 @@ rule optimal_loss:
     resources:
         **stage_resources("optimal_loss"),
     shell:
-        "diffobj optimal-loss --data {input} --process {params.kind} --schedule {params.schedule}"
+        LOG_LINK + "diffobj optimal-loss --data {input} --process {params.kind} --schedule {params.schedule}"
         " --log-snr-range {params.lam} --levels {OPT.levels} --queries {OPT.queries}"
-        " --estimator {OPT.estimator} {params.subset}{OPT_DEVICE} --seed 0 --out {output} > {log} 2>&1"
+        " --estimator {OPT.estimator} {params.subset}{OPT_DEVICE} --seed 0 --out {output}" + LOG
 
 
 rule optimal_loss_convergence:
@@ -43,6 +43,6 @@ rule optimal_loss_convergence:
     resources:
         **stage_resources("optimal_loss"),
     shell:
-        "diffobj optimal-loss --convergence --data {input} --process {params.kind}"
+        LOG_LINK + "diffobj optimal-loss --convergence --data {input} --process {params.kind}"
         " --schedule {params.schedule} --log-snr-range {params.lam} --levels 8"
-        " --queries {OPT.queries}{OPT_DEVICE} --seed 0 --out {output} > {log} 2>&1"
+        " --queries {OPT.queries}{OPT_DEVICE} --seed 0 --out {output}" + LOG

@@ -57,4 +57,4 @@ if not S.evaluation.one_job_per_run:  # else evaluate_run (evaluate.smk) samples
         resources:
             **stage_resources("sample"),
         shell:
-            "OMP_NUM_THREADS={threads} diffobj {params.command} > {log} 2>&1"
+            LOG_LINK + "OMP_NUM_THREADS={threads} diffobj {params.command}" + LOG

@@ -14,7 +14,7 @@ rule weightings:
     resources:
         **stage_resources("aggregate"),
     shell:
-        "diffobj weightings --spec {SPEC} --out {output.table} --figure {output.figure} > {log} 2>&1"
+        LOG_LINK + "diffobj weightings --spec {SPEC} --out {output.table} --figure {output.figure}" + LOG
 
 
 rule tables:
@@ -33,4 +33,4 @@ rule tables:
     resources:
         **stage_resources("aggregate"),
     shell:
-        "diffobj tables --spec {SPEC} --results {R} --out-dir {R}/tables > {log} 2>&1"
+        LOG_LINK + "diffobj tables --spec {SPEC} --results {R} --out-dir {R}/tables" + LOG

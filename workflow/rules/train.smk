@@ -52,5 +52,5 @@ rule train:
         # checkpoints on SIGUSR1 and exits 3: the submitit executor requeues it and it resumes
         resumable=1,
     shell:
-        "OMP_NUM_THREADS={threads} diffobj train --run-config {input.config} --out {params.out}"
-        " --threads {threads} --eval-images 128 --no-progress {params.optimal} > {log} 2>&1"
+        LOG_LINK + "OMP_NUM_THREADS={threads} diffobj train --run-config {input.config} --out {params.out}"
+        " --threads {threads} --eval-images 128 --no-progress {params.optimal}" + LOG

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from diffobj.schedules import Level, Schedule
+from diffobj.seeds import Draws, Shard, batch_size, draw, generator_of
 from diffobj.weightings import Weighting
 
 PREDICTIONS = ("eps", "x0", "v", "F")
@@ -43,20 +44,23 @@ def corrupt(x: torch.Tensor, level: Level, eps: torch.Tensor) -> torch.Tensor:
 
 
 def stratified_uniform(
-    batch: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
+    batch: int, generator: Draws = None, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
     """Low-discrepancy u in [0, 1): one uniform offset, evenly spaced (VDM's antithetic times).
 
-    ``generator`` (if given) lives on ``device``, like every generator of a batch.
+    ``generator`` (if given) lives on ``device``, like every generator of a batch; a Shard's
+    rows are spaced over its global batch.
     """
-    offset = torch.rand((), generator=generator, dtype=torch.float64, device=device)
-    return (offset + torch.arange(batch, dtype=torch.float64, device=device) / batch) % 1.0
+    offset = torch.rand((), generator=generator_of(generator), dtype=torch.float64, device=device)
+    n = batch_size(generator, batch)
+    u = (offset + torch.arange(n, dtype=torch.float64, device=device) / n) % 1.0
+    return generator.rows(u) if isinstance(generator, Shard) else u
 
 
 def sample_levels(
     schedule: Schedule,
     batch: int,
-    generator: torch.Generator | None = None,
+    generator: Draws = None,
     device: str | torch.device = "cpu",
 ) -> tuple[Level, float]:
     """Noise levels for a batch (t ~ U on the schedule's range) and the Jacobian t1 - t0."""
@@ -69,11 +73,11 @@ def weighted_loss(
     x: torch.Tensor,
     schedule: Schedule,
     weighting: Weighting,
-    generator: torch.Generator | None = None,
+    generator: Draws = None,
 ) -> LossTerms:
     """The per-sample reweighted loss, per data dimension, for a batch x (B, ...)."""
     level, jacobian = sample_levels(schedule, x.shape[0], generator, x.device)
-    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    eps = draw(torch.randn, x.shape, generator, dtype=x.dtype, device=x.device)
     z = corrupt(x, level, eps)
     eps_hat = eps_fn(z, level)
     error = (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)

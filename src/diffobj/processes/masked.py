@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from diffobj.processes.gaussian import LossTerms, sample_levels
 from diffobj.schedules import Level, Schedule
+from diffobj.seeds import Draws, draw
 from diffobj.weightings import Weighting
 
 VOCAB = 256
@@ -24,12 +25,10 @@ MASK = VOCAB
 LogitsFn = Callable[[torch.Tensor, Level], torch.Tensor]  # (B, ...) tokens -> (B, VOCAB, ...)
 
 
-def corrupt(
-    x: torch.Tensor, level: Level, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def corrupt(x: torch.Tensor, level: Level, generator: Draws = None) -> torch.Tensor:
     """Replace each token by MASK with probability 1 - alpha (per sample level)."""
     keep_prob = level.expand(x.dim()).alpha
-    u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+    u = draw(torch.rand, x.shape, generator, dtype=torch.float64, device=x.device)
     return torch.where(u < keep_prob, x, torch.full_like(x, MASK))
 
 
@@ -51,7 +50,7 @@ def weighted_loss(
     x: torch.Tensor,
     schedule: Schedule,
     weighting: Weighting,
-    generator: torch.Generator | None = None,
+    generator: Draws = None,
 ) -> LossTerms:
     """The per-sample reweighted masked loss, per data dimension, for tokens x (B, ...) int64."""
     level, jacobian = sample_levels(schedule, x.shape[0], generator, x.device)
