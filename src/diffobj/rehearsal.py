@@ -71,15 +71,24 @@ class Rehearsal:
 
     source: Path  # the spec rehearsed
     workdir: Path
-    spec_path: Path
-    experiment: str
-    runs: list[str]
+    spec_path: Path  # the rehearsal's spec, in workdir
+    original: spec_mod.LoadedSpec  # the spec rehearsed, validated
+    loaded: spec_mod.LoadedSpec  # the rehearsal's spec, validated
     inception: str | None  # "installed" / "random" when the spec computes FID, else None
     gpu_switches: bool
-    evaluation: dict[str, Any]  # the rehearsal's validated `evaluation`
     stand_ins: dict[str, str] = field(default_factory=dict)  # dataset -> path in workdir
-    original: spec_mod.LoadedSpec | None = None  # the spec rehearsed, validated
-    loaded: spec_mod.LoadedSpec | None = None  # the rehearsal's spec, validated
+
+    @property
+    def experiment(self) -> str:
+        return self.loaded.experiment
+
+    @property
+    def runs(self) -> list[str]:
+        return [r.id for r in self.loaded.runs]
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return self.loaded.spec.evaluation.model_dump()
 
     @property
     def results(self) -> Path:
@@ -128,17 +137,7 @@ def prepare(
         )
     rehearsed = spec_mod.load(path, root=loaded.root)  # it must validate as any spec does
     return Rehearsal(
-        Path(spec_path),
-        workdir,
-        path,
-        rehearsed.experiment,
-        [r.id for r in rehearsed.runs],
-        kind,
-        gpu_switches,
-        rehearsed.spec.evaluation.model_dump(),
-        stand_ins,
-        loaded,
-        rehearsed,
+        Path(spec_path), workdir, path, loaded, rehearsed, kind, gpu_switches, stand_ins
     )
 
 
