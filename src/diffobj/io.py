@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import tempfile
@@ -51,6 +52,23 @@ def write_csv(
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _plain(row[k]) for k in columns})
+
+
+def csv_line(row: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """One row as the line ``write_csv`` writes for it (newline included)."""
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=list(columns)).writerow({k: _plain(row[k]) for k in columns})
+    return buffer.getvalue()
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line with a single write on an O_APPEND descriptor: a reader, or the file
+    after a crash, holds whole lines only (a kill cannot split one write of a regular file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:

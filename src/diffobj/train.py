@@ -95,7 +95,7 @@ from diffobj.run_config import RunConfig, dump_run_config, load_run_config
 from diffobj.schedules import Level, Schedule
 from diffobj.seeds import DROPOUT, EVAL, NOISE, Shard, draw, step_seed
 from diffobj.train_data import DataOrder, load_data, model_input
-from diffobj.train_log import LOG_COLUMNS, BinWindow, bin_column
+from diffobj.train_log import BinWindow, LiveLog, ProgressLine, bin_column, log_columns
 
 MODEL_FORMAT = "diffobj-model-v1"
 EMA_RAMPUP = 0.05  # EDM: the EMA half-life is at most 5% of the images seen so far
@@ -486,6 +486,10 @@ class Trainer:
             dynamic_ncols=True,
             file=sys.stderr,
         )
+        # the log readable while the run trains, and a plain progress line where no bar is drawn
+        live = self._live_log() if self.dist.main else None
+        plain = self.dist.main and bar.disable
+        progress = ProgressLine(self.config.run_id, steps, self.batch) if plain else None
         with bar:
             window_start, window_step = time.perf_counter(), self.step
             while self.step < steps:
@@ -499,6 +503,10 @@ class Trainer:
                     total_images, total_seconds = total_images + images, total_seconds + seconds
                     row = self.log(seconds, images)
                     bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}")
+                    if live is not None:
+                        live.append(row)
+                    if progress is not None:
+                        progress.update(row)
                     window_start, window_step = time.perf_counter(), self.step
                 if self.adaptive is not None and self.step % self.options.adaptive_refresh == 0:
                     self.refresh_density()
@@ -512,6 +520,11 @@ class Trainer:
                     self.save_checkpoint()
                     return True, total_images, total_seconds
         return False, total_images, total_seconds
+
+    def _live_log(self) -> LiveLog:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        columns = log_columns(len(self.edges) - 1)
+        return LiveLog(self.out_dir / "train_log.csv", columns, self.log_rows)
 
     def _poll_signal(self, flag: SignalFlag) -> int | None:
         if self.dist.world > 1 and self.step % SIGNAL_POLL_STEPS:
@@ -536,10 +549,8 @@ class Trainer:
     # -- outputs ---------------------------------------------------------------------------------------------
     def write_outputs(self) -> None:
         eval_rows = self.evaluate_bins()
-        bins = len(self.edges) - 1
-        columns = [*LOG_COLUMNS, *(bin_column(k) for k in range(bins))]
         out = self.out_dir
-        write_csv(out / "train_log.csv", self.log_rows, columns)
+        write_csv(out / "train_log.csv", self.log_rows, log_columns(len(self.edges) - 1))
         write_csv(
             out / "train_bins.csv", self.bin_rows, ["step", "bin", "log_snr", "error", "count"]
         )

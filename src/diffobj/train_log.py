@@ -1,14 +1,21 @@
-"""The training log: windows of the training error per fixed log-SNR bin, and the log columns."""
+"""The training log: windows of the training error per fixed log-SNR bin, the log columns,
+the live train_log.csv and the progress line of a job log."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
 
 from diffobj.densities import bin_index
 from diffobj.devices import Dist
+from diffobj.io import append_line, csv_line, write_csv
 
 # train_log.csv: the scalar columns every consumer reads (binned errors follow them)
 LOG_COLUMNS = ("step", "images_seen", "loss", "grad_norm", "lr", "images_per_s", "peak_mem_mb")
@@ -76,3 +83,65 @@ class BinWindow:
 
 def bin_column(k: int) -> str:
     return f"error_bin_{k:02d}"
+
+
+def log_columns(bins: int) -> list[str]:
+    """The columns of train_log.csv: the scalars, then one error column per log-SNR bin."""
+    return [*LOG_COLUMNS, *(bin_column(k) for k in range(bins))]
+
+
+class LiveLog:
+    """train_log.csv while the run trains, readable at any time: it starts (fresh or resumed)
+    as the rows the checkpoint holds, written atomically -- rows logged after that checkpoint
+    are dropped, as the run logs them again -- and grows by one whole line per log step."""
+
+    def __init__(self, path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]):
+        self.path, self.columns = path, list(columns)
+        write_csv(path, rows, self.columns)
+
+    def append(self, row: dict[str, Any]) -> None:
+        append_line(self.path, csv_line(row, self.columns))
+
+
+PROGRESS_SECONDS = 30.0  # a job log gets a line at most this often (and at the last step)
+
+
+class ProgressLine:
+    """One plain line per log step, at most every ``every`` seconds and always at the last:
+    for job logs, where a redrawn progress bar is noise. Says step, images/s, loss and ETA."""
+
+    def __init__(
+        self,
+        run_id: str,
+        steps: int,
+        batch: int,
+        every: float = PROGRESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        file: TextIO | None = None,
+    ):
+        self.run_id, self.steps, self.batch, self.every = run_id, steps, batch, every
+        self.clock, self.file = clock, file
+        self.last: float | None = None
+
+    def line(self, row: dict[str, Any]) -> str:
+        rate = float(row["images_per_s"])
+        left = (self.steps - int(row["step"])) * self.batch / rate if rate > 0 else math.nan
+        return (
+            f"{self.run_id}: step {row['step']}/{self.steps}, {rate:.0f} images/s, "
+            f"loss {float(row['loss']):.4g}, ETA {format_duration(left)}"
+        )
+
+    def update(self, row: dict[str, Any]) -> None:
+        now = self.clock()
+        due = self.last is None or now - self.last >= self.every
+        if due or int(row["step"]) >= self.steps:
+            print(self.line(row), file=self.file or sys.stderr, flush=True)
+            self.last = now
+
+
+def format_duration(seconds: float) -> str:
+    """h:mm:ss (or ? when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
