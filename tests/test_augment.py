@@ -222,3 +222,18 @@ def test_augmentation_without_the_labels_input_is_a_user_error(tmp_path, model, 
     with pytest.raises(UserError, match=message):
         train_mod.train(cfg, tmp_path / "run", quiet())
     assert not (tmp_path / "run").exists()
+
+
+def test_channels_last_images_stay_channels_last_with_the_contiguous_result():
+    """On a GPU the batch is channels_last; an NCHW result made the network's first layer
+    convert it back (and recompile under torch.compile)."""
+    images = torch.randn(6, 3, H, W, generator=torch.Generator().manual_seed(0))
+    pipe = AugmentPipe(p=1.0)
+    contiguous, labels = pipe(images, torch.Generator().manual_seed(1))
+    last, last_labels = pipe(
+        images.contiguous(memory_format=torch.channels_last), torch.Generator().manual_seed(1)
+    )
+    assert last.is_contiguous(memory_format=torch.channels_last)
+    assert contiguous.is_contiguous()
+    torch.testing.assert_close(last_labels, labels, rtol=0, atol=0)
+    torch.testing.assert_close(last, contiguous, rtol=0, atol=1e-5)  # conv rounding per layout

@@ -23,10 +23,10 @@ EXPERIMENTS = sorted((ROOT / "config" / "experiments").glob("*.yaml"))
 TRAIN_SETS = {"cifar10": (50_000, 32, 32, 3), "imagenet64": (1_281_167, 64, 64, 3)}
 PROCESS_MB = 8000  # one process: torch, the CUDA context, batches in flight
 # copies of images.npy a stage holds at its peak: preparing decodes the batches and stacks
-# them (the issue-24 rehearsal measured ~31 GB for ImageNet-64's 15 GiB); training's
-# load_data holds the loaded array, its NCHW copy and a pinned copy; FID's reference
-# statistics read the images once
-COPIES = {"prepare_data": 2, "train": 3, "fid": 1}
+# them (the issue-24 rehearsal measured ~31 GB for ImageNet-64's 15 GiB); training maps
+# images.npy (its page cache, one copy per node however many ranks: measured by
+# benchmarks/load_data_memory.py); FID's reference statistics read the images once
+COPIES = {"prepare_data": 2, "train": 1, "fid": 1}
 INCEPTION_IMAGES_PER_S = 500  # a conservative rate for Inception-v3 at 299x299 on one GPU
 
 

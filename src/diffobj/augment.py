@@ -127,6 +127,11 @@ class Transform:
         return g @ translation(-shift)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """The transformed images, in the memory format they came in (channels_last on a GPU:
+        the resampling's convolutions return NCHW, which the network would convert back)."""
+        return self._transform(images).contiguous(memory_format=memory_format(images))
+
+    def _transform(self, images: torch.Tensor) -> torch.Tensor:
         images = torch.where(self.xflip[:, None, None, None] > 0, images.flip(3), images)
         images = torch.where(self.yflip[:, None, None, None] > 0, images.flip(2), images)
         moved = (self.scale != 0) | (self.rotate != 0) | (self.aniso != 0)
@@ -136,6 +141,12 @@ class Transform:
         warped = warp(images, self.inverse_matrix(images.shape[2], images.shape[3]))
         # images left in place are not resampled (bilinear at the pixel centres rounds)
         return torch.where(moved[:, None, None, None], warped, images)
+
+
+def memory_format(images: torch.Tensor) -> torch.memory_format:
+    """channels_last for an NHWC-strided batch, else contiguous (NCHW)."""
+    last = images.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if last and not images.is_contiguous() else torch.contiguous_format
 
 
 def rotation(theta: torch.Tensor) -> torch.Tensor:

@@ -366,14 +366,13 @@ class Trainer:
     def train_step(self) -> None:
         seed, rank, step = self.config.seed, self.dist.rank, self.step
         idx = self.order.indices(step, self.batch, self.dist)
-        dev_idx = idx.to(self.data.images.device)
-        x = model_input(self.data.images[dev_idx], self.kind, self.device)
+        x = model_input(self.data.batch(idx, self.device), self.kind, self.device)
         # one noise stream for all ranks (rank 0's seed), each keeping its rows of the batch
         self.noise.manual_seed(step_seed(seed, 0, step, NOISE))
         share = self.batch // self.dist.world
         draws = Shard(self.noise, rank * share, share, self.batch)
         torch.manual_seed(step_seed(seed, rank, step, DROPOUT))  # dropout draws
-        labels = self._labels(dev_idx, draws)
+        labels = self._labels(idx, draws)
         augmented = None
         if self.augment is not None:  # EDM's non-leaking augmentation, labels to the network
             x, augmented = self.augment(x, draws)
@@ -398,10 +397,10 @@ class Trainer:
             # the gap is binned per sample: error - J*(lam_i), not the bin's error - J*(centre)
             self.refresh_window.add(terms.log_snr, terms.excess, loss, grad_norm)
 
-    def _labels(self, dev_idx: torch.Tensor, draws: Shard) -> torch.Tensor | None:
-        if self.data.labels is None:
+    def _labels(self, idx: torch.Tensor, draws: Shard) -> torch.Tensor | None:
+        labels = self.data.labels_of(idx, self.device)
+        if labels is None:
             return None
-        labels = self.data.labels[dev_idx.to(self.data.labels.device)].to(self.device)
         p = float(self.config.model.get("label_dropout", 0.0))
         if p > 0:  # classifier-free guidance: the "no label" class index is num_classes
             drop = draw(torch.rand, labels.shape, draws, device=self.device) < p
@@ -594,8 +593,8 @@ class Trainer:
         for k, lam in enumerate(adaptive_mod.bin_centres(self.edges).tolist()):
             errors = []
             for start in range(0, n, batch):
-                chunk = idx[start : start + batch].to(self.data.images.device)
-                x = model_input(self.data.images[chunk], self.kind, self.device)
+                chunk = idx[start : start + batch]
+                x = model_input(self.data.batch(chunk, self.device), self.kind, self.device)
                 noise.manual_seed(step_seed(self.config.seed, k, start, EVAL))
                 lam_t = torch.full((x.shape[0],), lam, dtype=torch.float64, device=self.device)
                 level = adaptive_mod.level_at(self.schedule, lam_t)

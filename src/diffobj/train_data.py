@@ -13,14 +13,19 @@ from diffobj.errors import UserError
 from diffobj.run_config import RunConfig
 from diffobj.seeds import ORDER, step_seed
 
-ON_DEVICE_BYTES = (
-    4 << 30
-)  # datasets up to 4 GiB live on the GPU; larger ones stream from pinned RAM
+ON_DEVICE_BYTES = 4 << 30  # datasets up to 4 GiB live on the GPU; larger ones stay in images.npy
+COPY_CHUNK = 8192  # images per host -> GPU copy when a dataset moves to the GPU
 
 
 @dataclass
 class TrainData:
-    images: torch.Tensor  # uint8 (N, C, H, W), on the device or pinned on the host
+    """The training images: on the GPU (uint8 (N, C, H, W)) when they fit, else the
+    memory-mapped images.npy (uint8 (N, H, W, C)), read a batch at a time. The mapped pages
+    are the page cache of the file: one copy per node however many ranks read it, where a
+    loaded copy (and its NCHW transpose, and a pinned copy for the GPU) cost each rank 2-3x
+    the file (benchmarks/load_data_memory.py)."""
+
+    images: torch.Tensor | np.ndarray
     labels: torch.Tensor | None
 
     @property
@@ -29,12 +34,38 @@ class TrainData:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
+        if isinstance(self.images, torch.Tensor):
+            return tuple(self.images.shape[1:])
+        n, h, w, c = self.images.shape
+        return (c, h, w)
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """uint8 (B, C, H, W) images ``idx`` on ``device`` (channels_last on a GPU)."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[idx.to(self.images.device)]
+        # sorted reads are sequential in the file; the batch is put back in the stream's order
+        order, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+        rows = torch.from_numpy(self.images[order.numpy()])[inverse].permute(0, 3, 1, 2)
+        return rows.to(device) if device.type == "cuda" else rows.contiguous()
+
+    def labels_of(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        if self.labels is None:
+            return None
+        return self.labels[idx.to(self.labels.device)].to(device)
+
+
+def on_gpu(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The images as uint8 (N, C, H, W) on the GPU, copied a chunk at a time (no host copy)."""
+    n, h, w, c = images.shape
+    out = torch.empty((n, c, h, w), dtype=torch.uint8, device=device)
+    for start in range(0, n, COPY_CHUNK):
+        chunk = torch.from_numpy(np.array(images[start : start + COPY_CHUNK]))  # one chunk read
+        out[start : start + len(chunk)] = chunk.to(device).permute(0, 3, 1, 2)
+    return out
 
 
 def load_data(config: RunConfig, device: torch.device, need_labels: bool) -> TrainData:
-    images = read_images(config.data_path)
-    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    images = read_images(config.data_path, mmap=True)
     labels = None
     if need_labels:
         path = config.data_path.with_name("labels.npy")
@@ -45,10 +76,9 @@ def load_data(config: RunConfig, device: torch.device, need_labels: bool) -> Tra
                 f"{path}: labels must be in 0..{classes - 1} (model num_classes), "
                 f"got {int(labels.min())}..{int(labels.max())}"
             )
-    if device.type == "cuda":
-        tensor = tensor.to(device) if tensor.numel() <= ON_DEVICE_BYTES else tensor.pin_memory()
-        labels = labels.to(device) if labels is not None else None
-    return TrainData(tensor, labels)
+    if device.type == "cuda" and images.nbytes <= ON_DEVICE_BYTES:
+        return TrainData(on_gpu(images, device), labels.to(device) if labels is not None else None)
+    return TrainData(images, labels)
 
 
 class DataOrder:

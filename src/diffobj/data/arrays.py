@@ -33,8 +33,9 @@ def check_images(images: np.ndarray, where: str) -> np.ndarray:
     return images
 
 
-def read_images(path: str | Path, key: str = "images") -> np.ndarray:
-    """uint8 NHWC images from ``.npy`` or from key ``key`` of an ``.npz`` (e.g. samples.npz)."""
+def read_images(path: str | Path, key: str = "images", mmap: bool = False) -> np.ndarray:
+    """uint8 NHWC images from ``.npy`` or from key ``key`` of an ``.npz`` (e.g. samples.npz);
+    ``mmap``: a ``.npy`` read-only memory-mapped (pages read on use, shared between processes)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: image file not found")
@@ -45,7 +46,7 @@ def read_images(path: str | Path, key: str = "images") -> np.ndarray:
                     raise UserError(f"{path}: no key {key!r} (keys: {sorted(archive.files)})")
                 images = archive[key]
         else:
-            images = np.load(path, allow_pickle=False)
+            images = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"{path}: not a readable numpy file ({err})") from None
     return check_images(images, str(path))
