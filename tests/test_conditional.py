@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from default_grid import default_run
 
 from diffobj import spec
 from diffobj.errors import UserError
@@ -162,11 +163,7 @@ def digits(tmp_path_factory):
 
 def conditional_run(tmp_path: Path, data: Path, kind: str) -> Path:
     schedule, weighting, steps, lr, _, _ = SETTINGS[kind]
-    raw = (
-        spec.load(ROOT / "config" / "config.yaml", root=ROOT)
-        .run(f"digits-{kind}-{schedule}-{weighting}-mlp-s0")
-        .resolved()
-    )
+    raw = default_run(f"digits-{kind}-{schedule}-{weighting}-mlp-s0").resolved()
     raw["data"]["images"] = str(data / "images.npy")
     # the small U-Net and log-SNR range these settings were tuned on (not the default's MLP)
     raw["model"].update(

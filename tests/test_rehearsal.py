@@ -114,7 +114,7 @@ def test_the_same_evaluations_samplers_and_figures_at_toy_sizes(pair):
 def test_downloads_become_stand_ins_of_the_same_shape_and_fid_names_its_weights(pair):
     original, prepared = pair
     rehearsed = prepared.loaded
-    spec_mod.check_files(rehearsed, prepared.workdir)  # every file the spec reads is there
+    spec_mod.check_files(rehearsed)  # every file the spec reads is there
     for name, dataset in original.spec.datasets.items():
         if dataset.source == "sklearn_digits":
             assert name not in prepared.stand_ins

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from default_grid import default_run
 
 from diffobj import spec
 from diffobj.adaptive import AdaptiveDensity, bin_edges
@@ -31,20 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = {"gaussian": "vp_cosine", "masked": "md4_cosine"}
-WEIGHTINGS = ["elbo", "simple", "sigmoid", "fm", "iddpm", "edm"]
-
-
-def default_run(run_id: str):
-    """A run of the embedded default's spec, its grid widened to every weighting (the default
-    itself runs only the arms of the papers' claims)."""
-    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    for entry in raw["grid"]:
-        entry["weighting"] = (
-            WEIGHTINGS if entry["process"] == "masked" else WEIGHTINGS[:1] + WEIGHTINGS[2:]
-        )
-    path = Path(tempfile.mkdtemp()) / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return spec.load(path, root=ROOT).run(run_id)
 
 
 FAST = {

@@ -1,6 +1,6 @@
 """Training noise densities by name: where the training log-SNRs are drawn from.
 
-The reweighted objective of a run, written in log-SNR (SCIENCE §2),
+The reweighted objective of a run, written in log-SNR (docs/science.md §2),
 
     L_w = c ∫ W(lam) E[error | lam] dlam,   W = w(lam) (Gaussian, c = 1/2),
                                             W = w(lam) sigmoid(lam) (masked, c = 1).

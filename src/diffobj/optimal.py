@@ -1,4 +1,4 @@
-"""The optimal (irreducible) loss of a finite training set, per noise level (SCIENCE.md §3).
+"""The optimal (irreducible) loss of a finite training set, per noise level (docs/science.md §3).
 
 Gaussian, z = alpha x + sigma eps with x in [-1, 1]^D, lam = log(alpha^2 / sigma^2): the optimal
 denoiser is the posterior mean E[x|z] = Σ_n π_n(z) x_n, π = softmax_n(-||x̂ - x_n||² / 2s²)

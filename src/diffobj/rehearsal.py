@@ -122,7 +122,7 @@ def prepare(
             raise UserError(inception_mod.INSTALL_HINT)
         if inception == "random" or installed is None:
             inception_mod.write_random_weights(workdir / RANDOM_INCEPTION, seed=SEED)
-            weights, kind = RANDOM_INCEPTION, "random"
+            weights, kind = str((workdir / RANDOM_INCEPTION).resolve()), "random"
         else:
             kind = "installed"
     derived = rehearsal_spec(
@@ -135,7 +135,7 @@ def prepare(
             "# stand-in data; no number it produces means anything.\n"
             + yaml.safe_dump(derived, sort_keys=False)
         )
-    rehearsed = spec_mod.load(path, root=loaded.root)  # it must validate as any spec does
+    rehearsed = spec_mod.load(path)  # it must validate as any spec does
     return Rehearsal(
         Path(spec_path), workdir, path, loaded, rehearsed, kind, gpu_switches, stand_ins
     )
@@ -143,7 +143,8 @@ def prepare(
 
 def write_stand_ins(loaded: spec_mod.LoadedSpec, workdir: Path) -> dict[str, str]:
     """A stand-in of each dataset the grid uses that is read from a file (sklearn's digits
-    ship with sklearn and are used as they are); returns dataset -> path relative to workdir."""
+    ship with sklearn and are used as they are); returns dataset -> absolute path (the
+    rehearsal's spec lies in workdir, which may be inside a project whose paths it must not take)."""
     used = {r.dataset for r in loaded.runs}
     paths = {}
     for i, (name, dataset) in enumerate(sorted(loaded.spec.datasets.items())):
@@ -155,7 +156,7 @@ def write_stand_ins(loaded: spec_mod.LoadedSpec, workdir: Path) -> dict[str, str
         path = fake.write_stand_in(
             dataset.source, folder, rng, STAND_IN_TRAIN, STAND_IN_TEST, side=side
         )
-        paths[name] = path.relative_to(workdir).as_posix()
+        paths[name] = str(path.resolve())
     return paths
 
 
@@ -173,8 +174,8 @@ def rehearsal_spec(
     out = copy.deepcopy(raw)
     out["experiment"] = loaded.experiment + SUFFIX
     out["description"] = f"REHEARSAL (toy sizes, stand-in data) of: {raw.get('description', '')}"
-    for key in ("schedules_library", "weightings_library"):
-        out[key] = str((loaded.root / getattr(loaded.spec, key)).resolve())
+    for what, library in loaded.libraries.items():
+        out[f"{what}_library"] = str(library.resolve())
     for name, path in stand_ins.items():
         out["datasets"][name]["path"] = path
     out["models"] = shrink_models(raw["models"])

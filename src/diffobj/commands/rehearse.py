@@ -91,7 +91,7 @@ def rehearse_one(spec_path: Path, args: argparse.Namespace) -> tuple[str, bool, 
     prepared = rehearsal.prepare(
         spec_path, workdir, inception=args.inception, gpu_switches=args.gpu_switches
     )
-    snakefile = Path(args.snakefile) if args.snakefile else rehearsal.snakefile_for(loaded.root)
+    snakefile = Path(args.snakefile) if args.snakefile else rehearsal.snakefile_for(loaded.base)
     targets = rehearsal.run_targets(prepared, args.run) if args.run else []
     command = rehearsal.snakemake_command(prepared, args.cores, snakefile.resolve(), targets)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # a rehearsal is the CPU's
