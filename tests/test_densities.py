@@ -160,6 +160,7 @@ def test_training_with_the_papers_weighting_and_schedule(tmp_path, one_cpu_threa
     raw["training"].update(
         {"steps": 6, "batch_size": 8, "warmup_steps": 2, "log_every": 3, "checkpoint_every": 100}
     )
+    raw["training"]["keep_checkpoint"] = True  # its density state is read below
     raw["training"]["density"] = "optimal_loss_schedule"
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(raw, sort_keys=False))

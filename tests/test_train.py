@@ -104,7 +104,9 @@ def test_training_writes_outputs_and_binned_logs(tmp_path):
     centres = [float(r["log_snr"]) for r in evals]
     assert centres == pytest.approx(list(np.linspace(LO, HI, 17)[:-1] + (HI - LO) / 32))
     assert all(int(r["n"]) == 16 for r in evals)
-    assert load_checkpoint(out / "checkpoints" / CHECKPOINT_NAME)["step"] == 6
+    # once model.pt is written the checkpoint goes: the downstream rules read the model
+    assert not (out / "checkpoints").exists()
+    assert load_run(out, "cpu").step == 6
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "masked"])
@@ -176,6 +178,7 @@ def test_resume_equals_uninterrupted(tmp_path, kind):
     # 3 steps, then "killed" (its last checkpoint is at step 3), then the same command again
     train(cfg, tmp_path / "resumed", quiet(stop_after=3))
     assert not (tmp_path / "resumed" / "model.pt").exists()
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / CHECKPOINT_NAME)["step"] == 3
     train(cfg, tmp_path / "resumed", quiet())
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     for name in a:
@@ -188,18 +191,22 @@ def test_resume_equals_uninterrupted(tmp_path, kind):
     assert logs[0] == logs[1]
 
 
-def test_more_steps_continue_a_finished_run(tmp_path):
-    cfg = run_config(tmp_path, steps=4)
+def test_a_kept_checkpoint_lets_more_steps_continue_a_finished_run(tmp_path):
+    cfg = run_config(tmp_path, steps=4, keep_checkpoint=True)
+    checkpoint = tmp_path / "run" / "checkpoints" / CHECKPOINT_NAME
     train(cfg, tmp_path / "run", quiet())
+    assert load_checkpoint(checkpoint)["step"] == 4
     raw = yaml.safe_load(cfg.read_text())
-    raw["training"]["steps"] = 6
+    # neither key changes the experiment, so the checkpoint still resumes
+    raw["training"].update(steps=6, keep_checkpoint=False)
     cfg.write_text(yaml.safe_dump(raw))
     train(cfg, tmp_path / "run", quiet())
     assert [int(r["step"]) for r in read_csv(tmp_path / "run" / "train_log.csv")] == [3, 4, 6]
+    assert not checkpoint.parent.exists()
 
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path):
-    cfg = run_config(tmp_path, steps=2)
+    cfg = run_config(tmp_path, steps=2, keep_checkpoint=True)
     train(cfg, tmp_path / "run", quiet())
     raw = yaml.safe_load(cfg.read_text())
     raw["training"]["lr"] = 1e-4
@@ -210,7 +217,7 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
 
 def test_checkpoint_dir_can_live_elsewhere(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFOBJ_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
-    cfg = run_config(tmp_path, steps=2)
+    cfg = run_config(tmp_path, steps=2, keep_checkpoint=True)
     train(cfg, tmp_path / "run", quiet())
     run_id = yaml.safe_load(cfg.read_text())["run_id"]
     assert (tmp_path / "ckpt" / run_id / CHECKPOINT_NAME).is_file()
@@ -270,6 +277,7 @@ def test_signal_checkpoints_then_exits_and_rerun_resumes(tmp_path, signum, code)
     cfg.write_text(yaml.safe_dump(raw))
     result = train(cfg, out, quiet())
     assert result.step == step + 2 and (out / "model.pt").is_file()
+    assert not ckpt_dir.exists()  # finished now: the checkpoint has done its job
 
 
 def test_a_checkpoint_is_never_half_written(tmp_path):
@@ -375,7 +383,7 @@ def test_adaptive_training_runs_with_an_optimal_loss_table(tmp_path):
     table = tmp_path / "optimal.csv"
     lam = np.linspace(-20, 20, 9)  # beyond the range: J* = 0.01 at every drawn lam
     table.write_text("log_snr,optimal_loss\n" + "".join(f"{v},{0.01}\n" for v in lam))
-    cfg = run_config(tmp_path, adaptive=True, steps=6)
+    cfg = run_config(tmp_path, adaptive=True, steps=6, keep_checkpoint=True)  # read below
     with pytest.raises(UserError, match="needs --optimal-loss"):
         train(cfg, tmp_path / "run", quiet())
     assert not (tmp_path / "run").exists()

@@ -4,6 +4,7 @@ next step boundary, then the job exits with a code the executor understands (tra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -112,9 +113,18 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def drop_checkpoint(path: Path) -> None:
+    """Delete a finished run's checkpoint, and its folder once empty. Call it only after the
+    final outputs are written: until then the checkpoint is what a rerun resumes from."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # a folder holding other files stays
+        path.parent.rmdir()
+
+
 def comparable_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """A run config without the keys a resume may change (more steps, other logging)."""
+    """A run config without the keys a resume may change (more steps, other logging, whether
+    the checkpoint outlives the run)."""
     raw = copy.deepcopy(raw)
-    for key in ("steps", "checkpoint_every", "log_every"):
+    for key in ("steps", "checkpoint_every", "log_every", "keep_checkpoint"):
         raw.get("training", {}).pop(key, None)
     return raw

@@ -95,6 +95,11 @@ class Training(Strict):
     grad_clip: float = Field(1.0, gt=0)
     ema_halflife_images: float = Field(10_000, gt=0)
     checkpoint_every: int = Field(500, gt=0)
+    keep_checkpoint: bool = Field(
+        False,
+        description="keep the resumable checkpoint of a finished run (to continue it with more "
+        "steps); by default it is deleted once model.pt and the logs are written",
+    )
     log_every: int = Field(50, gt=0)
     precision: Literal["fp32", "bf16"] = "bf16"
     compile: bool = False

@@ -28,7 +28,8 @@ sets a flag, the checkpoint is written at the next step boundary, then the proce
                        stops at once, the checkpoint on disk being the last whole one)
 The checkpoint folder is ``--checkpoint-dir``, else $DIFFOBJ_CHECKPOINT_DIR/<run_id>, else
 RUN_DIR/checkpoints (not a workflow output, so it survives Snakemake deleting outputs).
-Rerunning the same command resumes; raising training.steps continues a finished run.
+Rerunning the same command resumes. A finished run deletes its checkpoint once its outputs are
+written, unless ``training.keep_checkpoint``; then raising training.steps continues it.
 
 Multi-GPU: launched with WORLD_SIZE > 1 (torchrun) or SLURM_NTASKS > 1 (srun, with
 MASTER_ADDR / MASTER_PORT set), training runs under DDP with the batch split across ranks;
@@ -75,6 +76,7 @@ from diffobj.checkpoint import (
     SignalFlag,
     checkpoint_dir_for,
     comparable_config,
+    drop_checkpoint,
     load_checkpoint,
     save_atomic,
 )
@@ -458,6 +460,8 @@ class Trainer:
             return TrainResult(self.out_dir, self.step, rate, peak, self.log_rows)
         if self.dist.main:
             self.write_outputs()
+            if not self.training.get("keep_checkpoint", False):
+                drop_checkpoint(self.checkpoint_path)  # only now: the outputs are whole
             print(
                 f"{self.config.run_id}: {steps} steps, {rate:.1f} images/s, peak memory "
                 f"{peak:.0f} MB ({'GPU' if self.device.type == 'cuda' else 'CPU RSS'}); "

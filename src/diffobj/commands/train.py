@@ -3,7 +3,8 @@
 Exit codes: 0 done; 2 bad input (nothing written); 3 stopped by SIGUSR1 / SIGUSR2 after
 checkpointing (requeue and rerun the same command); 143 stopped by SIGTERM, 130 by SIGINT (Ctrl-C),
 after checkpointing.
-Checkpoints: --checkpoint-dir, else $DIFFOBJ_CHECKPOINT_DIR/<run_id>, else RUN_DIR/checkpoints.
+Checkpoints: --checkpoint-dir, else $DIFFOBJ_CHECKPOINT_DIR/<run_id>, else RUN_DIR/checkpoints;
+deleted once the run is done and model.pt written, unless training.keep_checkpoint is true.
 """
 
 from __future__ import annotations
