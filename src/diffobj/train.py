@@ -15,6 +15,7 @@ Outputs in RUN_DIR (written at the end, atomically; bad input writes nothing):
   train_bins.csv  the same binned errors in long form: step, bin, log_snr, error, count
   eval_bins.csv   the EMA model's unweighted error at the bin centres on the training data:
                   log_snr, error, stderr, n (Gaussian eps-MSE per dim, masked CE nats per dim)
+train_log.csv (and tensorboard/, its TensorBoard event stream) also grow while the run trains.
 The bins are ``log_snr_bins`` equal bins over the process's log_snr_range: the same edges
 for every run of a process, so runs and the optimal loss line up.
 
@@ -493,7 +494,7 @@ class Trainer:
         live = self._live_log() if self.dist.main else None
         plain = self.dist.main and bar.disable
         progress = ProgressLine(self.config.run_id, steps, self.batch) if plain else None
-        with bar:
+        with bar, live or nullcontext():
             window_start, window_step = time.perf_counter(), self.step
             while self.step < steps:
                 self.train_step()

@@ -1,5 +1,5 @@
 """The training log: windows of the training error per fixed log-SNR bin, the log columns,
-the live train_log.csv and the progress line of a job log."""
+the live train_log.csv, its TensorBoard event stream and the progress line of a job log."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from diffobj.densities import bin_index
 from diffobj.devices import Dist
+from diffobj.errors import UserError
 from diffobj.io import append_line, csv_line, write_csv
 
 # train_log.csv: the scalar columns every consumer reads (binned errors follow them)
@@ -93,14 +94,98 @@ def log_columns(bins: int) -> list[str]:
 class LiveLog:
     """train_log.csv while the run trains, readable at any time: it starts (fresh or resumed)
     as the rows the checkpoint holds, written atomically -- rows logged after that checkpoint
-    are dropped, as the run logs them again -- and grows by one whole line per log step."""
+    are dropped, as the run logs them again -- and grows by one whole line per log step.
+    The same rows go to a TensorBoard event stream in the folder ``tensorboard/`` beside it."""
 
     def __init__(self, path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]):
         self.path, self.columns = path, list(columns)
         write_csv(path, rows, self.columns)
+        self.events = EventLog(path.parent / TENSORBOARD_DIR, self.columns, rows)
 
     def append(self, row: dict[str, Any]) -> None:
         append_line(self.path, csv_line(row, self.columns))
+        self.events.append(row)
+
+    def close(self) -> None:
+        self.events.close()
+
+    def __enter__(self) -> LiveLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard: `tensorboard --logdir results/EXP/runs`
+EVENT_FILES = "events.out.tfevents.*"
+
+
+def event_tag(column: str) -> str:
+    """The TensorBoard tag of a train_log.csv column: ``train/loss``, ``train/lr``, ...,
+    ``error_bin/00`` (TensorBoard draws the tags before each slash as one group)."""
+    if column.startswith("error_bin_"):
+        return f"error_bin/{column.removeprefix('error_bin_')}"
+    return f"train/{column}"
+
+
+class EventLog:
+    """train_log.csv's rows as TensorBoard scalars (``torch.utils.tensorboard``): one per
+    column at each log step, the training step as TensorBoard's step, flushed at every row.
+
+    Each start (fresh or resumed) opens a new event file in the folder. When the folder already
+    holds this run's earlier files, the new file starts with TensorBoard's purge (``purge_step``)
+    just after the checkpoint's last row: rows logged after the checkpoint, which the run logs
+    again, are dropped by TensorBoard, as they are from the CSV. A folder without event files
+    (new, or a checkpoint brought from elsewhere) gets the checkpoint's rows written anew."""
+
+    def __init__(self, folder: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:  # a core dependency; say what to install, not a traceback
+            raise UserError(f"the TensorBoard log needs the tensorboard package ({err})") from None
+        folder.mkdir(parents=True, exist_ok=True)
+        earlier = event_file_seconds(folder)
+        self.columns = [c for c in columns if c != "step"]
+        if earlier:
+            after_second(max(earlier))
+            purge = int(rows[-1]["step"]) + 1 if rows else 0
+            self.writer = SummaryWriter(str(folder), purge_step=purge)
+        else:
+            self.writer = SummaryWriter(str(folder))
+            for row in rows:
+                self._add(row)
+        self.writer.flush()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._add(row)
+        self.writer.flush()  # a watching TensorBoard sees each log step as it is logged
+
+    def _add(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        for column in self.columns:
+            value = row[column]
+            if value != "":  # a bin no sample fell in (an empty CSV cell): no point
+                self.writer.add_scalar(event_tag(column), float(value), step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def event_file_seconds(folder: Path) -> list[int]:
+    """The second each event file in ``folder`` was made in (its name starts with it:
+    events.out.tfevents.SECONDS.HOST.PID.N)."""
+    fields = (p.name.split(".") for p in folder.glob(EVENT_FILES))
+    return [int(f[3]) for f in fields if len(f) > 3 and f[3].isdigit()]
+
+
+def after_second(second: int) -> None:
+    """Wait, if need be, until the clock is past ``second``. TensorBoard reads a folder's files
+    in the order of their names, and a purge must be read after the rows it purges; names made
+    in one second sort by host and process id, so a new file gets a later second than the last.
+    (Only a run resumed within a second of its start waits; a skewed clock is not waited for.)"""
+    wait = second + 1 - time.time()
+    if 0 < wait <= 1:
+        time.sleep(wait)
 
 
 PROGRESS_SECONDS = 30.0  # a job log gets a line at most this often (and at the last step)
