@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from diffobj import figures, tables
+from diffobj import figures, figures_training, tables
 from diffobj.errors import UserError
 
 
@@ -150,7 +150,9 @@ def test_training_density_plots_the_drawn_log_snr_density():
         schema=["run_id", "density", "log_snr_min", "log_snr_max", "log_snr_bins"],
         orient="row",
     )
-    fig = figures.training_density(training, tables.validate("runs", runs_table), bins_table)
+    fig = figures_training.training_density(
+        training, tables.validate("runs", runs_table), bins_table
+    )
     by_title = {ax.get_title().split(" ")[0]: ax for ax in fig.axes}
     assert set(by_title) == {"fm", "edm"}
     for process in ("fm", "edm"):
@@ -198,3 +200,140 @@ def test_every_figure_has_a_drawer_rule_inputs_and_a_caption():
     for name in FIGURES:
         assert f'"{name}": ' in rules, name
         assert (root / "workflow" / "report" / f"{name}.rst").stat().st_size > 0, name
+
+
+def runs_of(*runs):
+    """A runs table from (run_id, process, kind, schedule, weighting, seed) tuples."""
+    return tables.validate(
+        "runs",
+        pl.DataFrame(
+            [
+                {
+                    "run_id": run,
+                    "dataset": "digits",
+                    "process": process,
+                    "kind": kind,
+                    "schedule": schedule,
+                    "weighting": weighting,
+                    "model": "tiny",
+                    "seed": seed,
+                    "monotonic": True,
+                }
+                for run, process, kind, schedule, weighting, seed in runs
+            ]
+        ),
+    )
+
+
+def test_training_curves_plot_the_elbo_term_of_the_unweighted_error_against_images_seen():
+    """Two weightings whose optimised losses differ 10⁴-fold but whose unweighted errors are
+    alike draw the same curve: Σ_bins ELBO weight · error · width (½ for the Gaussian ε-MSE,
+    sigmoid(λ) for the masked CE), over the bins every run drew in at least half its windows;
+    a window that missed such a bin takes the run's error interpolated between its neighbours."""
+    centres, width, steps = np.array([-3.0, -1.0, 1.0, 3.0]), 2.0, [10, 20, 30]
+
+    def error(k, step, scale=1.0):  # linear in step, so interpolating a missed window is exact
+        return scale * (k + 1) * (40 - step) / 100
+
+    plan = {  # run -> (process, kind, weighting, seed, error scale, its weighted loss)
+        "g-elbo-s0": ("gauss", "gaussian", "elbo", 0, 1.0, 100.0),
+        "g-elbo-s1": ("gauss", "gaussian", "elbo", 1, 2.0, 200.0),
+        "g-edm-s0": ("gauss", "gaussian", "edm", 0, 1.0, 0.01),
+        "m-simple-s0": ("mask", "masked", "simple", 0, 1.0, 3.0),
+    }
+    rows, log = [], []
+    for run, (_, kind, _, _, scale, loss) in plan.items():
+        for step in steps:
+            log.append((run, step, step * 64, loss, 1.0, 1e-3, 100.0, 0.0))
+            for k, lam in enumerate(centres):
+                if run == "g-elbo-s0" and k == 0 and step > 10:
+                    continue  # λ = -3 drawn in 1 of 3 windows: left out for every Gaussian run
+                if run == "g-edm-s0" and k == 3 and step == 20:
+                    continue  # one missed window: interpolated
+                e = 1.0 if kind == "masked" else error(k, step, scale)
+                rows.append((run, step, float(lam), e, 5))
+    training = tables.validate(
+        "training",
+        pl.DataFrame(rows, schema=["run_id", "step", "log_snr", "error", "count"], orient="row"),
+    )
+    training_log = tables.validate(
+        "training_log",
+        pl.DataFrame(
+            log,
+            schema=[
+                "run_id",
+                "step",
+                "images_seen",
+                "loss",
+                "grad_norm",
+                "lr",
+                "images_per_s",
+                "peak_mem_mb",
+            ],
+            orient="row",
+        ),
+    )
+    runs = runs_of(*((r, p, k, "sched", w, s) for r, (p, k, w, s, _, _) in plan.items()))
+    bins = pl.DataFrame(
+        {
+            "run_id": list(plan),
+            "density": "schedule",
+            "log_snr_min": -4.0,
+            "log_snr_max": 4.0,
+            "log_snr_bins": 4,
+        }
+    )
+    final = pl.DataFrame(  # the EMA model's error at each bin centre: 0.1 everywhere
+        {
+            "run_id": np.repeat(list(plan), 4),
+            "log_snr": np.tile(centres, len(plan)),
+            "error": 0.1,
+        }
+    )
+    fig = figures_training.training_curves(training, training_log, runs, bins, final)
+    gauss, mask = fig.axes
+
+    def curve(ax, label):
+        (line,) = [line for line in ax.get_lines() if line.get_label() == label]
+        return np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+
+    # ½ · width · Σ error over λ = -1, 1, 3; elbo: the mean of seeds at scale 1 and 2
+    expected = np.array([0.5 * width * sum(error(k, s) for k in (1, 2, 3)) for s in steps])
+    x, y = curve(gauss, "elbo")
+    np.testing.assert_allclose(x, np.array(steps) * 64)
+    np.testing.assert_allclose(y, 1.5 * expected)
+    np.testing.assert_allclose(curve(gauss, "edm")[1], expected)
+    sigmoid = 1 / (1 + np.exp(-centres))
+    np.testing.assert_allclose(curve(mask, "simple")[1], width * sigmoid.sum())
+    assert gauss.get_xlabel() == "training images seen"
+    assert "ε-MSE" in gauss.get_ylabel() and "nats / dim" in gauss.get_ylabel()
+    assert "sigmoid(λ)·CE" in mask.get_ylabel()
+    assert any("3 of 4 bins" in t.get_text() for t in gauss.texts)
+    # the EMA model's diamond, over the same bins: ½ · 2 · 0.1 · 3
+    diamonds = [
+        line for line in gauss.get_lines() if line.get_marker() == "D" and len(line.get_ydata())
+    ]
+    np.testing.assert_allclose([d.get_ydata()[0] for d in diamonds], [0.3, 0.3])
+
+
+def test_training_curves_say_so_when_no_bin_was_drawn_often_enough():
+    # four windows, each drawing a different one of the four bins: none in half the windows
+    rows = [("r", step, -3.0 + 2 * k, 0.5, 1) for k, step in enumerate([1, 2, 3, 4])]
+    training = pl.DataFrame(
+        rows, schema=["run_id", "step", "log_snr", "error", "count"], orient="row"
+    )
+    log = pl.DataFrame({"run_id": "r", "step": [1, 2, 3, 4], "images_seen": [8, 16, 24, 32]})
+    bins = pl.DataFrame(
+        {
+            "run_id": ["r"],
+            "density": "schedule",
+            "log_snr_min": -4.0,
+            "log_snr_max": 4.0,
+            "log_snr_bins": 4,
+        }
+    )
+    fig = figures_training.training_curves(
+        training, log, runs_of(("r", "gaussian", "gaussian", "vp", "elbo", 0)), bins
+    )
+    (ax,) = fig.axes
+    assert any(t.get_text().startswith("no log-SNR bin was drawn") for t in ax.texts)

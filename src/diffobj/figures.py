@@ -167,7 +167,7 @@ UNITS = {"gaussian": "eps-MSE per dim", "masked": "CE, nats per dim"}
 LINES = {"hue": "weighting", "style": "schedule", "errorbar": ("ci", 95), "seed": 0}
 
 
-def _legend_outside(ax: plt.Axes) -> None:
+def legend_outside(ax: plt.Axes) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
@@ -197,7 +197,7 @@ def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
         top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({unit})", yscale="log")
         # the optimal loss falls to ~0 below the critical noise level; keep the models readable
         top.set_ylim(bottom=max(frame[loss].min(), 1e-12) / 100)
-        _legend_outside(top)
+        legend_outside(top)
         sns.lineplot(frame.to_pandas(), x=x, y=diff, ax=bottom, legend=False, **LINES)
         bottom.axhline(0, color="black", lw=1)
         bottom.set(
@@ -207,116 +207,6 @@ def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
         )
         if x0:
             bottom.set_xscale("log")
-    fig.tight_layout()
-    return fig
-
-
-def training_curves(training_log: pl.DataFrame, runs: pl.DataFrame) -> plt.Figure:
-    """Training loss (as optimised, i.e. weighted) against images seen, one panel per process;
-    the band is the 95% interval over seeds."""
-    frame = training_log.join(runs.select("run_id", "kind", "schedule", "weighting"), on="run_id")
-    kinds = frame["kind"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds, strict=False):
-        sub = frame.filter(pl.col("kind") == kind).sort("weighting", "schedule")
-        sns.lineplot(sub.to_pandas(), x="images_seen", y="loss", ax=ax, **LINES)
-        ax.set(
-            title=f"{kind}: weighted training loss",
-            xlabel="training images seen",
-            ylabel=f"weighted loss ({UNITS[kind]})",
-            yscale="log",
-        )
-        _legend_outside(ax)
-    fig.tight_layout()
-    return fig
-
-
-DEFAULT_DENSITY = "schedule"  # diffobj.densities: lam = lam(t), t uniform on the run's schedule
-
-
-def drawn_density(
-    training: pl.DataFrame, runs: pl.DataFrame, bins: pl.DataFrame, after: float = 0.5
-) -> pl.DataFrame:
-    """Per run and log-SNR bin: the empirical density (per unit λ) of the log-SNRs drawn in
-    training after ``after`` of the run's last logged step, count / total / bin width.
-
-    ``training``: the training table (bin centres, counts per logged window; bins without draws
-    are absent). ``bins``: per run, ``density`` (the run's training.density) and the fixed bins,
-    ``log_snr_min``, ``log_snr_max``, ``log_snr_bins`` (diffobj.densities.bin_edges); every bin
-    of the run gets a row, 0 where nothing was drawn. Columns: the runs table's, ``density``,
-    ``log_snr``, ``count``, ``p``."""
-    late = training.filter(pl.col("step") > after * pl.col("step").max().over("run_id"))
-    fixed = bins.select("run_id", "log_snr_min", "log_snr_max", "log_snr_bins")
-    grid = pl.concat(
-        pl.DataFrame(
-            {
-                "run_id": run,
-                "bin": np.arange(k),
-                "log_snr": lo + (hi - lo) * (np.arange(k) + 0.5) / k,
-            }
-        )
-        for run, lo, hi, k in fixed.iter_rows()
-    ).with_columns(pl.col("bin").cast(pl.Int64))
-    # the table's centres are the run's bin centres: the bin is floor((centre - lo) / width)
-    counts = (
-        late.join(fixed, on="run_id")
-        .with_columns(
-            (
-                (pl.col("log_snr") - pl.col("log_snr_min"))
-                / (pl.col("log_snr_max") - pl.col("log_snr_min"))
-                * pl.col("log_snr_bins")
-            )
-            .floor()
-            .cast(pl.Int64)
-            .alias("bin")
-        )
-        .group_by("run_id", "bin")
-        .agg(pl.col("count").sum())
-    )
-    width = (pl.col("log_snr_max") - pl.col("log_snr_min")) / pl.col("log_snr_bins")
-    frame = (
-        grid.join(counts, on=["run_id", "bin"], how="left")
-        .join(fixed, on="run_id")
-        .with_columns(pl.col("count").fill_null(0))
-        .with_columns((pl.col("count") / pl.col("count").sum().over("run_id") / width).alias("p"))
-    )
-    return (
-        runs.join(bins.select("run_id", "density"), on="run_id")
-        .join(frame.select("run_id", "log_snr", "count", "p"), on="run_id")
-        .sort("run_id", "log_snr")
-    )
-
-
-def training_density(
-    training: pl.DataFrame, runs: pl.DataFrame, bins: pl.DataFrame, after: float = 0.5
-) -> plt.Figure:
-    """The training schedule as it was drawn: per process, the density of the log-SNRs sampled
-    in the second half of training (``drawn_density``), mean over seeds with its 95% band.
-    Colour: weighting, joined with the training density when any run departs from the
-    schedule's own (e.g. Xu et al.'s optimal_loss_schedule); dashes: the schedule."""
-    frame = drawn_density(training, runs, bins, after)
-    hue = "weighting"
-    if (frame["density"] != DEFAULT_DENSITY).any():
-        hue = "weighting / density"
-        frame = frame.with_columns((pl.col("weighting") + " / " + pl.col("density")).alias(hue))
-    frame = frame.sort(hue, "schedule", "log_snr")
-    names = frame[hue].unique(maintain_order=True).to_list()
-    palette = dict(zip(names, sns.color_palette("tab10", len(names)), strict=True))  # all panels
-    drawn = set(frame["process"])
-    processes = [p for p in runs["process"].unique(maintain_order=True) if p in drawn]
-    fig, axes = plt.subplots(1, len(processes), figsize=(6.5 * len(processes), 4), squeeze=False)
-    for ax, process in zip(axes[0], processes, strict=True):
-        sub = frame.filter(pl.col("process") == process)
-        sns.lineplot(
-            sub.to_pandas(), x="log_snr", y="p", ax=ax, **{**LINES, "hue": hue}, palette=palette
-        )
-        ax.set(
-            title=f"{process} ({sub['kind'][0]}): log-SNR drawn after {after:.0%} of training",
-            xlabel="log-SNR λ",
-            ylabel="density of drawn λ (per unit λ)",
-        )
-        ax.set_ylim(bottom=0)
-        _legend_outside(ax)
     fig.tight_layout()
     return fig
 

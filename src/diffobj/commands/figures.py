@@ -120,15 +120,32 @@ def _gap_quality(loaded, results, out):
 
 
 def _training_curves(loaded, results, out):
-    from diffobj import figures
+    import polars as pl
 
-    return figures.training_curves(_table(results, "training_log"), _table(results, "runs"))
+    from diffobj.figures_training import training_curves
+
+    # the EMA model's error per bin centre at the end, the curves' last point in the same scale
+    final = pl.concat(
+        [
+            pl.read_csv(results / "runs" / r.id / "eval_bins.csv").select(
+                pl.lit(r.id).alias("run_id"), pl.col("log_snr", "error").cast(pl.Float64)
+            )
+            for r in loaded.runs
+        ]
+    )
+    return training_curves(
+        _table(results, "training"),
+        _table(results, "training_log"),
+        _table(results, "runs"),
+        density_bins(loaded),
+        final,
+    )
 
 
 def _training_density(loaded, results, out):
-    from diffobj import figures
+    from diffobj.figures_training import training_density
 
-    return figures.training_density(
+    return training_density(
         _table(results, "training"), _table(results, "runs"), density_bins(loaded)
     )
 
