@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from diffobj import figures, figures_training, tables
+from diffobj import figures, figures_samples, figures_training, tables
 from diffobj.errors import UserError
 
 
@@ -91,12 +91,13 @@ def test_figures_draw_and_save_png_and_pdf(tmp_path):
     assert "**not resolved (fewer than 2 shared seeds)** |" in text
 
 
-def test_sample_grid_tiles_images():
+def test_sample_tiles_put_images_side_by_side():
     images = np.zeros((16, 8, 8, 1), dtype=np.uint8)
     images[3] = 255
-    tiled = figures._tile(images)
+    tiled = figures_samples.tile(images)
     assert tiled.shape == (4 * 9, 4 * 9)
     assert tiled[0:8, 27:35].min() == 255 and tiled[0:8, 0:8].max() == 0
+    assert figures_samples.tile(images, cols=8).shape == (2 * 9, 8 * 9)  # a row's seed block
 
 
 def test_training_density_plots_the_drawn_log_snr_density():
@@ -314,6 +315,59 @@ def test_training_curves_plot_the_elbo_term_of_the_unweighted_error_against_imag
         line for line in gauss.get_lines() if line.get_marker() == "D" and len(line.get_ydata())
     ]
     np.testing.assert_allclose([d.get_ydata()[0] for d in diamonds], [0.3, 0.3])
+
+
+def test_samples_have_a_real_row_then_one_row_per_configuration_with_scores():
+    runs = runs_of(
+        ("g-elbo-s0", "gaussian", "gaussian", "vp", "elbo", 0),
+        ("g-elbo-s1", "gaussian", "gaussian", "vp", "elbo", 1),
+        ("g-edm-s1", "gaussian", "gaussian", "vp", "edm", 1),
+        ("g-edm-s0", "gaussian", "gaussian", "vp", "edm", 0),
+        ("m-simple-s0", "masked", "masked", "md4", "simple", 0),
+    )
+    shade = {run: 40 * (i + 1) for i, run in enumerate(runs["run_id"])}  # a grey per run
+    images = {run: np.full((6, 8, 8, 1), v, np.uint8) for run, v in shade.items()}
+    real = {"digits": np.full((20, 8, 8, 1), 7, np.uint8)}
+    evaluation = runs.select("run_id").with_columns(
+        pl.Series("fd_classifier", [3.0, 5.0, 9.0, 11.0, 2.0]),
+        pl.lit(None, pl.Float64).alias("fid"),
+    )
+    fig = figures_samples.samples(
+        images, runs, real, evaluation, fd_real={"digits": 1.5}, per_seed=4
+    )
+    rows = fig.axes
+    assert len(rows) == 1 + 3  # real images, then elbo, edm, simple
+    texts = [{t.get_text() for t in ax.texts} for ax in rows]
+    assert "digits: real (held out)" in texts[0]
+    assert any("1.5" in t for t in texts[0])  # the real images' own classifier FD, the floor
+    assert set(np.unique(rows[0].get_images()[0].get_array())) == {7, 255}
+    for ax, (label, seeds, mean) in zip(
+        rows[1:],
+        [
+            ("gaussian · vp · elbo · tiny", ["g-elbo-s0", "g-elbo-s1"], "mean 4 over 2 seeds"),
+            ("gaussian · vp · edm · tiny", ["g-edm-s0", "g-edm-s1"], "mean 10 over 2 seeds"),
+            ("masked · md4 · simple · tiny", ["m-simple-s0"], "mean 2 over 1 seed"),
+        ],
+        strict=True,
+    ):
+        text = {t.get_text() for t in ax.texts}
+        assert label in text and any(mean in t for t in text), text
+        # the seeds side by side, in seed order: each block is that run's samples
+        pixels = np.asarray(ax.get_images()[0].get_array())
+        shades = [v for v in dict.fromkeys(pixels[0].tolist()) if v != 255]
+        assert shades == [shade[run] for run in seeds]
+    # each seed its own score: g-edm-s1 scored 9, g-edm-s0 11
+    assert {"seed 0: classifier FD 11", "seed 1: classifier FD 9"} <= {
+        t.get_text() for t in rows[2].texts
+    }
+    assert fig.get_size_inches()[1] <= 1.0 * len(rows)  # about an inch a row, not 3,000 px
+
+
+def test_samples_score_is_fid_where_the_evaluation_computed_it():
+    runs = runs_of(("a", "gaussian", "gaussian", "vp", "elbo", 0))
+    evaluation = pl.DataFrame({"run_id": ["a"], "fd_classifier": [3.0], "fid": [12.5]})
+    (_, row) = figures_samples.sample_rows(runs, evaluation)
+    assert row["runs"] == [(0, "a", 12.5)] and row["mean"] == 12.5
 
 
 def test_training_curves_say_so_when_no_bin_was_drawn_often_enough():

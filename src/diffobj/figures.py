@@ -1,7 +1,11 @@
 """The figures of the study, one function per figure, drawn with seaborn from validated tables.
 
 Each function takes polars tables and returns a matplotlib Figure; ``save`` writes it as PNG
-and PDF atomically. Nothing here computes science: the numbers come from the tables.
+and PDF atomically. Nothing here computes science: the numbers come from the tables. This
+module holds the figures of the evaluation (weightings, the study, the gap, scaling, bounds)
+and what every figure shares; the figures of training are in ``diffobj.figures_training``, the
+samples figure in ``diffobj.figures_samples``, those of the optimal loss in
+``diffobj.plots_optimal``.
 """
 
 from __future__ import annotations
@@ -209,33 +213,6 @@ def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
             bottom.set_xscale("log")
     fig.tight_layout()
     return fig
-
-
-def sample_grids(samples: dict[str, np.ndarray], per_run: int = 16) -> plt.Figure:
-    """A grid of the first samples of each run (uint8 NHWC), titled by run id."""
-    names = list(samples)
-    cols = min(4, len(names))
-    rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, name in zip(axes.flat, names, strict=False):
-        ax.imshow(
-            _tile(samples[name][:per_run]), cmap="gray", vmin=0, vmax=255, interpolation="nearest"
-        )
-        ax.set_title(name.replace("-", " "), fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def _tile(images: np.ndarray) -> np.ndarray:
-    n, h, w, c = images.shape
-    side = int(np.ceil(np.sqrt(n)))
-    canvas = np.full((side * (h + 1), side * (w + 1), c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, q = divmod(i, side)
-        canvas[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = img
-    return canvas[..., 0] if c == 1 else canvas
 
 
 # -- scaling laws -------------------------------------------------------------------------------

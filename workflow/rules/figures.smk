@@ -17,7 +17,10 @@ def figure_inputs(name):
         "training_curves": [f"{t}/training_log.parquet", f"{t}/training.parquet", f"{t}/runs.parquet"]
         + run_files("eval_bins.csv"),
         "training_density": [f"{t}/training.parquet", f"{t}/runs.parquet"],
-        "samples": run_files("samples.npz"),
+        "samples": run_files("samples.npz")
+        + [f"{t}/runs.parquet", f"{t}/evaluation.parquet"]
+        + [f"{data_dir(d)}/test/images.npy" for d in sorted({r.dataset for r in LOADED.runs})]
+        + ([f"{R}/features/{d}-test-fd.json" for d in sorted({r.dataset for r in LOADED.runs})] if EVAL.fd_classifier else []),
         "scaling": [f"{t}/gap.parquet", f"{t}/training_log.parquet", f"{t}/runs.parquet"],
     }[name]
 
