@@ -370,6 +370,37 @@ def test_samples_score_is_fid_where_the_evaluation_computed_it():
     assert row["runs"] == [(0, "a", 12.5)] and row["mean"] == 12.5
 
 
+def test_gap_figure_keeps_the_optimal_loss_on_the_axis_where_it_is_zero():
+    from diffobj.gather import with_x0_scale
+
+    lam = np.linspace(-6, 6, 7)
+    optimal = np.array([0.5, 0.3, 0.1, 0.01, 0.0, 0.0, 0.0])  # memorised at low noise
+    table = with_x0_scale(
+        pl.DataFrame(
+            {
+                "run_id": "r",
+                "kind": "gaussian",
+                "schedule": "vp",
+                "weighting": "elbo",
+                "log_snr": lam,
+                "model_loss": optimal + 0.02,
+                "model_stderr": 0.001,
+                "optimal_loss": optimal,
+            }
+        ).with_columns((pl.col("model_loss") - pl.col("optimal_loss")).alias("gap"))
+    )
+    for scale in ("eps", "x0"):
+        top = figures.gap(table, scale=scale).axes[0]
+        (line,) = [line for line in top.get_lines() if line.get_label() == "optimal loss"]
+        points = np.column_stack([line.get_xdata(), line.get_ydata()])
+        assert len(points) == len(lam) and (points[:, 1] == 0).sum() == 3
+        # every point, zeros included, maps to a finite place inside the axes' limits
+        assert np.isfinite(top.transData.transform(points)).all()
+        low, high = top.get_ylim()
+        assert low <= points[:, 1].min() and points[:, 1].max() <= high
+        assert top.get_yscale() == "symlog" and "linear below" in top.get_ylabel()
+
+
 def test_training_curves_say_so_when_no_bin_was_drawn_often_enough():
     # four windows, each drawing a different one of the four bins: none in half the windows
     rows = [("r", step, -3.0 + 2 * k, 0.5, 1) for k, step in enumerate([1, 2, 3, 4])]

@@ -176,6 +176,15 @@ def legend_outside(ax: plt.Axes) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
+def loss_floor(losses: np.ndarray) -> float:
+    """Where a loss axis turns from log to linear (matplotlib's symlog ``linthresh``): the decade
+    of the smallest positive model loss. The optimal loss is 0 wherever the training set is
+    memorised (low noise); on a symmetric log axis those points stay on the axis, at 0, and
+    values below every model's loss, which no model resolves, sit near it."""
+    positive = losses[np.isfinite(losses) & (losses > 0)]
+    return float(10 ** np.floor(np.log10(positive.min()))) if len(positive) else 1.0
+
+
 def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
     """Per noise level: the optimal loss, each weighting's loss (EMA model, training images, mean
     over seeds) and the gap (Xu et al. Fig. 1a, 2). ``scale``: "eps" (eps-MSE against log-SNR) or
@@ -197,10 +206,16 @@ def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
         top, bottom = axes[0, col], axes[1, col]
         sns.lineplot(frame.to_pandas(), x=x, y=loss, ax=top, **LINES)
         optimal = frame.unique("log_snr").sort("log_snr")
-        top.plot(optimal[x], optimal[optimum], color="black", lw=2.5, label="optimal loss")
-        top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({unit})", yscale="log")
-        # the optimal loss falls to ~0 below the critical noise level; keep the models readable
-        top.set_ylim(bottom=max(frame[loss].min(), 1e-12) / 100)
+        top.plot(
+            optimal[x], optimal[optimum], "o-", ms=3, color="black", lw=2.5, label="optimal loss"
+        )
+        floor = loss_floor(frame[loss].to_numpy())
+        top.set_yscale("symlog", linthresh=floor, linscale=0.5)
+        top.set_ylim(bottom=0)
+        top.set(
+            title=f"{kind}: loss per noise level",
+            ylabel=f"loss ({unit})\nlog scale, linear below {floor:g}",
+        )
         legend_outside(top)
         sns.lineplot(frame.to_pandas(), x=x, y=diff, ax=bottom, legend=False, **LINES)
         bottom.axhline(0, color="black", lw=1)
