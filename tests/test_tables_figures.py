@@ -401,6 +401,32 @@ def test_gap_figure_keeps_the_optimal_loss_on_the_axis_where_it_is_zero():
         assert top.get_yscale() == "symlog" and "linear below" in top.get_ylabel()
 
 
+def test_report_lists_the_orderings_and_wraps_the_provenance(tmp_path):
+    from diffobj import report, study
+
+    evaluation = evaluation_frame()
+    configs = tables.validate("study", study.configurations(evaluation))
+    provenance = {"jobs": {"train": ["cpu: X, 1 thread(s), torch 2"] * 1}, "spec": "s" * 300}
+    text = study.markdown(configs, evaluation, None, evaluation.select("run_id"), provenance)
+    (tmp_path / "weighting_study.md").write_text(text)
+    figures.save(plt_figure(), tmp_path / "gap.png")
+    (tmp_path / "gap.rst").write_text("A caption with ``code``.")
+    page = report.build("t", tmp_path / "weighting_study.md", [tmp_path / "gap.png"], tmp_path)
+    # each metric's pairs are a list under their line, not run into it
+    assert "differ:</p>\n<ul>\n<li>none</li>" in page
+    assert "white-space: pre-wrap" in page and "overflow-x: auto" not in page
+    assert "jobs:\n  train: cpu: X, 1 thread(s), torch 2\n" in page  # one line per stage
+    assert "<code>code</code>" in page and "``" not in page
+
+
+def plt_figure():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1])
+    return fig
+
+
 def test_training_curves_say_so_when_no_bin_was_drawn_often_enough():
     # four windows, each drawing a different one of the four bins: none in half the windows
     rows = [("r", step, -3.0 + 2 * k, 0.5, 1) for k, step in enumerate([1, 2, 3, 4])]
