@@ -380,7 +380,7 @@ def test_convergence_figure_marks_the_default_c_per_subset_size():
     rows = optimal.convergence_study(
         images, sched, levels=2, queries=16, subsets=[4, 8], c_factors=[1.0, 4.0], progress=False
     )
-    panel = convergence_figure(rows).axes[2]
+    panel = convergence_panel(convergence_figure(rows), "cDOL")
     marks = {
         line.get_label(): line.get_xdata()
         for line in panel.get_lines()
@@ -391,8 +391,71 @@ def test_convergence_figure_marks_the_default_c_per_subset_size():
         factor = optimal.default_c(40, L) * L / 40
         (label,) = [k for k in marks if k.startswith(f"default C, L = {L}:")]
         assert np.allclose(marks[label], factor) and label.endswith(f"{factor:.3g} N/L")
-    legend = [t.get_text() for t in convergence_figure(rows).axes[0].get_legend().get_texts()]
-    assert "cdol default C" in legend
+    estimates = convergence_panel(convergence_figure(rows), "estimates")
+    assert "cdol default C" in [t.get_text() for t in estimates.get_legend().get_texts()]
+
+
+def convergence_panel(fig, title):
+    """The convergence figure's panel whose title starts with ``title``."""
+    (ax,) = [ax for ax in fig.axes if ax.get_title().startswith(title)]
+    return ax
+
+
+def convergence_rows(snis_low_noise=1e5):
+    """A study's rows at three levels, the exact loss 0 at the lowest noise: DOL (C = 1) at half
+    the exact loss, cDOL (C = N/L and its default C) within 10% of it, SNIS ``snis_low_noise`` too
+    high where the exact loss is 0 (as SNIS is where the nearest subset image is far)."""
+    n, rows = 40, []
+    for L in (4, 8):
+        for lam, exact, snis in ((-2.0, 0.05, 0.06), (0.0, 0.08, 0.2), (8.0, 0.0, snis_low_noise)):
+            estimates = {
+                ("snis", math.nan): snis,
+                ("dol", 1.0): exact * 0.5,
+                ("cdol", n / L): exact * 1.1,  # C = N/L
+                ("cdol", optimal.default_c(n, L)): exact * 0.95,
+            }
+            for (estimator, c), estimate in estimates.items():
+                rows.append(
+                    {
+                        "log_snr": lam,
+                        "estimator": estimator,
+                        "subset": L,
+                        "C": c,
+                        "C_factor": c * L / n,
+                        "n_data": n,
+                        "estimate": estimate,
+                        "exact": exact,
+                        "bias": estimate - exact,
+                    }
+                )
+    return rows
+
+
+def test_convergence_figure_draws_every_estimate_and_tells_the_estimators_apart():
+    from diffobj.plots_optimal import convergence_figure
+
+    fig = convergence_figure(convergence_rows())
+    estimates = convergence_panel(fig, "estimates")
+    for line in estimates.get_lines():  # no estimate clipped, none lost where exact = 0
+        points = np.column_stack([line.get_xdata(), line.get_ydata()])
+        low, high = estimates.get_ylim()
+        assert np.isfinite(estimates.transData.transform(points)).all(), line.get_label()
+        assert low <= points[:, 1].min() and points[:, 1].max() <= high, line.get_label()
+    # SNIS's bias (its 1e5 where exact = 0) sits on its own part of a broken axis, 7 decades
+    # above the others, which keep a part that spans theirs
+    bias = [ax for ax in fig.axes if ax not in (estimates, convergence_panel(fig, "cDOL"))]
+    assert len(bias) == 2
+    assert "Σ|estimate − exact| / Σ exact" in bias[0].get_ylabel()  # the lower part, labelled
+    parts = []
+    for ax in bias:
+        low, high = ax.get_ylim()
+        assert high / low < 100  # each part spans its own estimators, not seven decades
+        lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+        parts.append({line.get_label() for line in lines if low <= min(line.get_ydata()) <= high})
+    assert parts == [{"dol", "cdol default C", "cdol C=1N/L"}, {"snis"}]
+    # estimators within two decades of each other share one axis
+    close = convergence_figure(convergence_rows(snis_low_noise=0.01))
+    assert len(close.axes) == 3
 
 
 BAD = {

@@ -1,7 +1,11 @@
 """The figures of the study, one function per figure, drawn with seaborn from validated tables.
 
 Each function takes polars tables and returns a matplotlib Figure; ``save`` writes it as PNG
-and PDF atomically. Nothing here computes science: the numbers come from the tables.
+and PDF atomically. Nothing here computes science: the numbers come from the tables. This
+module holds the figures of the evaluation (weightings, the study, the gap, scaling, bounds)
+and what every figure shares; the figures of training are in ``diffobj.figures_training``, the
+samples figure in ``diffobj.figures_samples``, those of the optimal loss in
+``diffobj.plots_optimal``.
 """
 
 from __future__ import annotations
@@ -167,9 +171,18 @@ UNITS = {"gaussian": "eps-MSE per dim", "masked": "CE, nats per dim"}
 LINES = {"hue": "weighting", "style": "schedule", "errorbar": ("ci", 95), "seed": 0}
 
 
-def _legend_outside(ax: plt.Axes) -> None:
+def legend_outside(ax: plt.Axes) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def loss_floor(losses: np.ndarray) -> float:
+    """Where a loss axis turns from log to linear (matplotlib's symlog ``linthresh``): the decade
+    of the smallest positive model loss. The optimal loss is 0 wherever the training set is
+    memorised (low noise); on a symmetric log axis those points stay on the axis, at 0, and
+    values below every model's loss, which no model resolves, sit near it."""
+    positive = losses[np.isfinite(losses) & (losses > 0)]
+    return float(10 ** np.floor(np.log10(positive.min()))) if len(positive) else 1.0
 
 
 def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
@@ -193,11 +206,17 @@ def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
         top, bottom = axes[0, col], axes[1, col]
         sns.lineplot(frame.to_pandas(), x=x, y=loss, ax=top, **LINES)
         optimal = frame.unique("log_snr").sort("log_snr")
-        top.plot(optimal[x], optimal[optimum], color="black", lw=2.5, label="optimal loss")
-        top.set(title=f"{kind}: loss per noise level", ylabel=f"loss ({unit})", yscale="log")
-        # the optimal loss falls to ~0 below the critical noise level; keep the models readable
-        top.set_ylim(bottom=max(frame[loss].min(), 1e-12) / 100)
-        _legend_outside(top)
+        top.plot(
+            optimal[x], optimal[optimum], "o-", ms=3, color="black", lw=2.5, label="optimal loss"
+        )
+        floor = loss_floor(frame[loss].to_numpy())
+        top.set_yscale("symlog", linthresh=floor, linscale=0.5)
+        top.set_ylim(bottom=0)
+        top.set(
+            title=f"{kind}: loss per noise level",
+            ylabel=f"loss ({unit})\nlog scale, linear below {floor:g}",
+        )
+        legend_outside(top)
         sns.lineplot(frame.to_pandas(), x=x, y=diff, ax=bottom, legend=False, **LINES)
         bottom.axhline(0, color="black", lw=1)
         bottom.set(
@@ -209,143 +228,6 @@ def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
             bottom.set_xscale("log")
     fig.tight_layout()
     return fig
-
-
-def training_curves(training_log: pl.DataFrame, runs: pl.DataFrame) -> plt.Figure:
-    """Training loss (as optimised, i.e. weighted) against images seen, one panel per process;
-    the band is the 95% interval over seeds."""
-    frame = training_log.join(runs.select("run_id", "kind", "schedule", "weighting"), on="run_id")
-    kinds = frame["kind"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds, strict=False):
-        sub = frame.filter(pl.col("kind") == kind).sort("weighting", "schedule")
-        sns.lineplot(sub.to_pandas(), x="images_seen", y="loss", ax=ax, **LINES)
-        ax.set(
-            title=f"{kind}: weighted training loss",
-            xlabel="training images seen",
-            ylabel=f"weighted loss ({UNITS[kind]})",
-            yscale="log",
-        )
-        _legend_outside(ax)
-    fig.tight_layout()
-    return fig
-
-
-DEFAULT_DENSITY = "schedule"  # diffobj.densities: lam = lam(t), t uniform on the run's schedule
-
-
-def drawn_density(
-    training: pl.DataFrame, runs: pl.DataFrame, bins: pl.DataFrame, after: float = 0.5
-) -> pl.DataFrame:
-    """Per run and log-SNR bin: the empirical density (per unit λ) of the log-SNRs drawn in
-    training after ``after`` of the run's last logged step, count / total / bin width.
-
-    ``training``: the training table (bin centres, counts per logged window; bins without draws
-    are absent). ``bins``: per run, ``density`` (the run's training.density) and the fixed bins,
-    ``log_snr_min``, ``log_snr_max``, ``log_snr_bins`` (diffobj.densities.bin_edges); every bin
-    of the run gets a row, 0 where nothing was drawn. Columns: the runs table's, ``density``,
-    ``log_snr``, ``count``, ``p``."""
-    late = training.filter(pl.col("step") > after * pl.col("step").max().over("run_id"))
-    fixed = bins.select("run_id", "log_snr_min", "log_snr_max", "log_snr_bins")
-    grid = pl.concat(
-        pl.DataFrame(
-            {
-                "run_id": run,
-                "bin": np.arange(k),
-                "log_snr": lo + (hi - lo) * (np.arange(k) + 0.5) / k,
-            }
-        )
-        for run, lo, hi, k in fixed.iter_rows()
-    ).with_columns(pl.col("bin").cast(pl.Int64))
-    # the table's centres are the run's bin centres: the bin is floor((centre - lo) / width)
-    counts = (
-        late.join(fixed, on="run_id")
-        .with_columns(
-            (
-                (pl.col("log_snr") - pl.col("log_snr_min"))
-                / (pl.col("log_snr_max") - pl.col("log_snr_min"))
-                * pl.col("log_snr_bins")
-            )
-            .floor()
-            .cast(pl.Int64)
-            .alias("bin")
-        )
-        .group_by("run_id", "bin")
-        .agg(pl.col("count").sum())
-    )
-    width = (pl.col("log_snr_max") - pl.col("log_snr_min")) / pl.col("log_snr_bins")
-    frame = (
-        grid.join(counts, on=["run_id", "bin"], how="left")
-        .join(fixed, on="run_id")
-        .with_columns(pl.col("count").fill_null(0))
-        .with_columns((pl.col("count") / pl.col("count").sum().over("run_id") / width).alias("p"))
-    )
-    return (
-        runs.join(bins.select("run_id", "density"), on="run_id")
-        .join(frame.select("run_id", "log_snr", "count", "p"), on="run_id")
-        .sort("run_id", "log_snr")
-    )
-
-
-def training_density(
-    training: pl.DataFrame, runs: pl.DataFrame, bins: pl.DataFrame, after: float = 0.5
-) -> plt.Figure:
-    """The training schedule as it was drawn: per process, the density of the log-SNRs sampled
-    in the second half of training (``drawn_density``), mean over seeds with its 95% band.
-    Colour: weighting, joined with the training density when any run departs from the
-    schedule's own (e.g. Xu et al.'s optimal_loss_schedule); dashes: the schedule."""
-    frame = drawn_density(training, runs, bins, after)
-    hue = "weighting"
-    if (frame["density"] != DEFAULT_DENSITY).any():
-        hue = "weighting / density"
-        frame = frame.with_columns((pl.col("weighting") + " / " + pl.col("density")).alias(hue))
-    frame = frame.sort(hue, "schedule", "log_snr")
-    names = frame[hue].unique(maintain_order=True).to_list()
-    palette = dict(zip(names, sns.color_palette("tab10", len(names)), strict=True))  # all panels
-    drawn = set(frame["process"])
-    processes = [p for p in runs["process"].unique(maintain_order=True) if p in drawn]
-    fig, axes = plt.subplots(1, len(processes), figsize=(6.5 * len(processes), 4), squeeze=False)
-    for ax, process in zip(axes[0], processes, strict=True):
-        sub = frame.filter(pl.col("process") == process)
-        sns.lineplot(
-            sub.to_pandas(), x="log_snr", y="p", ax=ax, **{**LINES, "hue": hue}, palette=palette
-        )
-        ax.set(
-            title=f"{process} ({sub['kind'][0]}): log-SNR drawn after {after:.0%} of training",
-            xlabel="log-SNR λ",
-            ylabel="density of drawn λ (per unit λ)",
-        )
-        ax.set_ylim(bottom=0)
-        _legend_outside(ax)
-    fig.tight_layout()
-    return fig
-
-
-def sample_grids(samples: dict[str, np.ndarray], per_run: int = 16) -> plt.Figure:
-    """A grid of the first samples of each run (uint8 NHWC), titled by run id."""
-    names = list(samples)
-    cols = min(4, len(names))
-    rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, name in zip(axes.flat, names, strict=False):
-        ax.imshow(
-            _tile(samples[name][:per_run]), cmap="gray", vmin=0, vmax=255, interpolation="nearest"
-        )
-        ax.set_title(name.replace("-", " "), fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def _tile(images: np.ndarray) -> np.ndarray:
-    n, h, w, c = images.shape
-    side = int(np.ceil(np.sqrt(n)))
-    canvas = np.full((side * (h + 1), side * (w + 1), c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, q = divmod(i, side)
-        canvas[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = img
-    return canvas[..., 0] if c == 1 else canvas
 
 
 # -- scaling laws -------------------------------------------------------------------------------

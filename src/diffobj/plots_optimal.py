@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from diffobj.io import atomic_path  # noqa: E402
 from diffobj.optimal import critical_log_snr, default_c  # noqa: E402
@@ -105,22 +106,37 @@ def _label_process(axes, process: str) -> None:
         ax.legend(fontsize=7)
 
 
+BIAS_LABEL = "relative bias: Σ|estimate − exact| / Σ exact\n(sums over the noise levels)"
+
+
 def convergence_figure(rows: Rows) -> plt.Figure:
-    """(a) estimates against log-SNR at the smallest subset, (b) total relative error against L,
-    (c) cDOL's error against C (DOL is C = 1), the default C of each L dashed (★: its error).
-    Error: Σ_levels |bias| / Σ_levels exact."""
+    """(a) estimates against log-SNR at the smallest subset, on a symmetric log axis (the
+    estimators differ by decades, and the exact loss is 0 at low noise); (b) the relative bias
+    against the subset size L; (c) cDOL's relative bias against C (DOL is C = 1), the default C
+    of each L dashed (★: its bias). Relative bias: Σ_levels |bias| / Σ_levels exact, where a
+    level's bias is the mean estimate minus the exact loss on the same queries. In (b), an
+    estimator whose bias is orders of magnitude above the others (SNIS at low noise) gets its
+    own upper part of a broken axis, so the others can still be told apart."""
     c = _columns(rows)
     sns.set_theme(context="paper", style="whitegrid")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = plt.figure(figsize=(15, 4.6))
+    grid = fig.add_gridspec(1, 3, wspace=0.45)
+    estimates_ax = fig.add_subplot(grid[0])
     smallest = c["subset"].min()
     exact = _unique_levels(c)
-    axes[0].plot(exact[0], exact[1], "k-", lw=2, label="exact")
+    estimates_ax.plot(exact[0], exact[1], "k-", lw=2, label="exact")
     variants = _variants(c)
     colors = dict(zip(variants, sns.color_palette("tab10", len(variants)), strict=False))
+    sizes = {name: np.unique(c["subset"][keep]) for name, keep in variants.items()}
+    errors = {
+        name: np.array([_total_error(c, keep & (c["subset"] == L)) for L in sizes[name]])
+        for name, keep in variants.items()
+    }
+    bias_axes = _bias_axes(fig, grid[1], errors)
     for name, keep in variants.items():
         at = keep & (c["subset"] == smallest)
         order = np.argsort(c["log_snr"][at])
-        axes[0].plot(
+        estimates_ax.plot(
             c["log_snr"][at][order],
             c["estimate"][at][order],
             "o--",
@@ -128,18 +144,96 @@ def convergence_figure(rows: Rows) -> plt.Figure:
             color=colors[name],
             label=name,
         )
-        sizes = np.unique(c["subset"][keep])
-        axes[1].plot(
-            sizes,
-            [_total_error(c, keep & (c["subset"] == L)) for L in sizes],
-            "o-",
-            color=colors[name],
-            label=name,
-        )
+        for ax in bias_axes:
+            ax.plot(sizes[name], errors[name], "o-", color=colors[name], label=name)
+    cdol_ax = fig.add_subplot(grid[2])
+    _c_panel(cdol_ax, c)
+    floor = 10 ** np.floor(np.log10(1e-2 * np.nanmax(exact[1])))
+    estimates_ax.set_yscale("symlog", linthresh=floor, linscale=0.5)
+    estimates_ax.set_ylim(bottom=0)
+    estimates_ax.set(
+        xlabel="log-SNR λ",
+        ylabel=f"optimal loss estimate (ε scale)\nlog scale, linear below {floor:g}",
+        title=f"estimates, L = {int(smallest)} of N = {int(c['n_data'][0])}",
+    )
+    subsets = np.unique(c["subset"])
+    for ax in bias_axes:
+        ax.set(xscale="log", yscale="log")
+        ax.set_xticks(subsets, [str(int(L)) for L in subsets])
+        ax.minorticks_off()
+        _plain_log_ticks(ax)
+    bias_axes[0].set(xlabel="subset size L", ylabel=BIAS_LABEL)
+    bias_axes[-1].set_title("relative bias against subset size (colours as left)")
+    if len(bias_axes) > 1:
+        bias_axes[0].set_ylabel(BIAS_LABEL, y=0.7)
+        bias_axes[1].tick_params(labelbottom=False)
+        bias_axes[1].set_xlabel("")
+    cdol_ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="correction C, in units of N/L   (DOL: C = 1)",
+        ylabel=BIAS_LABEL,
+        title="cDOL: sensitivity to C",
+    )
+    _plain_log_ticks(cdol_ax)
+    for ax in (estimates_ax, cdol_ax):
+        ax.legend(fontsize=7)
+    return fig
+
+
+def _plain_log_ticks(ax: plt.Axes) -> None:
+    """Ticks at 1, 2 and 5 of each decade, as plain numbers: these panels span a decade or
+    two, where a log axis's default (one labelled tick per decade, 6×10⁻¹) reads badly."""
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _bias_axes(fig: plt.Figure, cell, errors: Mapping[str, np.ndarray]) -> list[plt.Axes]:
+    """The relative-bias panel: one log axis, or, when the estimators fall into two groups more
+    than two decades apart, a broken axis (lower part first), each part spanning its group."""
+    split = _split(errors)
+    if split is None:
+        return [fig.add_subplot(cell)]
+    low, high = split
+    inner = cell.subgridspec(2, 1, height_ratios=[1, 2], hspace=0.08)
+    bottom = fig.add_subplot(inner[1])
+    top = fig.add_subplot(inner[0], sharex=bottom)
+    for ax, group in ((bottom, low), (top, high)):
+        values = np.concatenate([errors[n] for n in group])
+        values = values[values > 0]
+        ax.set_ylim(values.min() / 1.6, values.max() * 1.6)
+    top.spines["bottom"].set_visible(False)
+    bottom.spines["top"].set_visible(False)
+    # the break: two short diagonals on each side, where the axis is cut
+    marks = dict(marker=[(-1, -0.5), (1, 0.5)], ms=10, ls="none", color="k", mec="k", mew=1)
+    top.plot([0, 1], [0, 0], transform=top.transAxes, clip_on=False, **marks)
+    bottom.plot([0, 1], [1, 1], transform=bottom.transAxes, clip_on=False, **marks)
+    return [bottom, top]
+
+
+def _split(errors: Mapping[str, np.ndarray], decades: float = 2.0):
+    """Estimators in two groups (low, high) when the widest gap between them, sorted by their
+    smallest value, spans more than ``decades`` of bias; else None."""
+    ranges = {name: (v[v > 0].min(), v[v > 0].max()) for name, v in errors.items() if (v > 0).any()}
+    names = sorted(ranges, key=lambda n: ranges[n][0])
+    best, at = 0.0, None
+    for i in range(1, len(names)):
+        below = max(ranges[n][1] for n in names[:i])
+        above = min(ranges[n][0] for n in names[i:])
+        if above > below and np.log10(above / below) > best:
+            best, at = np.log10(above / below), i
+    if at is None or best <= decades:
+        return None
+    return names[:at], names[at:]
+
+
+def _c_panel(ax: plt.Axes, c: dict[str, np.ndarray]) -> None:
+    """cDOL's relative bias against its C factor, one line per subset size, default C marked."""
     for L in np.unique(c["subset"]):
         at = (c["subset"] == L) & np.isin(c["estimator"], ["dol", "cdol"])
         factors = sorted({float(v) for v in c["C_factor"][at]})
-        (line,) = axes[2].plot(
+        (line,) = ax.plot(
             factors,
             [_total_error(c, at & (c["C_factor"] == f)) for f in factors],
             "o-",
@@ -148,7 +242,7 @@ def convergence_figure(rows: Rows) -> plt.Figure:
         # the C that `--estimator cdol` uses (default_c, ~2N/L), as a factor of N/L
         n_data = int(c["n_data"][c["subset"] == L][0])
         factor = default_c(n_data, int(L)) * L / n_data
-        axes[2].axvline(
+        ax.axvline(
             factor,
             color=line.get_color(),
             ls="--",
@@ -157,35 +251,9 @@ def convergence_figure(rows: Rows) -> plt.Figure:
         )
         default = at & _default_c(c)
         if default.any():
-            axes[2].plot(
+            ax.plot(
                 [factor], [_total_error(c, default)], "*", ms=11, color=line.get_color(), zorder=3
             )
-    axes[0].set(
-        ylim=(0, 1.5 * exact[1].max()),
-        xlabel="log-SNR λ",
-        ylabel="optimal loss (ε scale)",
-        title=f"estimates, L = {int(smallest)}",
-    )
-    axes[1].set(
-        xscale="log",
-        yscale="log",
-        xlabel="subset size L",
-        ylabel="Σ|bias| / Σ exact",
-        title="bias against subset size",
-    )
-    axes[1].set_xticks(np.unique(c["subset"]), [str(int(L)) for L in np.unique(c["subset"])])
-    axes[1].minorticks_off()
-    axes[2].set(
-        xscale="log",
-        yscale="log",
-        xlabel="C / (N/L)   (DOL: C = 1, i.e. L/N)",
-        ylabel="Σ|bias| / Σ exact",
-        title="cDOL: sensitivity to C",
-    )
-    for ax in axes:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
 
 
 def _variants(c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,14 +23,22 @@ table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }
 figure { margin: 2em 0; } figure img { max-width: 100%; }
 figcaption { color: #333; font-size: 0.9em; max-width: 900px; }
-pre { background: #f5f5f5; padding: 0.5em; overflow-x: auto; }
+pre { background: #f5f5f5; padding: 0.5em; white-space: pre-wrap; overflow-wrap: anywhere; }
 """
+# pre-wrap: the provenance block's long lines (the per-stage runtimes) wrap inside the page
+# instead of scrolling sideways
 
 
 def _image(path: Path) -> str:
     if not path.exists():
         raise UserError(f"{path}: missing (its figure job has not run)")
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _caption_html(caption: str) -> str:
+    """A caption (reStructuredText, as Snakemake's report reads it) as HTML: escaped, with its
+    ``literals`` as code rather than shown with their backticks."""
+    return re.sub(r"``(.+?)``", r"<code>\1</code>", html.escape(caption))
 
 
 def build(
@@ -54,7 +63,7 @@ def build(
         parts += [
             f'<figure id="{html.escape(path.stem)}">',
             f'<img src="{_image(path)}" alt="{html.escape(path.stem)}">',
-            f"<figcaption><b>{html.escape(path.stem)}</b>. {html.escape(caption)}</figcaption>",
+            f"<figcaption><b>{html.escape(path.stem)}</b>. {_caption_html(caption)}</figcaption>",
             "</figure>",
         ]
     parts.append("</body></html>")

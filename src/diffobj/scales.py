@@ -10,6 +10,10 @@ the optimal loss is in the same scale. In the VE view x̂ = z / alpha = x + σ̂
 which is the only conversion the diagnosis needs (the loss of another target is this x0 loss
 times a fixed factor, the paper's Eqs. 3-5). Masked runs have one scale (cross-entropy in nats
 per dimension): their x0 columns are missing (null).
+
+A third scale compares runs of one process whatever their weighting or schedule: the ELBO
+integrand in log-SNR (docs/science.md §1.2), ½·eps-MSE (Gaussian) or sigmoid(lam)·CE (masked),
+per unit lam and in nats per dimension; its integral over lam is the ELBO's diffusion term.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ def sigma_ve(log_snr: np.ndarray | float) -> np.ndarray:
 def eps_to_x0(loss_eps: np.ndarray | float, log_snr: np.ndarray | float) -> np.ndarray:
     """x0-MSE from eps-MSE at the same log-SNR (any schedule, any prediction)."""
     return np.asarray(loss_eps, dtype=float) * np.exp(-np.asarray(log_snr, dtype=float))
+
+
+def elbo_weight(kind: str, log_snr: np.ndarray | float) -> np.ndarray:
+    """The ELBO's weight on the unweighted per-level loss: ½ (Gaussian eps-MSE) or sigmoid(lam)
+    (masked CE), so that weight · loss integrated over lam is the ELBO's diffusion term."""
+    lam = np.asarray(log_snr, dtype=float)
+    return np.full_like(lam, 0.5) if kind == "gaussian" else 1 / (1 + np.exp(-lam))
 
 
 def interpolate_optimal(

@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from diffobj.figures import fit_power_law
+from diffobj.scales import elbo_weight
 
 
 def elbo_integral(kind: str, log_snr: np.ndarray, loss: np.ndarray) -> float:
     """The ELBO-weighted integral of a per-level loss over the levels' log-SNR range."""
     order = np.argsort(log_snr)
     lam, values = np.asarray(log_snr, float)[order], np.asarray(loss, float)[order]
-    weight = 0.5 * np.ones_like(lam) if kind == "gaussian" else 1 / (1 + np.exp(-lam))
-    return float(np.trapezoid(weight * values, lam))
+    return float(np.trapezoid(elbo_weight(kind, lam) * values, lam))
 
 
 def forward_flops(model: nn.Module, kind: str, image_shape: tuple[int, int, int]) -> float:

@@ -254,7 +254,8 @@ def _comparison_lines(evaluation: pl.DataFrame, metric: str) -> list[str]:
     rows = comparisons(evaluation, metric)
     tested = [r for r in rows if r["p_holm"] is not None]
     found = [r for r in tested if r["p_holm"] <= inference.ALPHA]
-    out = [f"**{METRICS[metric]}**: {len(tested)} pairs tested, {len(found)} differ:"]
+    # the blank line makes the pairs a Markdown list (without it they run into the line above)
+    out = [f"**{METRICS[metric]}**: {len(tested)} pairs tested, {len(found)} differ:", ""]
     for r in found:
         better, worse = (r["a"], r["b"]) if r["effect"] < 0 else (r["b"], r["a"])
         out.append(
@@ -332,7 +333,20 @@ def markdown(
         out += ["", "| run | gap (bits/dim) |", "|---|---|"]
         for r in gaps.join(runs.select("run_id"), on="run_id").sort("run_id").iter_rows(named=True):
             out.append(f"| {r['run_id']} | {r['elbo_gap_bpd']:.3g} |")
-    out += ["", "## Provenance", "", "```"]
-    out += [f"{k}: {v}" for k, v in provenance.items()]
-    out += ["```", ""]
+    out += ["", "## Provenance", "", "```", *_provenance_lines(provenance), "```", ""]
     return "\n".join(out)
+
+
+def _provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
+    """One line per record, and a mapping (how each stage's jobs ran) one line per stage, so no
+    line holds every stage at once."""
+    out = []
+    for key, value in provenance.items():
+        if not isinstance(value, Mapping):
+            out.append(f"{key}: {value}")
+            continue
+        out.append(f"{key}:")
+        for sub, records in value.items():
+            text = "; ".join(map(str, records)) if isinstance(records, list) else records
+            out.append(f"  {sub}: {text}")
+    return out

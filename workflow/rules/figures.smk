@@ -14,9 +14,13 @@ def figure_inputs(name):
         "gap_x0": [f"{t}/gap.parquet"],
         "gap_quality": [f"{t}/gap.parquet", f"{t}/evaluation.parquet"],
         "convergence": [f"{R}/optimal/{d}-{p}-convergence.csv" for d, p in gaussian_pairs()],
-        "training_curves": [f"{t}/training_log.parquet", f"{t}/training.parquet"],
+        "training_curves": [f"{t}/training_log.parquet", f"{t}/training.parquet", f"{t}/runs.parquet"]
+        + run_files("eval_bins.csv"),
         "training_density": [f"{t}/training.parquet", f"{t}/runs.parquet"],
-        "samples": run_files("samples.npz"),
+        "samples": run_files("samples.npz")
+        + [f"{t}/runs.parquet", f"{t}/evaluation.parquet"]
+        + [f"{data_dir(d)}/test/images.npy" for d in sorted({r.dataset for r in LOADED.runs})]
+        + ([f"{R}/features/{d}-test-fd.json" for d in sorted({r.dataset for r in LOADED.runs})] if EVAL.fd_classifier else []),
         "scaling": [f"{t}/gap.parquet", f"{t}/training_log.parquet", f"{t}/runs.parquet"],
     }[name]
 

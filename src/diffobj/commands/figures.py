@@ -47,11 +47,7 @@ def _weighting_study(loaded, results, out):
     from diffobj.io import atomic_path
 
     evaluation, configs = _table(results, "evaluation"), _table(results, "study")
-    baselines = {}  # classifier FD of held-out real images, per dataset
-    for path in sorted((results / "features").glob("*-test-fd.json")):
-        baselines[path.name.removesuffix("-test-fd.json")] = json.loads(path.read_text())[
-            "fd_classifier"
-        ]
+    baselines = fd_real_baselines(results)
     gap_path = results / "tables" / "gap.parquet"
     gaps = study.elbo_gap(tables.read("gap", gap_path)) if gap_path.exists() else None
     text = study.markdown(
@@ -65,6 +61,15 @@ def _weighting_study(loaded, results, out):
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(text)
     return figures.weighting_study(configs, evaluation, baselines)
+
+
+def fd_real_baselines(results: Path) -> dict[str, float]:
+    """The classifier FD of held-out real images per dataset (the metric's floor), where the
+    evaluation computed it."""
+    return {
+        path.name.removesuffix("-test-fd.json"): json.loads(path.read_text())["fd_classifier"]
+        for path in sorted((results / "features").glob("*-test-fd.json"))
+    }
 
 
 def _optimal_loss(loaded, results, out):
@@ -120,15 +125,32 @@ def _gap_quality(loaded, results, out):
 
 
 def _training_curves(loaded, results, out):
-    from diffobj import figures
+    import polars as pl
 
-    return figures.training_curves(_table(results, "training_log"), _table(results, "runs"))
+    from diffobj.figures_training import training_curves
+
+    # the EMA model's error per bin centre at the end, the curves' last point in the same scale
+    final = pl.concat(
+        [
+            pl.read_csv(results / "runs" / r.id / "eval_bins.csv").select(
+                pl.lit(r.id).alias("run_id"), pl.col("log_snr", "error").cast(pl.Float64)
+            )
+            for r in loaded.runs
+        ]
+    )
+    return training_curves(
+        _table(results, "training"),
+        _table(results, "training_log"),
+        _table(results, "runs"),
+        density_bins(loaded),
+        final,
+    )
 
 
 def _training_density(loaded, results, out):
-    from diffobj import figures
+    from diffobj.figures_training import training_density
 
-    return figures.training_density(
+    return training_density(
         _table(results, "training"), _table(results, "runs"), density_bins(loaded)
     )
 
@@ -159,10 +181,15 @@ def density_bins(loaded):
 def _samples(loaded, results, out):
     import numpy as np
 
-    from diffobj import figures
+    from diffobj.figures_samples import samples
 
-    return figures.sample_grids(
-        {r.id: np.load(results / "runs" / r.id / "samples.npz")["images"] for r in loaded.runs}
+    datasets = sorted({r.dataset for r in loaded.runs})
+    return samples(
+        {r.id: np.load(results / "runs" / r.id / "samples.npz")["images"] for r in loaded.runs},
+        _table(results, "runs"),
+        {d: np.load(results / "data" / d / "test" / "images.npy") for d in datasets},
+        _table(results, "evaluation"),
+        fd_real_baselines(results),
     )
 
 
