@@ -26,8 +26,9 @@ import torch
 
 from diffobj.data import load_prepared, prepare
 from diffobj.data.arrays import blur_images
+from diffobj.devices import resolve_device
 from diffobj.metrics import classifier, inception
-from diffobj.metrics.fid import compute_statistics, make_extractor, resolve_device, tf32_disabled
+from diffobj.metrics.fid import compute_statistics, make_extractor, tf32_disabled
 from diffobj.metrics.frechet import Statistics, frechet_distance, trace_sqrt_product
 
 
@@ -153,7 +154,7 @@ def main() -> None:
     parser.add_argument("--skip-inception", action="store_true")
     parser.add_argument("--skip-classifier", action="store_true")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, local_rank=None)
     gpu = device.type == "cuda"
     args.batch_sizes = args.batch_sizes or ([128, 500] if gpu else [16])
     args.batches = args.batches or (20 if gpu else 2)

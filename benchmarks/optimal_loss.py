@@ -27,7 +27,7 @@ TARGET_LEVELS, TARGET_QUERIES = 64, 100_000
 
 def schedule(name: str, process: str) -> schedules.Schedule:
     entry = schedules.load_library()[name]
-    return schedules.build(name, entry, optimal.DEFAULT_LOG_SNR_RANGE[process])
+    return schedules.build(name, entry, schedules.DEFAULT_LOG_SNR_RANGE[process])
 
 
 def timed_table(

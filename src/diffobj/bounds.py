@@ -52,10 +52,11 @@ import torch
 from diffobj import optimal
 from diffobj.adaptive import evaluate_error, level_at
 from diffobj.errors import UserError
+from diffobj.processes.masked import VOCAB
 from diffobj.schedules import DTYPE, Level, Schedule
+from diffobj.seeds import xor_pair_seed
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
-VOCAB = 256
 COLUMNS = (
     "i",
     "t",
@@ -216,7 +217,7 @@ def error_curve(
         values = []
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
-            generator.manual_seed(optimal.derive_seed(seed, k, start))
+            generator.manual_seed(xor_pair_seed(seed, k, start))
             lam_t = torch.full((len(chunk),), lam, dtype=DTYPE, device=x.device)
             level = level_at(schedule, lam_t)
             values.append(evaluate_error(kind, model_fn, chunk, level, generator).double().cpu())
@@ -275,7 +276,7 @@ def decoder_term(
     """E_x E_z[-log q(x | z_lam)] / D over the training set (N, D), exact posterior, MC queries
     (sources cycle through permutations of the data); mean and standard error."""
     n, dim = data.shape
-    gen = torch.Generator(device=data.device).manual_seed(optimal.derive_seed(seed, 7))
+    gen = torch.Generator(device=data.device).manual_seed(xor_pair_seed(seed, 7))
     sources = optimal.balanced_sources(n, queries, torch.Generator().manual_seed(seed)).to(
         data.device
     )
@@ -327,7 +328,7 @@ def cascade(
     [-1, 1] (Gaussian) or int64 tokens 0..255 (masked); ``model_fn`` takes batches of it.
     """
     fine, cut_idx = cut_grid(schedule, cuts, per_cut)
-    g = torch.Generator().manual_seed(optimal.derive_seed(seed, 3))
+    g = torch.Generator().manual_seed(xor_pair_seed(seed, 3))
     pick = optimal.balanced_sources(len(data), images, g).sort().values.to(data.device)
     error, stderr = error_curve(
         kind, model_fn, schedule, data[pick], fine, seed=seed, batch_size=batch_size

@@ -37,15 +37,18 @@ the draws follow p(log sigma) ∝ w_sigma (J_sigma - J*_sigma) in the paper's x0
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from diffobj import schedules
-from diffobj.errors import UserError
-from diffobj.optimal_curve import OptimalLossCurve, read_table
+from diffobj.optimal_curve import (  # noqa: F401 - DENSITIES, density_name: defined there
+    DENSITIES,
+    OptimalLossCurve,
+    density_name,
+    read_table,
+)
 from diffobj.processes import gaussian, masked
 from diffobj.processes.gaussian import LossTerms
 from diffobj.schedules import Level, Schedule
@@ -56,23 +59,8 @@ FLOOR_FRACTION = 0.05  # corrected: floor = this share of the mean positive gap 
 ERROR_EMA = 0.5  # running binned gap: weight of the newest refresh window
 MIN_DRAWS = 64  # a bin's draws are pooled over windows until this many: its mean is then ±1/8 sd
 GRID = 8193  # p tabulated on this many lam points: a jump at a bin edge blurs over one cell
-DENSITIES = ("schedule", "adaptive_corrected", "optimal_loss_schedule")
 
 read_optimal_loss = read_table  # the optimal-loss table reader (diffobj.optimal_curve)
-
-
-def density_name(training: Mapping[str, Any]) -> str:
-    """The run's training density; the old boolean ``adaptive: true`` is ``adaptive_corrected``."""
-    name = training.get("density") or (
-        "adaptive_corrected" if training.get("adaptive") else "schedule"
-    )
-    if name not in DENSITIES:
-        raise UserError(f"training.density: unknown {name!r} (known: {list(DENSITIES)})")
-    if training.get("adaptive") and name != "adaptive_corrected":
-        raise UserError(
-            f"training.adaptive: true means density adaptive_corrected, not {name!r}; drop one"
-        )
-    return name
 
 
 def bin_edges(log_snr_range: tuple[float, float], bins: int) -> torch.Tensor:

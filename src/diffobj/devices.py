@@ -34,14 +34,32 @@ def distributed_env() -> Dist:
     return Dist()
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
+def resolve_device(
+    name: str | torch.device | None = "auto", local_rank: int | None = 0
+) -> torch.device:
+    """The device a ``--device`` value names: ``auto`` (or None) a GPU if CUDA is available,
+    else the CPU; ``cpu``; ``cuda``; ``cuda:N`` or a torch.device as given.
+
+    A GPU without an index (auto, cuda) is ``cuda:local_rank`` (a DDP process's own GPU), or
+    ``torch.device("cuda")`` (torch's current GPU) when ``local_rank`` is None. UserError for a
+    GPU where CUDA is not available and for anything but the CPU or a CUDA GPU."""
+    if name is None or name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        name = "cuda"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {str(name)!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {name}: CUDA is not available on this machine (use --device cpu)"
+        )
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return device
 
 
 # =1: bf16 autocast and channels_last on a CPU too, as on a GPU (`diffobj rehearse

@@ -1,16 +1,14 @@
 """The figures of the study, one function per figure, drawn with seaborn from validated tables.
 
-Each function takes polars tables and returns a matplotlib Figure; ``save`` writes it as PNG
-and PDF atomically. Nothing here computes science: the numbers come from the tables. This
-module holds the figures of the evaluation (weightings, the study, the gap, scaling, bounds)
+Each function takes polars tables and returns a matplotlib Figure; ``save`` (that of
+``diffobj.figure_files``) writes it as PNG and PDF atomically. Nothing here computes science:
+the numbers come from the tables. This module holds the figures of the evaluation (weightings, the study, the gap, scaling, bounds)
 and what every figure shares; the figures of training are in ``diffobj.figures_training``, the
 samples figure in ``diffobj.figures_samples``, those of the optimal loss in
 ``diffobj.plots_optimal``.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import matplotlib
 
@@ -20,22 +18,9 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from diffobj.io import atomic_path  # noqa: E402
+from diffobj.figure_files import save  # noqa: E402, F401 - figures.save: PNG and PDF
 
 sns.set_theme(context="paper", style="whitegrid")
-
-
-def save(fig: plt.Figure, path: str | Path) -> list[Path]:
-    """Write ``path`` (its suffix decides the format) and its PNG/PDF sibling; close the figure."""
-    path = Path(path)
-    written = []
-    for suffix in dict.fromkeys([path.suffix or ".png", ".png", ".pdf"]):
-        target = path.with_suffix(suffix)
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=suffix.lstrip("."), dpi=150, bbox_inches="tight")
-        written.append(target)
-    plt.close(fig)
-    return written
 
 
 def _style_monotone(frame: pl.DataFrame) -> pl.DataFrame:

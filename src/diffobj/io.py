@@ -1,4 +1,5 @@
-"""Atomic output: a file is either complete or absent, never half-written."""
+"""Atomic output: a file is either complete or absent, never half-written. And the one reader
+of the YAML files (``read_yaml``): a bad file is a UserError naming it, and its line and column."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from diffobj.errors import UserError, yaml_error_line
 
 
 @contextlib.contextmanager
@@ -69,6 +74,19 @@ def append_line(path: str | Path, line: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def read_yaml(path: str | Path, what: str, error: type[UserError] = UserError) -> Any:
+    """The YAML document in ``path``. ``error`` (UserError or a subclass of it) when the file
+    is absent (``FILE: WHAT not found``) or is not valid YAML (``FILE:LINE:COLUMN: not valid
+    YAML: ...``, ``diffobj.errors.yaml_error_line``)."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as err:
+        raise error(yaml_error_line(path, err)) from None
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:

@@ -50,14 +50,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffobj.devices import resolve_device
 from diffobj.errors import UserError
+from diffobj.processes.masked import VOCAB
 from diffobj.schedules import DTYPE, Schedule
+from diffobj.seeds import xor_pair_seed
 
 log = logging.getLogger(__name__)
 
 ESTIMATORS = ("exact", "snis", "dol", "cdol")
-DEFAULT_LOG_SNR_RANGE = {"gaussian": (-10.0, 10.0), "masked": (-9.21, 9.21)}
-VOCAB = 256
 CPU_TILE_BYTES = 256 * 2**20  # working memory of one (queries x data) tile on CPU
 GPU_MEMORY_FRACTION = 0.5  # share of free GPU memory a tile may use
 DEFAULT_BATCH = {"cpu": 512, "cuda": 4096}
@@ -102,27 +103,12 @@ def images_to_tokens(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), -1).copy())
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: expected cpu or cuda")
-    return device
-
-
 def tile_budget(device: torch.device) -> int:
     """Bytes one tile of work may use: a share of free GPU memory, or a fixed CPU budget."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * GPU_MEMORY_FRACTION)
     return CPU_TILE_BYTES
-
-
-def derive_seed(*keys: int) -> int:
-    """An independent 63-bit seed for each (seed, level, stream): reproducible, uncorrelated."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 ^ int(state[1])
 
 
 def balanced_sources(n_data: int, n_queries: int, generator: torch.Generator) -> torch.Tensor:
@@ -381,9 +367,9 @@ def gaussian_query_losses(
     n_data, dim = data.shape
     check_estimator(estimator, n_data, subset, C)
     device = data.device
-    query_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, 0))
-    source_gen = torch.Generator().manual_seed(derive_seed(seed, 1))
-    subset_gen = torch.Generator().manual_seed(derive_seed(seed, 2))
+    query_gen = torch.Generator(device=device).manual_seed(xor_pair_seed(seed, 0))
+    source_gen = torch.Generator().manual_seed(xor_pair_seed(seed, 1))
+    subset_gen = torch.Generator().manual_seed(xor_pair_seed(seed, 2))
     sources = balanced_sources(n_data, n_queries, source_gen).to(device)
     inv_s2 = alpha**2 / sigma**2
     n_candidates = n_data if estimator == "exact" else subset
@@ -510,8 +496,8 @@ def masked_query_losses(
     """Per-query optimal cross-entropy in nats per dimension (float64, (M,)) at keep prob alpha."""
     n_data, dim = tokens.shape
     device = tokens.device
-    query_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, 0))
-    source_gen = torch.Generator().manual_seed(derive_seed(seed, 1))
+    query_gen = torch.Generator(device=device).manual_seed(xor_pair_seed(seed, 0))
+    source_gen = torch.Generator().manual_seed(xor_pair_seed(seed, 1))
     sources = balanced_sources(n_data, n_queries, source_gen).to(device)
     histogram = position_histogram(tokens)
     batch = min(n_queries, batch_size or DEFAULT_BATCH[device.type])
@@ -625,7 +611,7 @@ def optimal_loss_table(
         raise UserError(f"schedule {schedule.name} is a {schedule.process} schedule, not {process}")
     if process == "masked" and estimator != "exact":
         raise UserError(f"--estimator {estimator}: the masked process has only the exact estimator")
-    device = resolve_device(device)
+    device = resolve_device(device, local_rank=None)
     n_data = len(images)
     data = (images_to_unit(images) if process == "gaussian" else images_to_tokens(images)).to(
         device
@@ -648,7 +634,7 @@ def optimal_loss_table(
                 estimator=estimator,
                 subset=subset,
                 C=C,
-                seed=derive_seed(seed, i),
+                seed=xor_pair_seed(seed, i),
                 batch_size=batch_size,
                 progress=progress,
                 desc=desc,
@@ -662,7 +648,7 @@ def optimal_loss_table(
                 data,
                 alpha,
                 queries,
-                seed=derive_seed(seed, i),
+                seed=xor_pair_seed(seed, i),
                 batch_size=batch_size,
                 progress=progress,
                 desc=desc,
@@ -774,7 +760,7 @@ def convergence_study(
     check_counts(levels, queries)
     if schedule.process != "gaussian":
         raise UserError(f"schedule {schedule.name}: the estimator study is for gaussian schedules")
-    device = resolve_device(device)
+    device = resolve_device(device, local_rank=None)
     data = images_to_unit(images).to(device)
     n_data = len(data)
     for L in subsets:
@@ -791,7 +777,7 @@ def convergence_study(
         lam, alpha, sigma = (float(v[i]) for v in (level.log_snr, level.alpha, level.sigma))
         scale = math.exp(lam)
         common = dict(
-            seed=derive_seed(seed, i),
+            seed=xor_pair_seed(seed, i),
             batch_size=batch_size,
             progress=progress,
             desc=f"level {i + 1}/{levels} lam={lam:+.2f}",

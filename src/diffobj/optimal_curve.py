@@ -21,8 +21,21 @@ from diffobj import scales
 from diffobj.errors import UserError
 from diffobj.expr import OPTIMAL_LOSS
 from diffobj.io import read_csv
+from diffobj.weightings import build as build_weighting
 
-__all__ = ["OPTIMAL_LOSS", "OptimalLossCurve", "read_table", "needs_optimal_loss", "bind"]
+__all__ = [
+    "OPTIMAL_LOSS",
+    "DENSITIES",
+    "OptimalLossCurve",
+    "read_table",
+    "density_name",
+    "needs_optimal_loss",
+    "bind",
+]
+
+# the training densities (diffobj.densities); here so that ``needs_optimal_loss`` can name a
+# run's density without importing diffobj.densities, which imports this module
+DENSITIES = ("schedule", "adaptive_corrected", "optimal_loss_schedule")
 
 
 def read_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -64,14 +77,26 @@ class OptimalLossCurve:
         return torch.as_tensor(values, dtype=lam.dtype, device=lam.device)
 
 
+def density_name(training: Mapping[str, Any]) -> str:
+    """The run's training density; the old boolean ``adaptive: true`` is ``adaptive_corrected``."""
+    name = training.get("density") or (
+        "adaptive_corrected" if training.get("adaptive") else "schedule"
+    )
+    if name not in DENSITIES:
+        raise UserError(f"training.density: unknown {name!r} (known: {list(DENSITIES)})")
+    if training.get("adaptive") and name != "adaptive_corrected":
+        raise UserError(
+            f"training.adaptive: true means density adaptive_corrected, not {name!r}; drop one"
+        )
+    return name
+
+
 def needs_optimal_loss(weighting_entry: Mapping[str, Any], training: Mapping[str, Any]) -> bool:
     """Whether a run needs its optimal-loss table: its weighting reads Jstar, or its training
     density is built from the gap to the optimal loss. Used by the DAG and by the trainer."""
-    from diffobj import densities, weightings
-
     entry = dict(weighting_entry)
-    weighting = weightings.build(str(entry.pop("name", "weighting")), entry)
-    return weighting.uses_optimal_loss or densities.density_name(training) != "schedule"
+    weighting = build_weighting(str(entry.pop("name", "weighting")), entry)
+    return weighting.uses_optimal_loss or density_name(training) != "schedule"
 
 
 def bind(weighting: Any, path: str | Path | None, run_id: str, kind: str = "gaussian") -> Any:

@@ -7,14 +7,14 @@
 - ``convergence_figure``: the estimator study (SNIS / DOL / cDOL against exact).
 
 Tables are the rows written by ``diffobj optimal-loss`` (dicts, CSV rows of strings, or a polars
-DataFrame). Each function returns a Figure; ``save_figure`` writes one file atomically.
+DataFrame). Each function returns a Figure; ``diffobj.figure_files.save(fig, path, siblings=False)``
+writes it as one file atomically.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -25,7 +25,6 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from diffobj.io import atomic_path  # noqa: E402
 from diffobj.optimal import critical_log_snr, default_c  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts, CSV rows, or a polars DataFrame
@@ -285,15 +284,6 @@ def _unique_levels(c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _total_error(c: dict[str, np.ndarray], keep: np.ndarray) -> float:
     return float(np.abs(c["bias"][keep]).sum() / c["exact"][keep].sum())
-
-
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` atomically (format from the suffix) and close it."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=(path.suffix or ".png").lstrip("."), dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _columns(rows: Rows) -> dict[str, np.ndarray]:

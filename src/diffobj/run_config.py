@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from diffobj import schedules, weightings
-from diffobj.errors import UserError, yaml_error_line
+from diffobj.errors import UserError
+from diffobj.io import read_yaml
 from diffobj.schedules import Schedule
 from diffobj.weightings import Weighting
 
@@ -68,12 +69,7 @@ REQUIRED = ("run_id", "process", "schedule", "weighting", "model", "training", "
 
 def load_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: run config not found") from None
-    except yaml.YAMLError as err:
-        raise UserError(yaml_error_line(path, err)) from None
+    raw = read_yaml(path, "run config")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping")
     missing = [k for k in REQUIRED if k not in raw]

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from diffobj.errors import UserError, yaml_error_line
+from diffobj.errors import UserError
 from diffobj.expr import Compiled, ExprError, compile_expr
+from diffobj.io import read_yaml
 
 PROCESSES = ("gaussian", "masked")
 # The range a library entry is checked on when the spec has no process of its kind.
@@ -417,12 +417,7 @@ def load_library(path: str | Path = DEFAULT_LIBRARY) -> dict[str, dict[str, Any]
 
 def _load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ScheduleError(f"{path}: {what} library not found") from None
-    except yaml.YAMLError as err:
-        raise ScheduleError(yaml_error_line(path, err)) from None
+    data = read_yaml(path, f"{what} library", ScheduleError)
     if not isinstance(data, dict):
         raise ScheduleError(f"{path}: expected a mapping of {what} by name")
     return data

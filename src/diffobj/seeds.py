@@ -17,8 +17,21 @@ import torch
 
 
 def step_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers (seed, rank, step, stream)."""
+    """A well-mixed 63-bit seed from integers (seed, rank, step, stream): the first 64-bit word
+    of ``SeedSequence(keys)`` shifted right by one, i.e. ``(w1 << 31) | (w0 >> 1)`` of its
+    first two 32-bit words w0, w1 (tests/test_seeds.py)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def xor_pair_seed(*keys: int) -> int:
+    """A 63-bit seed from integers (the optimal-loss and bounds estimators' (seed, level,
+    stream)): ``(w0 << 31) ^ w1`` of the first two 32-bit words of ``SeedSequence(keys)``.
+
+    The same SeedSequence as ``step_seed``, combined differently: each gives other numbers for
+    the same keys, and neither is a function of the other's value (``step_seed`` drops bit 0 of
+    w0, which this one keeps), so both stay, each where its numbers were drawn before."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
 
 
 NOISE, DROPOUT, ORDER, EVAL, SAMPLE = range(5)  # streams of step_seed

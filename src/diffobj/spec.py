@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,7 +24,8 @@ from pydantic import (
 )
 
 from diffobj import schedules, weightings
-from diffobj.errors import UserError, yaml_error_line
+from diffobj.errors import UserError
+from diffobj.io import read_yaml
 
 NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # names become parts of run ids and paths: no '-' or '/'
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -492,12 +492,7 @@ def library_path(spec: Spec, base: Path, what: str) -> Path:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
-    except yaml.YAMLError as err:
-        raise SpecError(yaml_error_line(path, err)) from None
+    return read_yaml(path, "spec file", SpecError)
 
 
 def _format_validation(path: Path, err: ValidationError) -> str:

@@ -11,8 +11,8 @@ import argparse
 import time
 
 from diffobj.data import TEST_DIR, load_prepared
+from diffobj.devices import resolve_device
 from diffobj.metrics import classifier
-from diffobj.metrics.fid import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, local_rank=None)
     images, labels, meta = load_prepared(args.data)
     has_test = (Path(args.data) / TEST_DIR / "meta.json").is_file()
     test_images, test_labels, _ = (

@@ -13,8 +13,9 @@ import argparse
 from pathlib import Path
 
 from diffobj.data import read_images
+from diffobj.devices import resolve_device
 from diffobj.io import write_json
-from diffobj.metrics.fid import compute_statistics, evaluate, make_extractor, resolve_device
+from diffobj.metrics.fid import compute_statistics, evaluate, make_extractor
 from diffobj.metrics.frechet import Statistics
 from diffobj.provenance import runtime
 
@@ -67,7 +68,9 @@ def _images(path: str):
 
 def run_fid_ref(args: argparse.Namespace) -> None:
     images = _images(args.data)
-    extractor = make_extractor(args.features, args.inception, resolve_device(args.device))
+    extractor = make_extractor(
+        args.features, args.inception, resolve_device(args.device, local_rank=None)
+    )
     stats = compute_statistics(
         images,
         extractor,
@@ -83,7 +86,9 @@ def run_fid_ref(args: argparse.Namespace) -> None:
 def run_fid(args: argparse.Namespace) -> None:
     samples = _images(args.samples)
     ref = Statistics.load(args.ref)
-    extractor = make_extractor(args.features, args.inception, resolve_device(args.device))
+    extractor = make_extractor(
+        args.features, args.inception, resolve_device(args.device, local_rank=None)
+    )
     result = evaluate(
         samples,
         ref,

@@ -16,6 +16,7 @@ import torch
 
 from diffobj import optimal, schedules
 from diffobj.data.arrays import read_images
+from diffobj.devices import resolve_device
 from diffobj.errors import UserError
 from diffobj.io import write_csv
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size {args.batch_size}: must be positive")
     schedule = load_schedule(args)
     images = read_images(args.data)
-    device = optimal.resolve_device(args.device)
+    device = resolve_device(args.device, local_rank=None)
     if device.type == "cuda":  # strict float32 matmuls: TF32 is not shown to stay within stderr
         torch.backends.cuda.matmul.allow_tf32 = False
     if args.convergence:
@@ -124,10 +125,11 @@ def run(args: argparse.Namespace) -> None:
     )
     write_csv(args.out, rows, optimal.TABLE_COLUMNS)
     if args.figure:
-        from diffobj.plots_optimal import optimal_loss_figure, save_figure
+        from diffobj.figure_files import save
+        from diffobj.plots_optimal import optimal_loss_figure
 
         figure = optimal_loss_figure({dataset_label(args): rows}, rel_tol=args.critical_tol)
-        save_figure(figure, args.figure)
+        save(figure, args.figure, siblings=False)
 
 
 def run_study(args: argparse.Namespace, schedule: schedules.Schedule, images, device) -> None:
@@ -147,9 +149,10 @@ def run_study(args: argparse.Namespace, schedule: schedules.Schedule, images, de
     )
     write_csv(args.out, rows, optimal.STUDY_COLUMNS)
     if args.figure:
-        from diffobj.plots_optimal import convergence_figure, save_figure
+        from diffobj.figure_files import save
+        from diffobj.plots_optimal import convergence_figure
 
-        save_figure(convergence_figure(rows), args.figure)
+        save(convergence_figure(rows), args.figure, siblings=False)
 
 
 def load_schedule(args: argparse.Namespace) -> schedules.Schedule:
@@ -167,7 +170,7 @@ def load_schedule(args: argparse.Namespace) -> schedules.Schedule:
             f"--schedule {args.schedule}: a {declared} schedule in "
             f"{args.schedules_file}, but --process is {args.process}"
         )
-    lam_range = tuple(args.log_snr_range or optimal.DEFAULT_LOG_SNR_RANGE[args.process])
+    lam_range = tuple(args.log_snr_range or schedules.DEFAULT_LOG_SNR_RANGE[args.process])
     return schedules.build(args.schedule, entry, lam_range, source=str(args.schedules_file))
 
 

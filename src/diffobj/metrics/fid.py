@@ -31,15 +31,6 @@ from diffobj.metrics import classifier, inception
 from diffobj.metrics.frechet import FeatureMoments, Statistics, frechet_distance
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    return device
-
-
 @contextlib.contextmanager
 def tf32_disabled() -> Iterator[None]:
     """Strict fp32 convolutions and matmuls for reported numbers (cuDNN allows TF32 by default)."""

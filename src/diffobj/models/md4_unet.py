@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffobj.models.unet import norm
+from diffobj.processes.masked import VOCAB
 
-VOCAB = 256
 MD4_EPS = 1e-4  # MD4's MaskingSchedule clips alpha to [eps, 1 - eps]
 TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (flax's correction)
 

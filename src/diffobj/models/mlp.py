@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffobj.models.unet import Conditioned, LogSNREmbedding, zero_init
+from diffobj.processes.masked import VOCAB
 
 TOKEN_DIM = 16  # per-position features of the masked head (in and out)
 
@@ -137,18 +138,16 @@ class MLP(nn.Module):
 class MaskedMLP(nn.Module):
     """Masked head: tokens (B, C, H, W) in 0..256 -> logits (B, 256, C, H, W)."""
 
-    VOCAB = 256
-
     def __init__(self, image_shape: tuple[int, int, int], **config):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.dims = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
-        self.token_embed = nn.Embedding(self.VOCAB + 1, TOKEN_DIM)
+        self.token_embed = nn.Embedding(VOCAB + 1, TOKEN_DIM)
         self.position_embed = nn.Parameter(torch.zeros(self.dims, TOKEN_DIM))
         self.trunk = Trunk(self.dims * TOKEN_DIM, self.dims * TOKEN_DIM, **config)
         # not zero-initialised: the token's own embedding then reaches the logits from the first
         # step (zero here cost 15.3 -> 38.2 classifier FD after 1000 steps on digits)
-        self.readout = nn.Linear(TOKEN_DIM, self.VOCAB)
+        self.readout = nn.Linear(TOKEN_DIM, VOCAB)
 
     def forward(
         self, tokens: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None
@@ -157,4 +156,4 @@ class MaskedMLP(nn.Module):
         h = self.token_embed(tokens.reshape(b, self.dims)) + self.position_embed
         features = self.trunk(h.reshape(b, -1), log_snr, labels).view(b, self.dims, TOKEN_DIM)
         logits = self.readout(features + h)  # (B, D, 256); h: the token itself reaches the output
-        return logits.transpose(1, 2).reshape(b, self.VOCAB, *tokens.shape[1:])
+        return logits.transpose(1, 2).reshape(b, VOCAB, *tokens.shape[1:])

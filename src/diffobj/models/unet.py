@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffobj.processes.masked import VOCAB
+
 SKIP_SCALE = math.sqrt(0.5)
 HEAD_DIM = 64  # attention heads of 64 channels (fast fused attention kernels)
 
@@ -255,19 +257,17 @@ class MaskedUNet(nn.Module):
     are the sum over its channels, which equals a linear map of the concatenated one-hots.
     """
 
-    VOCAB = 256
-
     def __init__(self, image_shape: tuple[int, int, int], **config):
         super().__init__()
         c, h, _ = image_shape
         self.image_shape = tuple(image_shape)
         width = config["channels"]
-        self.token_embed = nn.Embedding(c * (self.VOCAB + 1), width)
-        offsets = torch.arange(c) * (self.VOCAB + 1)
+        self.token_embed = nn.Embedding(c * (VOCAB + 1), width)
+        offsets = torch.arange(c) * (VOCAB + 1)
         self.register_buffer("offsets", offsets.view(1, c, 1, 1), persistent=False)
         # logits read out per pixel (1x1): a 3x3 conv to 256 C channels would cost as much as
         # the rest of a small network
-        self.backbone = Backbone(width, c * self.VOCAB, h, out_kernel=1, **config)
+        self.backbone = Backbone(width, c * VOCAB, h, out_kernel=1, **config)
 
     def forward(
         self, tokens: torch.Tensor, log_snr: torch.Tensor, labels: torch.Tensor | None = None
@@ -275,4 +275,4 @@ class MaskedUNet(nn.Module):
         b, c, h, w = tokens.shape
         emb = self.token_embed(tokens + self.offsets).sum(dim=1)  # (B, H, W, width)
         out = self.backbone(emb.permute(0, 3, 1, 2), log_snr, labels)
-        return out.reshape(b, c, self.VOCAB, h, w).transpose(1, 2)
+        return out.reshape(b, c, VOCAB, h, w).transpose(1, 2)

@@ -19,7 +19,7 @@ from diffobj.schedules import Level, Schedule
 from diffobj.seeds import Draws, draw
 from diffobj.weightings import Weighting
 
-VOCAB = 256
+VOCAB = 256  # token values 0..255; the models, optimal.py and bounds.py import it from here
 MASK = VOCAB
 
 LogitsFn = Callable[[torch.Tensor, Level], torch.Tensor]  # (B, ...) tokens -> (B, VOCAB, ...)
