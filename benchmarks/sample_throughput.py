@@ -20,9 +20,9 @@ import torch
 
 from diffobj.devices import device_description, peak_memory_mb
 from diffobj.models import build_model, count_parameters
+from diffobj.runs import make_model_fn
 from diffobj.sample import ancestral, heun
 from diffobj.spec import Sampling
-from diffobj.train import make_model_fn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_configs import CPU_SMALL, DDPMPP, run_config  # noqa: E402

@@ -29,7 +29,9 @@ import yaml
 
 from diffobj.devices import device_description, peak_memory_mb
 from diffobj.models import count_parameters
-from diffobj.train import Trainer, TrainOptions
+from diffobj.train import TrainOptions
+from diffobj.training.setup import setup
+from diffobj.training.step import train_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_configs import CPU_SMALL, DDPMPP, run_config  # noqa: E402
@@ -55,22 +57,22 @@ def measure(
             images, np.random.default_rng(0).integers(0, 256, (4 * batch, h, w, c), dtype=np.uint8)
         )
         config = run_config(kind, model, batch, images, precision, compile_)
-        trainer = Trainer(config, Path(tmp) / "run", TrainOptions(device=device, progress=False))
+        trainer = setup(config, Path(tmp) / "run", TrainOptions(device=device, progress=False))
         dev = trainer.device
         for _ in range(warmup):
-            trainer.train_step()
+            train_step(trainer)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
         start = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step()
+            train_step(trainer)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start
         return {
             "kind": kind,
-            "params_m": count_parameters(trainer.net) / 1e6,
+            "params_m": count_parameters(trainer.state.net) / 1e6,
             "batch": batch,
             "images_per_s": steps * batch / seconds,
             "peak_mem_mb": peak_memory_mb(dev),

@@ -17,14 +17,16 @@ import yaml
 from default_grid import default_run
 
 from diffobj import spec
-from diffobj.adaptive import AdaptiveDensity, bin_edges
 from diffobj.checkpoint import CHECKPOINT_NAME, EXIT_PREEMPTED, EXIT_TERMINATED, load_checkpoint
+from diffobj.densities import AdaptiveCorrected, bin_edges
 from diffobj.devices import Dist, distributed_env
 from diffobj.errors import UserError
 from diffobj.io import read_csv
 from diffobj.run_config import RunConfig
-from diffobj.train import Ema, TrainOptions, load_run, train
+from diffobj.runs import load_run
+from diffobj.train import TrainOptions, train
 from diffobj.train_data import DataOrder
+from diffobj.training.state import Ema
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -304,11 +306,11 @@ def test_a_checkpoint_is_never_half_written(tmp_path):
 # -- adaptive noise density -------------------------------------------------------------------------------
 
 
-def _adaptive(kind: str, weighting_name: str, running_error: torch.Tensor) -> AdaptiveDensity:
+def _adaptive(kind: str, weighting_name: str, running_error: torch.Tensor) -> AdaptiveCorrected:
     raw = yaml.safe_load(run_config_text(kind, weighting_name))
     config = RunConfig(raw["run_id"], raw)
     edges = bin_edges(tuple(config.process["log_snr_range"]), 16)
-    density = AdaptiveDensity(
+    density = AdaptiveCorrected(
         kind,
         config.schedule,
         config.weighting,

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from diffobj import optimal
-from diffobj.adaptive import evaluate_error, level_at
+from diffobj.densities import evaluate_error, level_at
 from diffobj.errors import UserError
 from diffobj.processes.masked import VOCAB
 from diffobj.schedules import DTYPE, Level, Schedule
@@ -389,7 +389,7 @@ def bounds_of_run(
     batch_size: int = 256,
 ) -> list[dict]:
     """The bound table of a trained run on its training images (uint8 NHWC)."""
-    from diffobj.train import load_run
+    from diffobj.runs import load_run
     from diffobj.train_data import model_input
 
     run = load_run(run_dir, device)

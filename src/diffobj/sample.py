@@ -430,8 +430,8 @@ def sample_run(
     classifier-free guidance of scale ``guidance`` (0: the conditional model)."""
     from tqdm import tqdm
 
+    from diffobj.runs import load_run, make_model_fn
     from diffobj.seeds import SAMPLE, step_seed
-    from diffobj.train import load_run, make_model_fn
 
     check_sampler(None, sampler, steps, num, batch_size, eta)
     run = load_run(run_dir, device)

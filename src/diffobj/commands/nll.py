@@ -3,7 +3,7 @@
     diffobj nll --run RUN_DIR --data DATA/test/images.npy --out nll.json [--samples-per-image K]
 
 Gaussian runs: VDM's discrete-data bound; masked runs: the MD4 ELBO (``diffobj.metrics.nll``).
-The model is the run's final EMA (``diffobj.train.load_run``), evaluated unconditionally.
+The model is the run's final EMA (``diffobj.runs.load_run``), evaluated unconditionally.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffobj.train import load_run
+    from diffobj.runs import load_run
     from diffobj.train_data import model_input
 
     images = read_images(args.data)
