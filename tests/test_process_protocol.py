@@ -77,3 +77,18 @@ def test_data_conversion_round_trips_every_pixel_value(kind):
     assert torch.equal(process.to_uint8(x), u8)
     if process.continuous:  # x = u8 / 127.5 - 1 spans [-1, 1]
         assert (float(x.min()), float(x.max())) == (-1.0, 1.0)
+
+
+@pytest.mark.parametrize("kind", processes.KINDS)
+def test_the_path_inverts_the_log_snr_and_its_derivative_is_the_difference_quotient(kind):
+    lam = torch.linspace(-9, 9, 37, dtype=torch.float64)
+    process = processes.get(kind)
+    alpha, sigma = process.alpha_of_log_snr(lam), process.sigma_of_log_snr(lam)
+    torch.testing.assert_close(process.sigma_of_alpha(alpha), sigma, rtol=1e-6, atol=1e-12)
+    if process.continuous:  # lam = log(alpha^2 / sigma^2)
+        torch.testing.assert_close(torch.log(alpha**2 / sigma**2), lam)
+    else:  # lam = log(alpha / (1 - alpha)): the odds of keeping a token
+        torch.testing.assert_close(torch.log(alpha / sigma), lam)
+    h = 1e-6
+    quotient = (process.alpha_of_log_snr(lam + h) - process.alpha_of_log_snr(lam - h)) / (2 * h)
+    torch.testing.assert_close(process.dalpha_dlog_snr(alpha), quotient, rtol=1e-6, atol=1e-9)

@@ -32,12 +32,23 @@ class Process(Protocol):
     name: str
     continuous: bool  # real-valued data (x in [-1, 1]) rather than integer tokens
     input_dtype: torch.dtype  # what the network takes
+    error_unit: str  # of the unweighted error, for axis labels
 
     def model_input(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, C, H, W) as the data x the process corrupts."""
 
     def to_uint8(self, samples: torch.Tensor) -> torch.Tensor:
         """Samples in the data's representation back to uint8 pixels (inverse of model_input)."""
+
+    def alpha_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        """alpha at a log-SNR (the path of every schedule that declares only lam(t))."""
+
+    def sigma_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor: ...
+
+    def sigma_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        """sigma of a schedule that declares alpha(t) alone."""
+
+    def dalpha_dlog_snr(self, alpha: torch.Tensor) -> torch.Tensor: ...
 
     def elbo_weight(self, log_snr: Any) -> Any:
         """g(lam): the ELBO's weight per unit log-SNR on the unweighted error (tensor or array)."""

@@ -163,6 +163,7 @@ def unweighted_error(
 class GaussianProcess:
     name = "gaussian"
     continuous = True
+    error_unit = "eps-MSE per dim"
     input_dtype = torch.float32
 
     def model_input(self, images_u8: torch.Tensor) -> torch.Tensor:
@@ -170,6 +171,19 @@ class GaussianProcess:
 
     def to_uint8(self, samples: torch.Tensor) -> torch.Tensor:
         return (samples.float() * 127.5 + 128).clip(0, 255).to(torch.uint8)  # rounds as EDM
+
+    # the variance-preserving path: alpha^2 = sigmoid(lam), sigma^2 = 1 - alpha^2
+    def alpha_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(log_snr).sqrt()
+
+    def sigma_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-log_snr).sqrt()
+
+    def sigma_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        return (1 - alpha**2).clamp_min(0).sqrt()
+
+    def dalpha_dlog_snr(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha * ((1 - alpha**2) / 2)
 
     def elbo_weight(self, log_snr):
         if isinstance(log_snr, torch.Tensor):

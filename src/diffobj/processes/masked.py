@@ -75,6 +75,7 @@ def unweighted_error(
 class MaskedProcess:
     name = "masked"
     continuous = False
+    error_unit = "CE, nats per dim"
     input_dtype = torch.long
     vocab = VOCAB
 
@@ -83,6 +84,19 @@ class MaskedProcess:
 
     def to_uint8(self, samples: torch.Tensor) -> torch.Tensor:
         return samples.to(torch.uint8)
+
+    # alpha, the keep probability, is sigmoid(lam); "sigma" is the mask probability 1 - alpha
+    def alpha_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(log_snr)
+
+    def sigma_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        return 1 - torch.sigmoid(log_snr)
+
+    def sigma_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        return 1 - alpha
+
+    def dalpha_dlog_snr(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha * (1 - alpha)
 
     def elbo_weight(self, log_snr):
         return sigmoid(log_snr)
