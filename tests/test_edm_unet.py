@@ -140,7 +140,11 @@ def test_checkpoint_names_load_with_the_precond_prefix(ref):
 @pytest.mark.parametrize(
     ("extra", "kind", "message"),
     [
-        ({"preset": "edm_ddpmpp"}, "masked", "edm_ddpmpp is a Gaussian network"),
+        (
+            {"preset": "edm_ddpmpp"},
+            "masked",
+            "edm_ddpmpp is a network for gaussian runs, not masked",
+        ),
         ({"augment_dim": 9}, "gaussian", "augment_dim needs preset edm_ddpmpp"),
         ({"preset": "edm_ddpmpp", "embed_dim": 20}, "gaussian", "multiple of channels"),
     ],

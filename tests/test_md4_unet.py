@@ -85,7 +85,7 @@ def test_trains_in_a_masked_run(tmp_path):
 @pytest.mark.parametrize(
     ("cfg", "kind", "message"),
     [
-        (SMALL, "gaussian", "md4_unet is a masked network"),
+        (SMALL, "gaussian", "md4_unet is a network for masked runs, not gaussian"),
         ({**SMALL, "channel_mult": [1, 2]}, "masked", "one resolution"),
     ],
 )

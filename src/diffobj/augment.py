@@ -28,6 +28,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from diffobj import processes
 from diffobj.errors import UserError
 from diffobj.run_config import RunConfig
 from diffobj.seeds import Draws
@@ -244,7 +245,7 @@ def for_run(config: RunConfig) -> AugmentPipe | None:
         return None
     model = config.model
     where = f"run {config.run_id}: training.augment_p {p}"
-    if config.kind != "gaussian":
+    if not processes.get(config.kind).continuous:
         raise UserError(f"{where}: augmentation is for Gaussian runs, not {config.kind}")
     if model.get("preset") != "edm_ddpmpp" or int(model.get("augment_dim", 0)) != AUGMENT_DIM:
         raise UserError(

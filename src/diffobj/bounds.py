@@ -49,10 +49,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffobj import optimal
+from diffobj import optimal, processes
 from diffobj.densities import evaluate_error, level_at
 from diffobj.errors import UserError
-from diffobj.processes.masked import VOCAB
 from diffobj.schedules import DTYPE, Level, Schedule
 from diffobj.seeds import xor_pair_seed
 
@@ -78,7 +77,7 @@ COLUMNS = (
 
 def integrand_factor(kind: str, log_snr: torch.Tensor) -> torch.Tensor:
     """g(lam): the ELBO's weight per unit log-SNR on the unweighted per-dimension error."""
-    return torch.full_like(log_snr, 0.5) if kind == "gaussian" else torch.sigmoid(log_snr)
+    return processes.get(kind).elbo_weight(log_snr)
 
 
 def trapezoid_pieces(log_snr: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -300,12 +299,7 @@ def prior_term(kind: str, data: torch.Tensor, schedule: Schedule) -> float:
     """The prior's KL per dimension at lam_min (see the module docstring)."""
     lam_min, _ = schedule.log_snr_endpoints()
     level = level_at(schedule, torch.tensor([lam_min], dtype=DTYPE))
-    alpha = float(level.alpha[0])
-    if kind == "masked":
-        return alpha * math.log(VOCAB)
-    sigma = float(level.sigma[0])
-    x2 = float(data.double().square().mean())
-    return 0.5 * (alpha**2 * x2 + sigma**2 - 1 - 2 * math.log(sigma))
+    return processes.get(kind).prior_kl(data, float(level.alpha[0]), float(level.sigma[0]))
 
 
 def cascade(

@@ -42,17 +42,17 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffobj import schedules
+from diffobj import processes, schedules
 from diffobj.optimal_curve import (  # noqa: F401 - DENSITIES, density_name: defined there
     DENSITIES,
     OptimalLossCurve,
     density_name,
     read_table,
 )
-from diffobj.processes import gaussian, masked
+from diffobj.processes import gaussian
 from diffobj.processes.gaussian import LossTerms
 from diffobj.schedules import Level, Schedule
-from diffobj.seeds import Draws, draw
+from diffobj.seeds import Draws
 from diffobj.weightings import Weighting
 
 FLOOR_FRACTION = 0.05  # corrected: floor = this share of the mean positive gap (bounds W/p)
@@ -85,9 +85,8 @@ def level_at(schedule: Schedule, log_snr: torch.Tensor) -> Level:
 
 
 def lam_weight(weighting: Weighting, level: Level, kind: str) -> torch.Tensor:
-    """W(lam): the objective's weight on E[error | lam] per unit log-SNR (up to c)."""
-    w = weighting(level)
-    return w if kind == "gaussian" else w * torch.sigmoid(level.log_snr)
+    """c W(lam): the objective's weight on E[error | lam] per unit log-SNR (w times the ELBO's)."""
+    return weighting(level) * processes.get(kind).elbo_weight(level.log_snr)
 
 
 class GapDensity:
@@ -203,8 +202,7 @@ class GapDensity:
         level = level_at(self.schedule, sampler.log_snr(t))
         optimal = self.optimal(level.log_snr).to(device)  # at the level the error is taken at
         level = level.to(device)
-        c = 0.5 if self.kind == "gaussian" else 1.0
-        factor = c * lam_weight(self.weighting, level, self.kind)
+        factor = lam_weight(self.weighting, level, self.kind)
         if self.corrected:
             factor = factor * (-sampler.dlog_snr_dt(t).to(device)) * jacobian
         return level, factor, optimal
@@ -261,9 +259,4 @@ def evaluate_error(
 ) -> torch.Tensor:
     """Per-sample unweighted per-dimension error at given levels, as LossTerms.error:
     Gaussian eps-MSE, masked cross-entropy (nats) over masked tokens, both divided by D."""
-    if kind == "masked":
-        z = masked.corrupt(x, level, generator)
-        return masked.masked_cross_entropy(model_fn(z, level), x, z)
-    eps = draw(torch.randn, x.shape, generator, dtype=x.dtype, device=x.device)
-    eps_hat = model_fn(gaussian.corrupt(x, level, eps), level)
-    return (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)
+    return processes.get(kind).error(model_fn, x, level, generator)

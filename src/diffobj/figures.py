@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from diffobj import processes  # noqa: E402
 from diffobj.figure_files import save  # noqa: E402, F401 - figures.save: PNG and PDF
 
 sns.set_theme(context="paper", style="whitegrid")
@@ -151,7 +152,6 @@ def weighting_study(
     return fig
 
 
-UNITS = {"gaussian": "eps-MSE per dim", "masked": "CE, nats per dim"}
 # one colour per weighting, one dash per schedule; the band is the 95% interval over seeds
 LINES = {"hue": "weighting", "style": "schedule", "errorbar": ("ci", 95), "seed": 0}
 
@@ -182,11 +182,13 @@ def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
         2, len(kinds), figsize=(6.5 * len(kinds), 7), squeeze=False, sharex="col"
     )
     for col, kind in enumerate(kinds):
-        x0 = scale == "x0" and kind == "gaussian"
+        x0 = scale == "x0" and processes.get(kind).continuous
         loss, optimum, diff = (
             f"{c}_x0" if x0 else c for c in ("model_loss", "optimal_loss", "gap")
         )
-        x, unit = ("sigma_ve", "x0-MSE per dim") if x0 else ("log_snr", UNITS[kind])
+        x, unit = (
+            ("sigma_ve", "x0-MSE per dim") if x0 else ("log_snr", processes.get(kind).error_unit)
+        )
         frame = gap_table.filter(pl.col("kind") == kind).sort("weighting", "schedule")
         top, bottom = axes[0, col], axes[1, col]
         sns.lineplot(frame.to_pandas(), x=x, y=loss, ax=top, **LINES)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from diffobj import scales
+from diffobj import processes, scales
 from diffobj.errors import UserError
 from diffobj.spec import LoadedSpec
 
@@ -204,8 +204,8 @@ def with_x0_scale(gap: pl.DataFrame) -> pl.DataFrame:
             for name in ("model_loss", "optimal_loss", "gap")
         },
     }
-    gaussian = pl.col("kind") == "gaussian"
+    continuous = pl.col("kind").is_in([k for k in processes.KINDS if processes.get(k).continuous])
     return gap.with_columns(
-        pl.when(gaussian).then(pl.Series(name, values)).otherwise(None).alias(name)
+        pl.when(continuous).then(pl.Series(name, values)).otherwise(None).alias(name)
         for name, values in columns.items()
     )

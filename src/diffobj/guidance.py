@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from diffobj import processes
 from diffobj.errors import UserError
 from diffobj.schedules import Level
 
@@ -75,9 +75,8 @@ def guided(
         cond, uncond = out.to(torch.promote_types(out.dtype, torch.float32)).chunk(
             2
         )  # bf16 -> fp32
-        if kind == "masked":  # logits are defined up to a per-token constant: fix it first
-            cond, uncond = F.log_softmax(cond, dim=1), F.log_softmax(uncond, dim=1)
-        return combine(cond, uncond, scale)
+        process = processes.get(kind)
+        return combine(process.normalise_output(cond), process.normalise_output(uncond), scale)
 
     return guided_fn
 

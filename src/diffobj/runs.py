@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffobj import processes
 from diffobj.devices import gpu_switches, resolve_device
 from diffobj.errors import UserError
 from diffobj.models import build_model
-from diffobj.processes.gaussian import Denoiser
 from diffobj.run_config import RunConfig
 from diffobj.schedules import Level, Schedule
 
@@ -46,21 +46,13 @@ def make_model_fn(
     ``Denoiser``), masked logits_fn(z_tokens, level) -> logits (B, 256, C, H, W).
     ``augment_labels``: what augment.py did to the batch (Gaussian; None = not augmented)."""
     precision = config.training.get("precision", "fp32")
-    if config.kind == "gaussian":
-        process = config.process
-        denoiser = Denoiser(net, process.get("prediction", "eps"), process.get("sigma_data", 0.5))
+    denoiser = processes.get(config.kind).denoiser(net, config.process)
 
-        def eps_fn(z: torch.Tensor, level: Level) -> torch.Tensor:
-            with autocast_for(device, precision):
-                return denoiser(z, level, labels, augment_labels)
-
-        return eps_fn
-
-    def logits_fn(z: torch.Tensor, level: Level) -> torch.Tensor:
+    def model_fn(z: torch.Tensor, level: Level) -> torch.Tensor:
         with autocast_for(device, precision):
-            return net(z, level.log_snr.float(), labels)
+            return denoiser(z, level, labels, augment_labels)
 
-    return logits_fn
+    return model_fn
 
 
 def model_record(

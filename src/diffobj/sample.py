@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffobj import processes
 from diffobj.devices import gpu_switches
 from diffobj.errors import UserError
 from diffobj.guidance import check_guidance, class_labels, guided
@@ -346,9 +347,7 @@ def ancestral(
 
 def to_uint8(samples: torch.Tensor, kind: str) -> np.ndarray:
     """NCHW samples -> uint8 NHWC: Gaussian x in [-1, 1] rounded as EDM, masked tokens as is."""
-    if kind == "gaussian":
-        samples = (samples.float() * 127.5 + 128).clip(0, 255)
-    return samples.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return processes.get(kind).to_uint8(samples).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def check_sampler(

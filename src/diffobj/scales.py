@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffobj import processes
+
 SCALES = ("eps", "x0")
 
 
@@ -36,8 +38,7 @@ def eps_to_x0(loss_eps: np.ndarray | float, log_snr: np.ndarray | float) -> np.n
 def elbo_weight(kind: str, log_snr: np.ndarray | float) -> np.ndarray:
     """The ELBO's weight on the unweighted per-level loss: ½ (Gaussian eps-MSE) or sigmoid(lam)
     (masked CE), so that weight · loss integrated over lam is the ELBO's diffusion term."""
-    lam = np.asarray(log_snr, dtype=float)
-    return np.full_like(lam, 0.5) if kind == "gaussian" else 1 / (1 + np.exp(-lam))
+    return processes.get(kind).elbo_weight(np.asarray(log_snr, dtype=float))
 
 
 def interpolate_optimal(

@@ -18,6 +18,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from diffobj import processes
 from diffobj.figures import fit_power_law
 from diffobj.scales import elbo_weight
 
@@ -34,8 +35,7 @@ def forward_flops(model: nn.Module, kind: str, image_shape: tuple[int, int, int]
     (matmuls and convolutions: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    dtype = torch.float32 if kind == "gaussian" else torch.long
-    x = torch.zeros((1, *image_shape), dtype=dtype)
+    x = torch.zeros((1, *image_shape), dtype=processes.get(kind).input_dtype)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x, torch.zeros(1))
     return float(counter.get_total_flops())

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from diffobj import processes
 from diffobj.errors import UserError
 from diffobj.expr import Compiled, ExprError, compile_expr
 from diffobj.io import read_yaml
@@ -88,27 +89,23 @@ class Schedule:
         t = _f64(t)
         if self.alpha_fn is not None:
             return self.alpha_fn(t)
-        lam = self.log_snr(t)
-        return torch.sigmoid(lam).sqrt() if self.process == "gaussian" else torch.sigmoid(lam)
+        return processes.get(self.process).alpha_of_log_snr(self.log_snr(t))
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         t = _f64(t)
-        if self.process == "masked":
-            return 1 - self.alpha(t)
         if self.sigma_fn is not None:
             return self.sigma_fn(t)
-        if self.alpha_fn is not None:  # variance preserving from alpha alone
-            return (1 - self.alpha_fn(t) ** 2).clamp_min(0).sqrt()
-        return torch.sigmoid(-self.log_snr(t)).sqrt()
+        process = processes.get(self.process)
+        if self.alpha_fn is not None:
+            return process.sigma_of_alpha(self.alpha_fn(t))
+        return process.sigma_of_log_snr(self.log_snr(t))
 
     def dalpha_dt(self, t: torch.Tensor) -> torch.Tensor:
         t = _f64(t)
         if self.dalpha_dt_fn is not None:
             return self.dalpha_dt_fn(t)
-        alpha = self.alpha(t)
-        # alpha = sigmoid(lam) (masked) or sqrt(sigmoid(lam)) (Gaussian VP)
-        factor = (1 - alpha) if self.process == "masked" else (1 - alpha**2) / 2
-        return alpha * factor * self.dlog_snr_dt(t)
+        dalpha_dlog_snr = processes.get(self.process).dalpha_dlog_snr(self.alpha(t))
+        return dalpha_dlog_snr * self.dlog_snr_dt(t)
 
     def level(self, t: torch.Tensor) -> Level:
         t = _f64(t)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffobj import processes
 from diffobj.data.arrays import read_images, read_labels
 from diffobj.devices import Dist, gpu_switches
 from diffobj.errors import UserError
@@ -113,6 +114,5 @@ class DataOrder:
 
 def model_input(images_u8: torch.Tensor, kind: str, device: torch.device) -> torch.Tensor:
     """Gaussian: x = u8 / 127.5 - 1 in [-1, 1]; masked: the integer pixels as tokens."""
-    x = images_u8.to(device, non_blocking=True)
-    x = x.float() / 127.5 - 1 if kind == "gaussian" else x.long()
+    x = processes.get(kind).model_input(images_u8.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last) if gpu_switches(device) else x

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from diffobj import processes
 from diffobj.errors import UserError
 from diffobj.expr import OPTIMAL_LOSS, Compiled, ExprError, compile_expr
 from diffobj.schedules import DTYPE, PROCESSES, Level, Schedule, _load_yaml_mapping, library_file
@@ -122,9 +123,7 @@ def check_values(
 
 def elbo_time_weight(level: Level, process: str) -> torch.Tensor:
     """The ELBO's factor on the per-time integrand: -dlam/dt (Gaussian), -alpha'/(1-alpha) (masked)."""
-    if process == "gaussian":
-        return -level.dlog_snr_dt
-    return -level.dalpha_dt / (1 - level.alpha)
+    return processes.get(process).elbo_time_weight(level)
 
 
 def build(name: str, entry: Any, source: str = "<spec>") -> Weighting:

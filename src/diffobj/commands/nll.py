@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from diffobj import processes
 from diffobj.data import read_images
 from diffobj.errors import UserError
 from diffobj.io import write_json
@@ -72,11 +73,13 @@ def run(args: argparse.Namespace) -> None:
         loaded.kind,
         torch.device("cpu"),
     )
+    grid = {}  # where the 256 values of continuous data sit, when not where training put them
     if args.grid != "edm":
-        if loaded.kind != "gaussian":
+        if not processes.get(loaded.kind).continuous:
             raise UserError(f"--grid {args.grid} applies to Gaussian runs, not {loaded.kind}")
         u8 = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         x = nll.grid_values(args.grid)[u8.long()].float()
+        grid = {"grid": args.grid}
     generator = torch.Generator().manual_seed(args.seed)
     common = {
         "samples_per_image": args.samples_per_image,
@@ -87,10 +90,7 @@ def run(args: argparse.Namespace) -> None:
         "progress": not args.quiet,
     }
     start = time.perf_counter()
-    if loaded.kind == "gaussian":
-        bound = nll.gaussian_bound(loaded.denoiser, x, loaded.schedule, grid=args.grid, **common)
-    else:
-        bound = nll.masked_bound(loaded.denoiser, x, loaded.schedule, **common)
+    bound = nll.BOUNDS[loaded.kind](loaded.denoiser, x, loaded.schedule, **grid, **common)
     seconds = time.perf_counter() - start
     result = {
         **bound.summary(),

@@ -48,7 +48,6 @@ import torch.nn.functional as F
 from diffobj.errors import UserError
 from diffobj.processes import gaussian, masked
 from diffobj.schedules import Level, Schedule
-from diffobj.weightings import elbo_time_weight
 
 EpsFn = Callable[[torch.Tensor, Level], torch.Tensor]
 LogitsFn = Callable[[torch.Tensor, Level], torch.Tensor]
@@ -252,7 +251,7 @@ def gaussian_diffusion_term(
     eps = torch.randn(rows.shape, generator=generator, dtype=rows.dtype).to(x.device)
     z = gaussian.corrupt(rows, level, eps)
     err = (eps - eps_fn(z, level).to(eps.dtype)).to(torch.float64).flatten(1).square().sum(1)
-    term = 0.5 * jacobian * elbo_time_weight(level, "gaussian") * err
+    term = 0.5 * jacobian * gaussian.PROCESS.elbo_time_weight(level) * err
     return _per_image_mean(term, per_image)
 
 
@@ -358,7 +357,7 @@ def masked_bound(
             schedule, part.stop - part.start, samples_per_image, time_sampling, generator
         )
         level = level.to(device)
-        weight = jacobian.to(device) * elbo_time_weight(level, "masked")
+        weight = jacobian.to(device) * masked.PROCESS.elbo_time_weight(level)
         diffusion.append(
             _per_image_mean(
                 weight * _masked_ce_sum(logits_fn, rows, level, generator), samples_per_image
@@ -390,3 +389,7 @@ def _check_counts(n: int, samples_per_image: int, batch_size: int) -> None:
         raise UserError(f"--samples-per-image must be >= 1, got {samples_per_image}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+
+
+# the bound of each process (diffobj.processes): gaussian_bound also takes ``grid``
+BOUNDS: dict[str, Callable[..., Bound]] = {"gaussian": gaussian_bound, "masked": masked_bound}

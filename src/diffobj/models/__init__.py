@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -16,12 +16,29 @@ from diffobj.models.edm_unet import EDMDDPMpp, load_edm_state_dict
 from diffobj.models.md4_unet import MD4UNet
 from diffobj.models.mlp import MLP, MaskedMLP
 from diffobj.models.unet import MaskedUNet, UNet
+from diffobj.processes import KINDS
 
-KINDS = ("gaussian", "masked")
-# "diffobj_unet": unet.UNet / MaskedUNet; "mlp": the residual MLP for small images (mlp.py),
-# both processes; "edm_ddpmpp": EDM's SongUNet (edm_unet.py), Gaussian only; "md4_unet": MD4's
-# single-resolution U-Net (md4_unet.py), masked only
-PRESETS = ("diffobj_unet", "mlp", "edm_ddpmpp", "md4_unet")
+Head = Callable[[dict[str, Any], tuple[int, ...], str, int], nn.Module]
+# preset -> the network it builds for each process it serves: "diffobj_unet" (unet.py) and
+# "mlp" (the residual MLP for small images, mlp.py) for both; "edm_ddpmpp", EDM's SongUNet
+# (edm_unet.py), Gaussian only; "md4_unet", MD4's single-resolution U-Net (md4_unet.py), masked
+HEADS: dict[str, dict[str, Head]] = {
+    "diffobj_unet": {
+        "gaussian": lambda config, shape, name, _: UNet(shape, **config),
+        "masked": lambda config, shape, name, _: MaskedUNet(shape, **config),
+    },
+    "mlp": {
+        "gaussian": lambda config, shape, name, _: MLP(shape, **config),
+        "masked": lambda config, shape, name, _: MaskedMLP(shape, **config),
+    },
+    "edm_ddpmpp": {
+        "gaussian": lambda config, shape, name, augment_dim: EDMDDPMpp(
+            shape, **edm_config(config, augment_dim, name)
+        ),
+    },
+    "md4_unet": {"masked": lambda config, shape, name, _: md4_model(config, shape, name)},
+}
+PRESETS = tuple(HEADS)
 # keys of the spec's Model that shape the network ("name" and "label_dropout" do not)
 ARCH_KEYS = (
     "channels",
@@ -57,20 +74,16 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, image_shape: Sequence[i
     augment_dim = int(model_cfg.get("augment_dim", 0) or 0)
     if preset not in PRESETS:
         raise UserError(f"model {name!r}: preset must be one of {PRESETS}, got {preset!r}")
+    if kind not in HEADS[preset]:
+        raise UserError(
+            f"model {name!r}: preset {preset} is a network for {' and '.join(HEADS[preset])} "
+            f"runs, not {kind}"
+        )
     if preset != "mlp":  # the MLP has no levels: channel_mult and attention do not shape it
         check_fits(config, shape, name)
-    if preset == "edm_ddpmpp":
-        if kind != "gaussian":
-            raise UserError(f"model {name!r}: preset edm_ddpmpp is a Gaussian network, not {kind}")
-        return EDMDDPMpp(shape, **edm_config(config, augment_dim, name))
-    if augment_dim:
+    if augment_dim and preset != "edm_ddpmpp":
         raise UserError(f"model {name!r}: augment_dim needs preset edm_ddpmpp, not {preset}")
-    if preset == "md4_unet":
-        return md4_model(config, kind, shape, name)
-    if preset == "mlp":
-        return (MLP if kind == "gaussian" else MaskedMLP)(shape, **config)
-    head = UNet if kind == "gaussian" else MaskedUNet
-    return head(shape, **config)
+    return HEADS[preset][kind](config, shape, name, augment_dim)
 
 
 def edm_config(config: Mapping[str, Any], augment_dim: int, name: str) -> dict[str, Any]:
@@ -98,9 +111,7 @@ def edm_config(config: Mapping[str, Any], augment_dim: int, name: str) -> dict[s
     }
 
 
-def md4_model(config: Mapping[str, Any], kind: str, shape: tuple[int, ...], name: str) -> MD4UNet:
-    if kind != "masked":
-        raise UserError(f"model {name!r}: preset md4_unet is a masked network, not {kind}")
+def md4_model(config: Mapping[str, Any], shape: tuple[int, ...], name: str) -> MD4UNet:
     if list(config["channel_mult"]) != [1] or config["attention_resolutions"]:
         raise UserError(
             f"model {name!r}: md4_unet works at one resolution: it needs channel_mult [1] and "

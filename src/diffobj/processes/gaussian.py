@@ -11,9 +11,11 @@ prediction is converted to eps_hat, so losses and samplers see one parameterisat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,10 +79,7 @@ def weighted_loss(
 ) -> LossTerms:
     """The per-sample reweighted loss, per data dimension, for a batch x (B, ...)."""
     level, jacobian = sample_levels(schedule, x.shape[0], generator, x.device)
-    eps = draw(torch.randn, x.shape, generator, dtype=x.dtype, device=x.device)
-    z = corrupt(x, level, eps)
-    eps_hat = eps_fn(z, level)
-    error = (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)
+    error = unweighted_error(eps_fn, x, level, generator)
     factor = 0.5 * jacobian * weighting.total_weight(level, "gaussian")
     return LossTerms(factor.to(error.dtype) * error, level.log_snr, error.detach())
 
@@ -147,3 +146,69 @@ class Denoiser(nn.Module):
         c_out = sigma_hat * sd / torch.sqrt(sigma_hat**2 + sd * sd)
         x0_hat = c_skip * (z / a) + c_out * out
         return (z - a * x0_hat) / s
+
+
+# -- the process, as the rest of the library sees it (diffobj.processes.Process) ----------------
+
+
+def unweighted_error(
+    eps_fn: EpsFn, x: torch.Tensor, level: Level, generator: Draws = None
+) -> torch.Tensor:
+    """Per-sample eps-MSE per dimension at given levels (what the optimal loss bounds)."""
+    eps = draw(torch.randn, x.shape, generator, dtype=x.dtype, device=x.device)
+    eps_hat = eps_fn(corrupt(x, level, eps), level)
+    return (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)
+
+
+class GaussianProcess:
+    name = "gaussian"
+    continuous = True
+    error_unit = "eps-MSE per dim"
+    input_dtype = torch.float32
+
+    def model_input(self, images_u8: torch.Tensor) -> torch.Tensor:
+        return images_u8.float() / 127.5 - 1
+
+    def to_uint8(self, samples: torch.Tensor) -> torch.Tensor:
+        return (samples.float() * 127.5 + 128).clip(0, 255).to(torch.uint8)  # rounds as EDM
+
+    # the variance-preserving path: alpha^2 = sigmoid(lam), sigma^2 = 1 - alpha^2
+    def alpha_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(log_snr).sqrt()
+
+    def sigma_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-log_snr).sqrt()
+
+    def sigma_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        return (1 - alpha**2).clamp_min(0).sqrt()
+
+    def dalpha_dlog_snr(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha * ((1 - alpha**2) / 2)
+
+    def elbo_weight(self, log_snr):
+        if isinstance(log_snr, torch.Tensor):
+            return torch.full_like(log_snr, 0.5)
+        return np.full_like(np.asarray(log_snr, dtype=float), 0.5)
+
+    def elbo_time_weight(self, level: Level) -> torch.Tensor:
+        return -level.dlog_snr_dt
+
+    def error(self, model_fn, x, level, generator):
+        return unweighted_error(model_fn, x, level, generator)
+
+    def weighted_loss(self, model_fn, x, schedule, weighting, generator):
+        return weighted_loss(model_fn, x, schedule, weighting, generator)
+
+    def prior_kl(self, data: torch.Tensor, alpha: float, sigma: float) -> float:
+        x2 = float(data.double().square().mean())
+        return 0.5 * (alpha**2 * x2 + sigma**2 - 1 - 2 * math.log(sigma))
+
+    def normalise_output(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def denoiser(self, net: nn.Module, config: dict) -> nn.Module:
+        """eps_hat(z, level, labels, augment_labels) from a raw network (``Denoiser``)."""
+        return Denoiser(net, config.get("prediction", "eps"), config.get("sigma_data", 0.5))
+
+
+PROCESS = GaussianProcess()

@@ -9,11 +9,14 @@ Images: each channel value of each pixel is a token in 0..255; the mask token is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from diffobj.processes import sigmoid
 from diffobj.processes.gaussian import LossTerms, sample_levels
 from diffobj.schedules import Level, Schedule
 from diffobj.seeds import Draws, draw
@@ -54,7 +57,74 @@ def weighted_loss(
 ) -> LossTerms:
     """The per-sample reweighted masked loss, per data dimension, for tokens x (B, ...) int64."""
     level, jacobian = sample_levels(schedule, x.shape[0], generator, x.device)
-    z = corrupt(x, level, generator)
-    error = masked_cross_entropy(logits_fn(z, level), x, z)
+    error = unweighted_error(logits_fn, x, level, generator)
     factor = jacobian * weighting.total_weight(level, "masked")
     return LossTerms(factor.to(error.dtype) * error, level.log_snr, error.detach())
+
+
+# -- the process, as the rest of the library sees it (diffobj.processes.Process) ----------------
+
+
+def unweighted_error(
+    logits_fn: LogitsFn, x: torch.Tensor, level: Level, generator: Draws = None
+) -> torch.Tensor:
+    """Per-sample masked cross-entropy (nats) per dimension at given levels."""
+    z = corrupt(x, level, generator)
+    return masked_cross_entropy(logits_fn(z, level), x, z)
+
+
+class MaskedProcess:
+    name = "masked"
+    continuous = False
+    error_unit = "CE, nats per dim"
+    input_dtype = torch.long
+    vocab = VOCAB
+
+    def model_input(self, images_u8: torch.Tensor) -> torch.Tensor:
+        return images_u8.long()  # each channel value of each pixel is a token
+
+    def to_uint8(self, samples: torch.Tensor) -> torch.Tensor:
+        return samples.to(torch.uint8)
+
+    # alpha, the keep probability, is sigmoid(lam); "sigma" is the mask probability 1 - alpha
+    def alpha_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(log_snr)
+
+    def sigma_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        return 1 - torch.sigmoid(log_snr)
+
+    def sigma_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        return 1 - alpha
+
+    def dalpha_dlog_snr(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha * (1 - alpha)
+
+    def elbo_weight(self, log_snr):
+        return sigmoid(log_snr)
+
+    def elbo_time_weight(self, level: Level) -> torch.Tensor:
+        return -level.dalpha_dt / (1 - level.alpha)
+
+    def error(self, model_fn, x, level, generator):
+        return unweighted_error(model_fn, x, level, generator)
+
+    def weighted_loss(self, model_fn, x, schedule, weighting, generator):
+        return weighted_loss(model_fn, x, schedule, weighting, generator)
+
+    def prior_kl(self, data: torch.Tensor, alpha: float, sigma: float) -> float:
+        # q keeps x w.p. alpha; the prior keeps a uniform token w.p. alpha: alpha log(V) apart
+        return alpha * math.log(VOCAB)
+
+    def normalise_output(self, out: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(out, dim=1)  # logits are defined up to a per-token constant
+
+    def denoiser(self, net: nn.Module, config: dict) -> Callable[..., torch.Tensor]:
+        """logits(z, level, labels) (B, VOCAB, ...) from a raw network; no augmentation."""
+
+        def logits_fn(z, level, labels=None, augment_labels=None):
+            return net(z, level.log_snr.float(), labels)
+
+        return logits_fn
+
+
+PROCESS = MaskedProcess()

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from diffobj import densities, optimal_curve
+from diffobj import densities, optimal_curve, processes
 from diffobj.errors import UserError
-from diffobj.processes import gaussian, masked
 from diffobj.processes.gaussian import LossTerms
 from diffobj.run_config import RunConfig
 from diffobj.runs import ModelFn
@@ -82,7 +81,7 @@ def build_objective(config: RunConfig, optimal_loss: str | Path | None = None) -
     density = gap_density(config, schedule, weighting, edges, optimal_loss)
     if density is not None:
         return Objective(density.loss, schedule, weighting, edges, density)
-    weighted_loss = gaussian.weighted_loss if config.kind == "gaussian" else masked.weighted_loss
+    weighted_loss = processes.get(config.kind).weighted_loss
 
     def loss(model_fn: ModelFn, x: torch.Tensor, draws: Draws) -> LossTerms:
         return weighted_loss(model_fn, x, schedule, weighting, draws)
