@@ -348,3 +348,18 @@ def test_train_features_records_accuracy(digits):
         "feature_dim": 64,
     }
     assert saved["test_accuracy"] > 0.9
+
+
+def test_the_classifier_features_are_named_by_their_weights_not_the_file(digits, tmp_path):
+    """Two saves of the same weights (other training time, other file) name the same features,
+    so two experiments' FDs are comparable; a changed weight names other features."""
+    from diffobj.metrics import classifier
+
+    model, info = classifier.load_classifier(digits / "features.pt")
+    classifier.save_classifier(model, tmp_path / "again.pt", **{**info, "train_seconds": -1.0})
+    first = make_extractor(features=digits / "features.pt").feature
+    assert make_extractor(features=tmp_path / "again.pt").feature == first
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-3
+    classifier.save_classifier(model, tmp_path / "changed.pt", **info)
+    assert make_extractor(features=tmp_path / "changed.pt").feature != first

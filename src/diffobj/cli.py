@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tables": ("tables", "gather results into validated parquet tables"),
     "figures": ("figures", "draw the figures of an experiment"),
     "report": ("report", "the experiment's HTML report: study text and every figure"),
+    "compare": ("compare", "experiments side by side, paired over their common seeds"),
     "bounds": ("bounds", "the cascade of improved bounds L^(i) of a trained run"),
     "bounds-table": ("bounds", "gather the runs' bounds into a table and draw its figure"),
     "rehearse": ("rehearse", "run a spec's whole DAG at toy size on this CPU, stand-in data"),

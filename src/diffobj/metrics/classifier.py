@@ -13,6 +13,8 @@ training set's meta).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,19 @@ def save_classifier(model: FeatureClassifier, path: str | Path, **info: Any) -> 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "arch": model.arch, "state_dict": state, **info}, tmp)
+
+
+def weights_digest(arch: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """A digest of what the features depend on: the architecture and the trained weights.
+
+    The file's own bytes also hold its training time and torch's record names, so two
+    trainings that give the same weights would otherwise name different features."""
+    digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_classifier(

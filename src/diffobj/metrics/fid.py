@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffobj.data.arrays import check_images, sha256_file
+from diffobj.data.arrays import check_images
 from diffobj.errors import UserError
 from diffobj.metrics import classifier, inception
 from diffobj.metrics.frechet import FeatureMoments, Statistics, frechet_distance
@@ -97,8 +97,10 @@ class ClassifierExtractor(Extractor):
         self.model, saved = classifier.load_classifier(path, device)
         self.arch = saved["arch"]
         self.dim = self.arch["feature_dim"]
-        # the features depend on the trained weights: a reference only matches the same file
-        self.feature = f"classifier:{sha256_file(path)[:16]}"
+        # the features depend on the trained weights: a reference only matches the same weights
+        self.feature = (
+            f"classifier:{classifier.weights_digest(self.arch, self.model.state_dict())[:16]}"
+        )
         self.info = {"classifier": str(path), "test_accuracy": saved.get("test_accuracy")}
         self.path = Path(path)
 
