@@ -443,11 +443,23 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
     schedule_entries = _merge_library(libraries["schedules"], spec.schedules, "schedules", path)
     weighting_entries = _merge_weightings(libraries["weightings"], spec.weightings, path)
     _check_references(spec, path, schedule_entries, weighting_entries)
+    _check_registered(spec, path)
     _check_masked_grid(spec, path, libraries["schedules"])
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries, base, libraries)
     _check_buildable(loaded)
     _check_sampling_range(loaded)
     return loaded
+
+
+def _check_registered(spec: Spec, path: Path) -> None:
+    """Names the registries must know (diffobj.registry): the figures drawn."""
+    from diffobj.commands.figures import FIGURES
+
+    for i, name in enumerate(spec.figures):
+        try:
+            FIGURES.check(name, f"{path}: figures.{i}")
+        except UserError as err:
+            raise SpecError(str(err)) from None
 
 
 def _check_masked_grid(spec: Spec, path: Path, library_file: Path) -> None:
