@@ -26,6 +26,11 @@ from pydantic import (
 
 from diffobj import schedules, weightings
 from diffobj.errors import UserError, yaml_error_line
+from diffobj.sample import sampler_names
+
+# the choices of the registries (diffobj.registry), in registration order
+GAUSSIAN_SAMPLERS = tuple(sampler_names("gaussian"))
+MASKED_SAMPLERS = tuple(sampler_names("masked"))
 
 NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # names become parts of run ids and paths: no '-' or '/'
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -165,9 +170,9 @@ class OptimalLoss(Strict):
 
 class Sampling(Strict):
     num: int = Field(1000, gt=0)
-    gaussian_sampler: Literal["ddpm", "ddim", "heun"] = "heun"
+    gaussian_sampler: Literal[GAUSSIAN_SAMPLERS] = "heun"
     gaussian_steps: int = Field(18, gt=0)
-    masked_sampler: Literal["ancestral"] = "ancestral"
+    masked_sampler: Literal[MASKED_SAMPLERS] = "ancestral"
     masked_steps: int = Field(64, gt=0)
     masked_grid: str = Field(
         "uniform",
