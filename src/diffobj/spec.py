@@ -26,11 +26,13 @@ from pydantic import (
 
 from diffobj import schedules, weightings
 from diffobj.errors import UserError, yaml_error_line
+from diffobj.optimal import ESTIMATORS, estimator_names
 from diffobj.sample import sampler_names
 
 # the choices of the registries (diffobj.registry), in registration order
 GAUSSIAN_SAMPLERS = tuple(sampler_names("gaussian"))
 MASKED_SAMPLERS = tuple(sampler_names("masked"))
+SPEC_ESTIMATORS = tuple(estimator_names(in_spec=True))
 
 NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # names become parts of run ids and paths: no '-' or '/'
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +154,7 @@ class OptimalLoss(Strict):
     enabled: bool = True
     levels: int = Field(32, gt=0)
     queries: int = Field(4096, gt=0)
-    estimator: Literal["exact", "snis", "cdol"] = "exact"
+    estimator: Literal[SPEC_ESTIMATORS] = "exact"
     subset: int | None = Field(None, gt=0)
     convergence: bool = Field(
         True, description="also run the estimator study (SNIS / DOL / cDOL vs exact)"
@@ -160,7 +162,7 @@ class OptimalLoss(Strict):
 
     @model_validator(mode="after")
     def _subset_estimator_has_a_subset(self) -> OptimalLoss:
-        if self.estimator != "exact" and self.subset is None:
+        if ESTIMATORS[self.estimator].uses_subset and self.subset is None:
             raise ValueError(
                 f"estimator {self.estimator} needs subset: L, the data points each query sees "
                 "(2 <= L <= N; cdol's C defaults to about 2N/L)"
@@ -620,10 +622,11 @@ def _check_references(
         if bad:
             raise SpecError(f"{where}.training: unknown key {sorted(bad)[0]!r}")
         estimator = spec.optimal_loss.estimator
-        if spec.optimal_loss.enabled and kind == "masked" and estimator != "exact":
+        if spec.optimal_loss.enabled and kind not in ESTIMATORS[estimator].processes:
             raise SpecError(
                 f"{path}: optimal_loss.estimator: {estimator} is for Gaussian processes; the "
-                f"masked process {entry.process!r} (grid.{i}) has only the exact estimator"
+                f"{kind} process {entry.process!r} (grid.{i}) has only the "
+                f"{' / '.join(estimator_names(kind))} estimator"
             )
 
 
