@@ -30,6 +30,10 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def remove(self, name: str) -> T:
+        """Unregister (tests that register a toy entry)."""
+        return self._entries.pop(name)
+
     def decorator(self, make: Callable[..., T], name: str, **fields) -> Callable:
         """``@registry.decorator(Entry, name, ...)`` on a function: registers
         ``Entry(name=name, fn=function, **fields)`` and returns the function unchanged."""
