@@ -156,6 +156,10 @@ def test_class_conditional_specs_dry_run(tmp_path, spec, runs, bounds):
     [
         (lambda s: s["grid"][0].update(weighting=["nope"]), "unknown weighting 'nope'"),
         (
+            lambda s: s["figures"].append("gap_qualty"),
+            "figures.7: unknown figure 'gap_qualty' (known: ['weightings', ",
+        ),
+        (
             lambda s: (
                 s.update(weightings={"bad": "lam +* 2"}) or s["grid"][0].update(weighting=["bad"])
             ),

@@ -42,8 +42,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -53,12 +54,13 @@ from tqdm.auto import tqdm
 from diffobj.devices import resolve_device
 from diffobj.errors import UserError
 from diffobj.processes.masked import VOCAB
+from diffobj.registry import Registry
 from diffobj.schedules import DTYPE, Schedule
 from diffobj.seeds import xor_pair_seed
 
 log = logging.getLogger(__name__)
 
-ESTIMATORS = ("exact", "snis", "dol", "cdol")
+ESTIMATORS: Registry[Estimator] = Registry("estimator")  # registered below (@estimator)
 CPU_TILE_BYTES = 256 * 2**20  # working memory of one (queries x data) tile on CPU
 GPU_MEMORY_FRACTION = 0.5  # share of free GPU memory a tile may use
 DEFAULT_BATCH = {"cpu": 512, "cuda": 4096}
@@ -291,31 +293,92 @@ def plan_candidates(
     C: float | None,
     generator: torch.Generator | None,
 ) -> SubsetPlan:
-    """Candidates for a batch with sources ``src``: all data (exact) or one shared random subset.
+    """Candidates for a batch with sources ``src``: the registered estimator's ``fn``."""
+    return ESTIMATORS[estimator].fn(data, src, subset, C, generator)
 
-    snis: L random points; a source that falls in them is handled by the self term. dol/cdol:
-    the first L - 1 points of a random L-subset other than the source, plus the source with
-    weight 1/C (dol: C = 1), so every query sees exactly L - 1 random others.
-    """
-    n_data = len(data)
-    device = data.device
-    zero = torch.zeros(len(src), dtype=torch.float64, device=device)
-    if estimator == "exact":
-        return SubsetPlan(data, src, zero)
+
+@dataclass(frozen=True)
+class Estimator:
+    """An optimal-loss estimator (``--estimator NAME``, spec ``optimal_loss.estimator``),
+    registered once with ``@estimator``.
+
+    ``fn(data, src, subset, C, generator) -> SubsetPlan``: the candidates of one batch of
+    queries with sources ``src`` and how each treats its source. ``smallest_subset``: the
+    least subset size L it takes (None: no subset, all N points). ``c_value(n_data, subset,
+    C)``: the table's C column. ``processes``: the process kinds it serves. ``in_spec``: a
+    choice of the spec's ``optimal_loss.estimator`` (else only of the command and the study)."""
+
+    name: str
+    fn: Callable[..., SubsetPlan]
+    smallest_subset: int | None = None
+    c_value: Callable[[int, int | None, float | None], float] = lambda n, subset, C: math.nan
+    processes: tuple[str, ...] = ("gaussian",)
+    in_spec: bool = True
+
+    @property
+    def uses_subset(self) -> bool:
+        return self.smallest_subset is not None
+
+
+estimator = partial(ESTIMATORS.decorator, Estimator)  # @estimator(name, ...)
+
+
+def estimator_names(process: str | None = None, in_spec: bool = False) -> list[str]:
+    """The registered estimators (of one process kind; only the spec's choices), in order."""
+    return ESTIMATORS.names(
+        lambda e: process in (None, *e.processes) and (e.in_spec or not in_spec)
+    )
+
+
+@estimator("exact", processes=("gaussian", "masked"))
+def _exact(data, src, subset, C, generator) -> SubsetPlan:
+    """All N points."""
+    zero = torch.zeros(len(src), dtype=torch.float64, device=data.device)
+    return SubsetPlan(data, src, zero)
+
+
+def _random_subset(data, src, subset, generator):
+    """L random points (one shared subset per batch) and each source's position among them."""
+    n_data, device = len(data), data.device
     assert subset is not None
     chosen = torch.randperm(n_data, generator=generator)[:subset].to(device)
     position = torch.full((n_data,), -1, dtype=torch.long, device=device)
     position[chosen] = torch.arange(subset, device=device)
-    pos = position[src]
-    if estimator == "snis":
-        offset = torch.where(pos >= 0, zero, torch.full_like(zero, -math.inf))
-        return SubsetPlan(data[chosen], pos, offset)
-    c_value = (
-        1.0 if estimator == "dol" else float(C if C is not None else default_c(n_data, subset))
-    )
+    zero = torch.zeros(len(src), dtype=torch.float64, device=device)
+    return chosen, position[src], zero
+
+
+@estimator("snis", smallest_subset=1)
+def _snis(data, src, subset, C, generator) -> SubsetPlan:
+    """L random points; a source that falls in them is handled by the self term."""
+    chosen, pos, zero = _random_subset(data, src, subset, generator)
+    offset = torch.where(pos >= 0, zero, torch.full_like(zero, -math.inf))
+    return SubsetPlan(data[chosen], pos, offset)
+
+
+def _dol_plan(data, src, subset, c_value, generator) -> SubsetPlan:
+    """The first L - 1 points of a random L-subset other than the source, plus the source with
+    weight 1/C, so every query sees exactly L - 1 random others."""
+    chosen, pos, zero = _random_subset(data, src, subset, generator)
     among_first = (pos >= 0) & (pos < subset - 1)
     exclude = torch.where(among_first, pos, torch.full_like(pos, subset - 1))
     return SubsetPlan(data[chosen], exclude, zero - math.log(c_value))
+
+
+def _cdol_c(n_data: int, subset: int | None, C: float | None) -> float:
+    return float(C) if C is not None else default_c(n_data, subset)
+
+
+@estimator("dol", smallest_subset=2, c_value=lambda n, subset, C: 1.0, in_spec=False)
+def _dol(data, src, subset, C, generator) -> SubsetPlan:
+    """DOL: the source's weight divided by C = 1."""
+    return _dol_plan(data, src, subset, 1.0, generator)
+
+
+@estimator("cdol", smallest_subset=2, c_value=_cdol_c)
+def _cdol(data, src, subset, C, generator) -> SubsetPlan:
+    """cDOL: the source's weight divided by C (default ``default_c``, about 2N/L)."""
+    return _dol_plan(data, src, subset, float(_cdol_c(len(data), subset, C)), generator)
 
 
 def default_c(n_data: int, subset: int) -> float:
@@ -327,11 +390,10 @@ def check_estimator(
     estimator: str, n_data: int, subset: int | None, C: float | None, flag: str = "--subset"
 ) -> None:
     """UserError for an unknown estimator, a subset size outside 1..N (dol/cdol: 2..N), C <= 0."""
-    if estimator not in ESTIMATORS:
-        raise UserError(f"--estimator {estimator!r}: expected one of {ESTIMATORS}")
-    if estimator == "exact":
+    ESTIMATORS.check(estimator, "--estimator")
+    smallest = ESTIMATORS[estimator].smallest_subset
+    if smallest is None:
         return
-    smallest = 1 if estimator == "snis" else 2
     if subset is None:
         raise UserError(f"--estimator {estimator} needs {flag} L ({smallest} <= L <= N = {n_data})")
     if not smallest <= subset <= n_data:
@@ -372,7 +434,7 @@ def gaussian_query_losses(
     subset_gen = torch.Generator().manual_seed(xor_pair_seed(seed, 2))
     sources = balanced_sources(n_data, n_queries, source_gen).to(device)
     inv_s2 = alpha**2 / sigma**2
-    n_candidates = n_data if estimator == "exact" else subset
+    n_candidates = subset if ESTIMATORS[estimator].uses_subset else n_data
     batch = query_batch(n_queries, estimator, batch_size, device)
     chunk = chunk_size or max(1, tile_budget(device) // (8 * batch))
     losses = torch.empty(n_queries, dtype=torch.float64, device=device)
@@ -528,7 +590,7 @@ def query_batch(
     if batch_size is not None:
         return min(n_queries, batch_size)
     batch = min(n_queries, DEFAULT_BATCH[torch.device(device).type])
-    if estimator != "exact":
+    if ESTIMATORS[estimator].uses_subset:
         batch = min(batch, max(1, -(-n_queries // MIN_SUBSETS)))
     return batch
 
@@ -538,7 +600,7 @@ def query_groups(
 ) -> torch.Tensor | None:
     """The subset each query shares (its batch index); None for the exact estimator, whose
     queries are independent."""
-    if estimator == "exact":
+    if not ESTIMATORS[estimator].uses_subset:
         return None
     return torch.arange(n_queries) // query_batch(n_queries, estimator, batch_size, device)
 
@@ -609,8 +671,12 @@ def optimal_loss_table(
     check_counts(levels, queries)
     if process != schedule.process:
         raise UserError(f"schedule {schedule.name} is a {schedule.process} schedule, not {process}")
-    if process == "masked" and estimator != "exact":
-        raise UserError(f"--estimator {estimator}: the masked process has only the exact estimator")
+    ESTIMATORS.check(estimator, "--estimator")
+    if process not in ESTIMATORS[estimator].processes:
+        raise UserError(
+            f"--estimator {estimator}: the {process} process has only the "
+            f"{' / '.join(estimator_names(process))} estimator"
+        )
     device = resolve_device(device, local_rank=None)
     n_data = len(images)
     data = (images_to_unit(images) if process == "gaussian" else images_to_tokens(images)).to(
@@ -619,7 +685,7 @@ def optimal_loss_table(
     check_estimator(estimator, n_data, subset, C)
     times = level_times(schedule, levels)
     level = schedule.level(times)
-    n_candidates = n_data if estimator == "exact" else subset
+    n_candidates = subset if ESTIMATORS[estimator].uses_subset else n_data
     rows = []
     for i in range(levels):
         lam, alpha, sigma = (float(v[i]) for v in (level.log_snr, level.alpha, level.sigma))
@@ -700,11 +766,7 @@ def _peak_memory(device: torch.device) -> str:
 
 
 def _c_value(estimator: str, n_data: int, subset: int | None, C: float | None) -> float:
-    if estimator == "dol":
-        return 1.0
-    if estimator == "cdol":
-        return float(C) if C is not None else default_c(n_data, subset)
-    return math.nan
+    return ESTIMATORS[estimator].c_value(n_data, subset, C)
 
 
 def _synchronize(device: torch.device) -> None:

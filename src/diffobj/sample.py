@@ -33,7 +33,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ from diffobj.errors import UserError
 from diffobj.guidance import check_guidance, class_labels, guided
 from diffobj.io import atomic_path
 from diffobj.processes.masked import MASK
+from diffobj.registry import Registry
 from diffobj.schedules import DTYPE, Level, Schedule
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
@@ -51,10 +54,42 @@ Progress = Callable[[], None] | None
 # standard normal draws of a shape (EDM's ``randn_like``): injectable, to replay a recorded run
 NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 
-GAUSSIAN_SAMPLERS = ("ddpm", "ddim", "heun")
-MASKED_SAMPLERS = ("ancestral",)
-SAMPLERS = {"gaussian": GAUSSIAN_SAMPLERS, "masked": MASKED_SAMPLERS}
 EDM_SIGMA_MIN, EDM_SIGMA_MAX, EDM_RHO = 0.002, 80.0, 7.0
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler ``diffobj sample --sampler NAME`` runs, registered once with ``@sampler``.
+
+    ``fn(model_fn, schedule, shape, steps, *, generator, device, progress, **options)`` returns
+    the samples (Gaussian: x in data scale; masked: tokens). ``kind``: the process it samples.
+    ``options``: the option groups it takes beyond those ("eta": --eta; "heun": the sigma range
+    and churn; "masked": --grid, --top-p, --final-argmax). ``spec_flags(sampling, library)``:
+    the ``diffobj sample`` flags its options take from the spec's sampling section (library:
+    the schedule library as the command names it), for sample.smk."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    kind: str
+    help: str = ""
+    options: tuple[str, ...] = ()
+    spec_flags: Callable[[Any, str], str] = lambda sampling, library: ""
+
+
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+sampler = partial(SAMPLERS.decorator, Sampler)  # @sampler(name, kind=..., ...)
+
+
+def sampler_names(kind: str | None = None) -> list[str]:
+    """The registered samplers (of one process kind), in registration order."""
+    return SAMPLERS.names(lambda s: kind in (None, s.kind))
+
+
+def _with_option(option: str) -> list[str]:
+    return SAMPLERS.names(lambda s: option in s.options)
 
 
 # -- grids -------------------------------------------------------------------------------------------
@@ -145,6 +180,35 @@ def _prior(
     )
 
 
+@sampler("ddpm", kind="gaussian", help="ancestral, VDM's form")
+def ddpm(
+    eps_fn: ModelFn,
+    schedule: Schedule,
+    shape: tuple[int, ...],
+    steps: int,
+    *,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: Progress = None,
+) -> torch.Tensor:
+    """Ancestral sampling, VDM's form of the posterior q(z_s | z_t, x = x0_hat)."""
+    device = torch.device(device)
+    levels = schedule.level(time_grid(schedule, steps))
+    z = _prior(shape, _scalars(levels, 0)[1], generator, device)
+    for i in range(steps):
+        a_t, s_t, lam_t = _scalars(levels, i)
+        a_s, s_s, lam_s = _scalars(levels, i + 1) if i + 1 < steps else (1.0, 0.0, math.inf)
+        eps = eps_fn(z, _batch_level(levels, i, shape[0], device)).float()
+        c = -math.expm1(lam_t - lam_s)
+        z = (a_s / a_t) * (z - s_t * c * eps)
+        if s_s > 0:
+            z = z + s_s * math.sqrt(c) * torch.randn(shape, generator=generator, device=device)
+        if progress:
+            progress()
+    return z
+
+
+@sampler("ddim", kind="gaussian", help="DDIM (--eta, default 0)", options=("eta",))
 def ddim(
     eps_fn: ModelFn,
     schedule: Schedule,
@@ -175,33 +239,24 @@ def ddim(
     return z
 
 
-def ddpm(
-    eps_fn: ModelFn,
-    schedule: Schedule,
-    shape: tuple[int, ...],
-    steps: int,
-    *,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-    progress: Progress = None,
-) -> torch.Tensor:
-    """Ancestral sampling, VDM's form of the posterior q(z_s | z_t, x = x0_hat)."""
-    device = torch.device(device)
-    levels = schedule.level(time_grid(schedule, steps))
-    z = _prior(shape, _scalars(levels, 0)[1], generator, device)
-    for i in range(steps):
-        a_t, s_t, lam_t = _scalars(levels, i)
-        a_s, s_s, lam_s = _scalars(levels, i + 1) if i + 1 < steps else (1.0, 0.0, math.inf)
-        eps = eps_fn(z, _batch_level(levels, i, shape[0], device)).float()
-        c = -math.expm1(lam_t - lam_s)
-        z = (a_s / a_t) * (z - s_t * c * eps)
-        if s_s > 0:
-            z = z + s_s * math.sqrt(c) * torch.randn(shape, generator=generator, device=device)
-        if progress:
-            progress()
-    return z
+def _heun_flags(sampling: Any, library: str) -> str:
+    """EDM's sigma range and churn (spec: sampling)."""
+    args = f" --sigma-min {sampling.sigma_min} --sigma-max {sampling.sigma_max}"
+    if sampling.s_churn > 0:
+        args += (
+            f" --s-churn {sampling.s_churn} --s-min {sampling.s_min} --s-noise {sampling.s_noise}"
+        )
+        args += f" --s-max {sampling.s_max}" if sampling.s_max is not None else ""
+    return args
 
 
+@sampler(
+    "heun",
+    kind="gaussian",
+    help="EDM's (N steps = 2N - 1 network evaluations)",
+    options=("heun",),
+    spec_flags=_heun_flags,
+)
 def heun(
     eps_fn: ModelFn,
     schedule: Schedule,
@@ -303,6 +358,27 @@ def top_p_logits(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, -math.inf)
 
 
+def _ancestral_flags(sampling: Any, library: str) -> str:
+    """MD4's options, only where the spec sets them (so default commands stay as they were)."""
+    opts = ""
+    if sampling.masked_grid != "uniform":
+        opts += f" --grid {sampling.masked_grid}"
+    if sampling.masked_grid not in MASKED_GRIDS:
+        opts += f" --schedules-library {library}"
+    if sampling.masked_top_p is not None:
+        opts += f" --top-p {sampling.masked_top_p}"
+    if sampling.masked_final_argmax:
+        opts += " --final-argmax"
+    return opts
+
+
+@sampler(
+    "ancestral",
+    kind="masked",
+    help="MD4's (--grid, --top-p, --final-argmax)",
+    options=("masked",),
+    spec_flags=_ancestral_flags,
+)
 def ancestral(
     logits_fn: ModelFn,
     schedule: Schedule,
@@ -354,19 +430,19 @@ def check_sampler(
     kind: str | None, sampler: str, steps: int, num: int, batch_size: int, eta: float | None
 ) -> None:
     """UserError for a bad request; ``kind`` None checks everything but the process."""
-    known = sorted({s for names in SAMPLERS.values() for s in names})
-    if sampler not in known:
-        raise UserError(f"--sampler: unknown sampler {sampler!r} (known: {known})")
-    if kind is not None and sampler not in SAMPLERS[kind]:
+    SAMPLERS.check(sampler, "--sampler", sorted(sampler_names()))
+    if kind is not None and sampler not in sampler_names(kind):
         raise UserError(
             f"--sampler {sampler}: not a sampler of the {kind} process "
-            f"(use one of {list(SAMPLERS[kind])})"
+            f"(use one of {sampler_names(kind)})"
         )
     for name, value in (("steps", steps), ("num", num), ("batch-size", batch_size)):
         if value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
-    if eta is not None and sampler != "ddim":
-        raise UserError(f"--eta applies to the ddim sampler only, not {sampler}")
+    if eta is not None and sampler not in _with_option("eta"):
+        raise UserError(
+            f"--eta applies to the {' / '.join(_with_option('eta'))} sampler only, not {sampler}"
+        )
     if eta is not None and not 0 <= eta <= 1:
         raise UserError(f"--eta must be in [0, 1], got {eta}")
 
@@ -385,8 +461,11 @@ def masked_options(
 
     if (grid, top_p, final_argmax) == ("uniform", None, False):
         return {}
-    if sampler != "ancestral":
-        raise UserError("--grid, --top-p and --final-argmax apply to the ancestral sampler only")
+    if sampler not in _with_option("masked"):
+        raise UserError(
+            "--grid, --top-p and --final-argmax apply to the "
+            f"{' / '.join(_with_option('masked'))} sampler only"
+        )
     if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
     options = {"top_p": top_p, "final_argmax": final_argmax, "grid": grid}
@@ -451,10 +530,11 @@ def sample_run(
         batch_labels = torch.from_numpy(labels[start : start + size]).to(run.device)
         return guided(make, batch_labels, num_classes, guidance, run.kind)
 
-    fn = {"ddpm": ddpm, "ddim": ddim, "heun": heun, "ancestral": ancestral}[sampler]
-    if sampler == "ddim":
+    entry = SAMPLERS[sampler]
+    fn = entry.fn
+    if "eta" in entry.options:
         extra = {"eta": eta or 0.0}
-    if heun_options and sampler != "heun":
+    if heun_options and "heun" not in entry.options:
         raise UserError(f"sigma range and churn options are heun's, not {sampler}'s")
     extra |= heun_options or {}
     batches = math.ceil(num / batch_size)

@@ -26,6 +26,13 @@ from pydantic import (
 from diffobj import schedules, weightings
 from diffobj.errors import UserError
 from diffobj.io import read_yaml
+from diffobj.optimal import ESTIMATORS, estimator_names
+from diffobj.sample import sampler_names
+
+# the choices of the registries (diffobj.registry), in registration order
+GAUSSIAN_SAMPLERS = tuple(sampler_names("gaussian"))
+MASKED_SAMPLERS = tuple(sampler_names("masked"))
+SPEC_ESTIMATORS = tuple(estimator_names(in_spec=True))
 
 NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # names become parts of run ids and paths: no '-' or '/'
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -147,7 +154,7 @@ class OptimalLoss(Strict):
     enabled: bool = True
     levels: int = Field(32, gt=0)
     queries: int = Field(4096, gt=0)
-    estimator: Literal["exact", "snis", "cdol"] = "exact"
+    estimator: Literal[SPEC_ESTIMATORS] = "exact"
     subset: int | None = Field(None, gt=0)
     convergence: bool = Field(
         True, description="also run the estimator study (SNIS / DOL / cDOL vs exact)"
@@ -155,7 +162,7 @@ class OptimalLoss(Strict):
 
     @model_validator(mode="after")
     def _subset_estimator_has_a_subset(self) -> OptimalLoss:
-        if self.estimator != "exact" and self.subset is None:
+        if ESTIMATORS[self.estimator].uses_subset and self.subset is None:
             raise ValueError(
                 f"estimator {self.estimator} needs subset: L, the data points each query sees "
                 "(2 <= L <= N; cdol's C defaults to about 2N/L)"
@@ -165,9 +172,9 @@ class OptimalLoss(Strict):
 
 class Sampling(Strict):
     num: int = Field(1000, gt=0)
-    gaussian_sampler: Literal["ddpm", "ddim", "heun"] = "heun"
+    gaussian_sampler: Literal[GAUSSIAN_SAMPLERS] = "heun"
     gaussian_steps: int = Field(18, gt=0)
-    masked_sampler: Literal["ancestral"] = "ancestral"
+    masked_sampler: Literal[MASKED_SAMPLERS] = "ancestral"
     masked_steps: int = Field(64, gt=0)
     masked_grid: str = Field(
         "uniform",
@@ -443,11 +450,23 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
     schedule_entries = _merge_library(libraries["schedules"], spec.schedules, "schedules", path)
     weighting_entries = _merge_weightings(libraries["weightings"], spec.weightings, path)
     _check_references(spec, path, schedule_entries, weighting_entries)
+    _check_registered(spec, path)
     _check_masked_grid(spec, path, libraries["schedules"])
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries, base, libraries)
     _check_buildable(loaded)
     _check_sampling_range(loaded)
     return loaded
+
+
+def _check_registered(spec: Spec, path: Path) -> None:
+    """Names the registries must know (diffobj.registry): the figures drawn."""
+    from diffobj.commands.figures import FIGURES
+
+    for i, name in enumerate(spec.figures):
+        try:
+            FIGURES.check(name, f"{path}: figures.{i}")
+        except UserError as err:
+            raise SpecError(str(err)) from None
 
 
 def _check_masked_grid(spec: Spec, path: Path, library_file: Path) -> None:
@@ -598,10 +617,11 @@ def _check_references(
         if bad:
             raise SpecError(f"{where}.training: unknown key {sorted(bad)[0]!r}")
         estimator = spec.optimal_loss.estimator
-        if spec.optimal_loss.enabled and kind == "masked" and estimator != "exact":
+        if spec.optimal_loss.enabled and kind not in ESTIMATORS[estimator].processes:
             raise SpecError(
                 f"{path}: optimal_loss.estimator: {estimator} is for Gaussian processes; the "
-                f"masked process {entry.process!r} (grid.{i}) has only the exact estimator"
+                f"{kind} process {entry.process!r} (grid.{i}) has only the "
+                f"{' / '.join(estimator_names(kind))} estimator"
             )
 
 

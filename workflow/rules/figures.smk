@@ -3,41 +3,29 @@
 CAPTIONS = f"{workflow.basedir}/workflow/report"  # the figure captions, shared with snakemake --report
 
 
-def figure_inputs(name):
-    t = f"{R}/tables"
-    return {
-        "weighting_study": [f"{t}/evaluation.parquet", f"{t}/study.parquet", f"{t}/runs.parquet"]
-        + ([f"{t}/gap.parquet"] if S.optimal_loss.enabled else [])
-        + ([f"{R}/features/{d}-test-fd.json" for d in sorted({r.dataset for r in LOADED.runs})] if EVAL.fd_classifier else []),
-        "optimal_loss": [f"{R}/optimal/{d}-{p}.csv" for d, p in optimal_pairs()],
-        "gap": [f"{t}/gap.parquet"],
-        "gap_x0": [f"{t}/gap.parquet"],
-        "gap_quality": [f"{t}/gap.parquet", f"{t}/evaluation.parquet"],
-        "convergence": [f"{R}/optimal/{d}-{p}-convergence.csv" for d, p in gaussian_pairs()],
-        "training_curves": [f"{t}/training_log.parquet", f"{t}/training.parquet", f"{t}/runs.parquet"]
-        + run_files("eval_bins.csv"),
-        "training_density": [f"{t}/training.parquet", f"{t}/runs.parquet"],
-        "samples": run_files("samples.npz")
-        + [f"{t}/runs.parquet", f"{t}/evaluation.parquet"]
-        + [f"{data_dir(d)}/test/images.npy" for d in sorted({r.dataset for r in LOADED.runs})]
-        + ([f"{R}/features/{d}-test-fd.json" for d in sorted({r.dataset for r in LOADED.runs})] if EVAL.fd_classifier else []),
-        "scaling": [f"{t}/gap.parquet", f"{t}/training_log.parquet", f"{t}/runs.parquet"],
-    }[name]
+from diffobj.commands.figures import FIGURES as FIGURE_REGISTRY  # name -> inputs, outputs, caption
 
 
-for _figure in [f for f in S.figures if f != "weightings"]:
+def figure_outputs():
+    """Every file the spec's figure rules write (PNG, PDF and side files such as the study text)."""
+    return [path for name in S.figures if FIGURE_REGISTRY[name].fn for path in FIGURE_REGISTRY[name].outputs(R)]
+
+
+for _figure in [f for f in S.figures if FIGURE_REGISTRY[f].fn]:  # weightings: tables.smk
+    _entry = FIGURE_REGISTRY[_figure]
 
     rule:
         name:
             f"figure_{_figure}"
         input:
-            figure_inputs(_figure),
+            _entry.inputs(LOADED, R),
         output:
-            report(
-                f"{R}/figures/{_figure}.png",
-                caption=f"../report/{_figure}.rst",
+            png=report(
+                _entry.outputs(R)[0],
+                caption=f"../report/{_entry.caption_file}",
                 category="Figures",
             ),
+            written=_entry.outputs(R)[1:],
         params:
             figure=_figure,
         log:
@@ -46,13 +34,14 @@ for _figure in [f for f in S.figures if f != "weightings"]:
         resources:
             **stage_resources("aggregate"),
         shell:
-            LOG_LINK + "diffobj figures --spec {SPEC} --results {R} --figure {params.figure} --out {output}" + LOG
+            LOG_LINK + "diffobj figures --spec {SPEC} --results {R} --figure {params.figure} --out {output.png}" + LOG
 
 
 rule report:
     """One self-contained HTML page: the generated study text and every figure with its caption."""
     input:
         all_figures(),
+        figure_outputs(),  # weighting_study.md among them: the page's text
     output:
         f"{R}/report.html",
     log:

@@ -1,37 +1,20 @@
+from diffobj.sample import SAMPLERS as SAMPLER_REGISTRY  # name -> function, options, flags
+
 SAMPLING = S.sampling
 
 
-def masked_sampler_options():
-    """MD4's options, only where the spec sets them (so default commands stay as they were)."""
-    opts = ""
-    if SAMPLING.masked_grid != "uniform":
-        opts += f" --grid {SAMPLING.masked_grid}"
-    if SAMPLING.masked_grid not in ("uniform", "cosine"):
-        opts += f" --schedules-library {shell_path(LOADED.libraries['schedules'])}"
-    if SAMPLING.masked_top_p is not None:
-        opts += f" --top-p {SAMPLING.masked_top_p}"
-    if SAMPLING.masked_final_argmax:
-        opts += " --final-argmax"
-    return opts
-
-
 def sampler_args(run):
+    """--sampler and --steps of the run's process kind, then the flags its registered sampler
+    (diffobj.sample.SAMPLERS) takes from the spec; guidance where the run is conditional."""
     # classifier-free guidance of class-conditional runs (omitted at 0, the default)
     conditional = RUNS[run].model_cfg.get("num_classes", 0) > 0
     cfg = f" --guidance {SAMPLING.guidance}" if SAMPLING.guidance and conditional else ""
-    if kind(RUNS[run].process) == "masked":
-        return (
-            f"--sampler {SAMPLING.masked_sampler} --steps {SAMPLING.masked_steps}"
-            + masked_sampler_options()
-            + cfg
-        )
-    args = f"--sampler {SAMPLING.gaussian_sampler} --steps {SAMPLING.gaussian_steps}{cfg}"
-    if SAMPLING.gaussian_sampler == "heun":  # EDM's sigma range and churn (spec: sampling)
-        args += f" --sigma-min {SAMPLING.sigma_min} --sigma-max {SAMPLING.sigma_max}"
-        if SAMPLING.s_churn > 0:
-            args += f" --s-churn {SAMPLING.s_churn} --s-min {SAMPLING.s_min} --s-noise {SAMPLING.s_noise}"
-            args += f" --s-max {SAMPLING.s_max}" if SAMPLING.s_max is not None else ""
-    return args
+    process_kind = kind(RUNS[run].process)
+    name = getattr(SAMPLING, f"{process_kind}_sampler")
+    args = f"--sampler {name} --steps {getattr(SAMPLING, f'{process_kind}_steps')}"
+    flags = SAMPLER_REGISTRY[name].spec_flags(SAMPLING, shell_path(LOADED.libraries["schedules"]))
+    # the flags' order of the commands before the registry, so no job reruns
+    return args + (flags + cfg if process_kind == "masked" else cfg + flags)
 
 
 def sample_command(run):

@@ -8,6 +8,7 @@ rule weightings:
             caption="../report/weightings.rst",
             category="Weightings",
         ),
+        pdf=f"{R}/figures/weightings.pdf",  # figures.save writes one beside the PNG
     log:
         f"{R}/logs/weightings.log",
     threads: stage_threads("aggregate")

@@ -4,26 +4,79 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-FIGURES = (
-    "weighting_study",
-    "optimal_loss",
-    "gap",
-    "gap_x0",
-    "gap_quality",
-    "convergence",
-    "training_curves",
-    "training_density",
-    "samples",
-    "scaling",
-)
+from diffobj.registry import Registry
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of the spec's ``figures:`` list. ``fn(loaded, results, out)`` draws it (and
+    writes its ``side_files``) and returns the matplotlib figure, saved as ``out`` (PNG) and a
+    PDF beside it; None: another rule draws it (``weightings``: tables.smk). ``inputs(loaded,
+    R)``: the files it reads, R the results folder as the Snakefile names it. ``side_files``:
+    what else it writes into figures/, so the workflow declares every file. ``caption``: its
+    caption in workflow/report (Snakemake's report and ``diffobj report`` read it)."""
+
+    name: str
+    fn: Callable[[Any, Path, Path], Any] | None
+    inputs: Callable[[Any, str], list[str]] = lambda loaded, results: []
+    side_files: tuple[str, ...] = ()
+    caption: str = ""
+
+    def outputs(self, results: str) -> list[str]:
+        """Every file it writes: the PNG first, then the PDF and the side files."""
+        names = [f"{self.name}.png", f"{self.name}.pdf", *self.side_files]
+        return [f"{results}/figures/{n}" for n in names]
+
+    @property
+    def caption_file(self) -> str:
+        return self.caption or f"{self.name}.rst"
+
+
+FIGURES: Registry[Figure] = Registry("figure")
+figure = partial(FIGURES.decorator, Figure)  # @figure(name, inputs=..., side_files=...)
+
+FIGURES.add("weightings", Figure("weightings", None))  # drawn with its table (tables.smk)
+
+
+def _datasets(loaded) -> list[str]:
+    return sorted({r.dataset for r in loaded.runs})
+
+
+def _fd_files(loaded, results: str) -> list[str]:
+    """The held-out classifier FDs, where the evaluation computes them."""
+    if not loaded.spec.evaluation.fd_classifier:
+        return []
+    return [f"{results}/features/{d}-test-fd.json" for d in _datasets(loaded)]
+
+
+def _run_files(loaded, results: str, name: str) -> list[str]:
+    return [f"{results}/runs/{r.id}/{name}" for r in loaded.runs]
+
+
+def _pairs(loaded, kind: str | None = None) -> list[tuple[str, str]]:
+    pairs = sorted({(r.dataset, r.process) for r in loaded.runs})
+    return [(d, p) for d, p in pairs if kind in (None, loaded.spec.processes[p].kind)]
+
+
+def _tables(results: str, *names: str) -> list[str]:
+    return [f"{results}/tables/{n}.parquet" for n in names]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", default="config/config.yaml", help="experiment YAML")
     parser.add_argument("--results", required=True, help="results/<experiment>")
-    parser.add_argument("--figure", required=True, choices=FIGURES, help="which figure")
+    parser.add_argument(
+        "--figure",
+        required=True,
+        choices=FIGURES.names(lambda f: f.fn is not None),
+        help="which figure",
+    )
     parser.add_argument("--out", required=True, help="PNG path (a PDF is written beside it)")
 
 
@@ -32,7 +85,7 @@ def run(args: argparse.Namespace) -> None:
 
     loaded = spec.load(args.spec)
     results = Path(args.results)
-    fig = DRAW[args.figure](loaded, results, Path(args.out))
+    fig = FIGURES[args.figure].fn(loaded, results, Path(args.out))
     figures.save(fig, args.out)
 
 
@@ -42,6 +95,15 @@ def _table(results: Path, name: str):
     return tables.read(name, results / "tables" / f"{name}.parquet")
 
 
+@figure(
+    "weighting_study",
+    inputs=lambda loaded, r: (
+        _tables(r, "evaluation", "study", "runs")
+        + (_tables(r, "gap") if loaded.spec.optimal_loss.enabled else [])
+        + _fd_files(loaded, r)
+    ),
+    side_files=("weighting_study.md",),  # the study text, read by diffobj report
+)
 def _weighting_study(loaded, results, out):
     from diffobj import figures, study, tables
     from diffobj.io import atomic_path
@@ -72,6 +134,10 @@ def fd_real_baselines(results: Path) -> dict[str, float]:
     }
 
 
+@figure(
+    "optimal_loss",
+    inputs=lambda loaded, r: [f"{r}/optimal/{d}-{p}.csv" for d, p in _pairs(loaded)],
+)
 def _optimal_loss(loaded, results, out):
     import polars as pl
 
@@ -90,6 +156,12 @@ def _optimal_loss(loaded, results, out):
     return optimal_loss_figure(frames)
 
 
+@figure(
+    "convergence",
+    inputs=lambda loaded, r: [
+        f"{r}/optimal/{d}-{p}-convergence.csv" for d, p in _pairs(loaded, "gaussian")
+    ],
+)
 def _convergence(loaded, results, out):
     import polars as pl
 
@@ -99,18 +171,25 @@ def _convergence(loaded, results, out):
     return convergence_figure(pl.concat([pl.read_csv(p) for p in paths], how="vertical_relaxed"))
 
 
+@figure("gap", inputs=lambda loaded, r: _tables(r, "gap"))
 def _gap(loaded, results, out):
     from diffobj import figures
 
     return figures.gap(_table(results, "gap"))
 
 
+@figure("gap_x0", inputs=lambda loaded, r: _tables(r, "gap"))
 def _gap_x0(loaded, results, out):
     from diffobj import figures
 
     return figures.gap(_table(results, "gap"), scale="x0")
 
 
+@figure(
+    "gap_quality",
+    inputs=lambda loaded, r: _tables(r, "gap", "evaluation"),
+    side_files=("gap_quality.csv",),  # the correlations drawn
+)
 def _gap_quality(loaded, results, out):
     from diffobj import figures
     from diffobj.diagnosis import gap_quality
@@ -124,6 +203,12 @@ def _gap_quality(loaded, results, out):
     return figures.gap_quality(correlations)
 
 
+@figure(
+    "training_curves",
+    inputs=lambda loaded, r: (
+        _tables(r, "training_log", "training", "runs") + _run_files(loaded, r, "eval_bins.csv")
+    ),
+)
 def _training_curves(loaded, results, out):
     import polars as pl
 
@@ -147,6 +232,7 @@ def _training_curves(loaded, results, out):
     )
 
 
+@figure("training_density", inputs=lambda loaded, r: _tables(r, "training", "runs"))
 def _training_density(loaded, results, out):
     from diffobj.figures_training import training_density
 
@@ -178,6 +264,15 @@ def density_bins(loaded):
     return pl.DataFrame(rows)
 
 
+@figure(
+    "samples",
+    inputs=lambda loaded, r: (
+        _run_files(loaded, r, "samples.npz")
+        + _tables(r, "runs", "evaluation")
+        + [f"{r}/data/{d}/test/images.npy" for d in _datasets(loaded)]
+        + _fd_files(loaded, r)
+    ),
+)
 def _samples(loaded, results, out):
     import numpy as np
 
@@ -193,6 +288,11 @@ def _samples(loaded, results, out):
     )
 
 
+@figure(
+    "scaling",
+    inputs=lambda loaded, r: _tables(r, "gap", "training_log", "runs"),
+    side_files=("scaling_per_level.csv",),  # the power laws per noise level
+)
 def _scaling(loaded, results, out):
     import polars as pl
 
@@ -258,17 +358,3 @@ def scaling_points(loaded, results):
             }
         )
     return pl.DataFrame(rows)
-
-
-DRAW = {
-    "weighting_study": _weighting_study,
-    "optimal_loss": _optimal_loss,
-    "gap": _gap,
-    "gap_x0": _gap_x0,
-    "gap_quality": _gap_quality,
-    "convergence": _convergence,
-    "training_curves": _training_curves,
-    "training_density": _training_density,
-    "samples": _samples,
-    "scaling": _scaling,
-}

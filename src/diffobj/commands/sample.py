@@ -15,9 +15,7 @@ import time
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="trained run directory (holds model.pt)")
-    parser.add_argument(
-        "--sampler", required=True, help="ddpm | ddim | heun (Gaussian), ancestral (masked)"
-    )
+    parser.add_argument("--sampler", required=True, help=sampler_help())
     parser.add_argument("--steps", type=int, required=True, help="sampler steps")
     parser.add_argument("--num", type=int, required=True, help="number of images")
     parser.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM")
@@ -60,6 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--schedules-library", help="schedule library for --grid (default config/schedules.yaml)"
+    )
+
+
+def sampler_help() -> str:
+    """``ddpm | ddim | heun (Gaussian), ancestral (masked)``: the registered samplers."""
+    from diffobj.sample import sampler_names
+
+    kinds = {"gaussian": "Gaussian", "masked": "masked"}
+    return ", ".join(
+        f"{' | '.join(sampler_names(kind))} ({label})" for kind, label in kinds.items()
     )
 
 
