@@ -14,7 +14,6 @@ scored with the same features and the same n; otherwise the row says which diffe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import polars as pl
 
 from diffobj import inference
 from diffobj.errors import UserError
+from diffobj.io import read_json_if_present
 
 CONFIG = ["dataset", "process", "schedule", "weighting", "model"]
 METRICS = {"fd_classifier": "fd_classifier.json", "fid": "fid.json", "nll_bpd": "nll.json"}
@@ -52,8 +52,7 @@ def scored_by(run_dir: Path) -> dict[str, str | None]:
     """Per metric, the settings its value depends on besides the model (features, n)."""
     out = {}
     for metric, file in METRICS.items():
-        path = run_dir / file
-        info = json.loads(path.read_text()) if path.is_file() else {}
+        info = read_json_if_present(run_dir / file)
         keys = SCORED_BY[metric]
         out[f"{metric}_by"] = ", ".join(f"{k} {info.get(k)}" for k in keys) if info else None
     return out

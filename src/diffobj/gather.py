@@ -7,7 +7,6 @@ computed here: each run's binned model error minus the optimal loss at the same 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import polars as pl
 
 from diffobj import processes, scales
 from diffobj.errors import UserError
+from diffobj.io import read_json_if_present
 from diffobj.spec import LoadedSpec
 
 
@@ -105,14 +105,14 @@ def evaluation(loaded: LoadedSpec, results: Path, runs_table: pl.DataFrame) -> p
     rows = []
     for r in loaded.runs:
         d = results / "runs" / r.id
-        fd = _json(d / "fd_classifier.json")
-        nll = _json(d / "nll.json")
+        fd = read_json_if_present(d / "fd_classifier.json")
+        nll = read_json_if_present(d / "nll.json")
         rows.append(
             {
                 "run_id": r.id,
                 "fd_classifier": fd.get("fd_classifier"),
                 **_percentiles("fd_classifier", fd.get("bootstrap")),
-                "fid": _json(d / "fid.json").get("fid"),
+                "fid": read_json_if_present(d / "fid.json").get("fid"),
                 "nll_bpd": nll.get("bpd"),
                 "nll_stderr": nll.get("stderr"),
             }
@@ -145,18 +145,11 @@ def job_runtimes(loaded: LoadedSpec, results: Path) -> dict[str, list[dict]]:
     """Per compute stage, the runtime records (device, threads, versions) its jobs wrote."""
     files = {"train": "runtime.json", "fd_classifier": "fd_classifier.json", "nll": "nll.json"}
     return {
-        stage: [_json(results / "runs" / r.id / name).get("runtime") for r in loaded.runs]
+        stage: [
+            read_json_if_present(results / "runs" / r.id / name).get("runtime") for r in loaded.runs
+        ]
         for stage, name in files.items()
     }
-
-
-def _json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
 def gap(

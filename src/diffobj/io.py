@@ -76,6 +76,17 @@ def append_line(path: str | Path, line: str) -> None:
         os.close(fd)
 
 
+def read_json_if_present(path: str | Path) -> dict:
+    """A JSON file's object, {} when the file does not exist (a metric a run did not make)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
 def read_yaml(path: str | Path, what: str, error: type[UserError] = UserError) -> Any:
     """The YAML document in ``path``. ``error`` (UserError or a subclass of it) when the file
     is absent (``FILE: WHAT not found``) or is not valid YAML (``FILE:LINE:COLUMN: not valid

@@ -30,7 +30,7 @@ from diffobj.errors import UserError
 from diffobj.expr import Compiled, ExprError, compile_expr
 from diffobj.io import read_yaml
 
-PROCESSES = ("gaussian", "masked")
+PROCESSES = processes.KINDS
 # The range a library entry is checked on when the spec has no process of its kind.
 DEFAULT_LOG_SNR_RANGE = {"gaussian": (-10.0, 10.0), "masked": (-9.21, 9.21)}
 DTYPE = torch.float64  # schedule math is cheap; float64 keeps the ends of the range exact

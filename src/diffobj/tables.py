@@ -14,11 +14,12 @@ import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
+from diffobj import processes
 from diffobj.errors import UserError
 from diffobj.io import atomic_path
 from diffobj.provenance import PARQUET_KEY, as_text
 
-PROCESS_KINDS = ["gaussian", "masked"]
+PROCESS_KINDS = list(processes.KINDS)
 
 
 class Runs(pa.DataFrameModel):

@@ -28,5 +28,8 @@ def run(args: argparse.Namespace) -> None:
         if out.suffix not in (".csv", ".parquet"):
             raise UserError(f"--out {out}: the table is written as .csv or .parquet")
         with atomic_path(out) as tmp:
-            table.write_csv(tmp) if out.suffix == ".csv" else table.write_parquet(tmp)
+            if out.suffix == ".csv":
+                table.write_csv(tmp)
+            else:
+                table.write_parquet(tmp)
         print(f"{out}: {table.height} rows")
