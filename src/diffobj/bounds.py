@@ -75,11 +75,6 @@ COLUMNS = (
 )
 
 
-def integrand_factor(kind: str, log_snr: torch.Tensor) -> torch.Tensor:
-    """g(lam): the ELBO's weight per unit log-SNR on the unweighted per-dimension error."""
-    return processes.get(kind).elbo_weight(log_snr)
-
-
 def trapezoid_pieces(log_snr: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """∫ values over each step between neighbouring nodes (decreasing lam), trapezoid rule."""
     return (values[1:] + values[:-1]) / 2 * (log_snr[:-1] - log_snr[1:])
@@ -145,7 +140,7 @@ def model_terms(
     M(lam_k) is the trapezoid over nodes k..end: node k enters with weight gap_k / 2, every
     later node with its full trapezoid weight; the levels' Monte Carlo errors are independent.
     """
-    g = integrand_factor(kind, log_snr)
+    g = processes.get(kind).elbo_weight(log_snr)
     m = upper_integral(log_snr, g * error)
     full = (trapezoid_weights(log_snr) * g * stderr) ** 2
     later = torch.flip(torch.cumsum(torch.flip(full, [0]), 0), [0])[1:]  # Σ_{j > k}, k < end
@@ -178,7 +173,7 @@ def weighted_identity(
     weights = cumulative_weights(interval_means(fine_log_snr, w_fine.double(), per_cut))
     total = float((weights * cascade.bound).sum())
     constant = float((weights * (cascade.prior + cascade.decoder)).sum())
-    g = integrand_factor(kind, fine_log_snr)
+    g = processes.get(kind).elbo_weight(fine_log_snr)
     reweighted = float(upper_integral(fine_log_snr, w_fine.double() * g * fine_error)[0])
     monotone = bool((weights >= -1e-12 * weights.abs().max()).all())
     return Identity(weights, total, constant, reweighted, monotone)

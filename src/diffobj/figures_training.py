@@ -13,7 +13,7 @@ import polars as pl
 import seaborn as sns
 from matplotlib import ticker
 
-from diffobj import inference, scales
+from diffobj import inference, processes
 from diffobj.figures import LINES, legend_outside, plt
 
 DEFAULT_DENSITY = "schedule"  # diffobj.densities: lam = lam(t), t uniform on the run's schedule
@@ -42,11 +42,11 @@ def _with_bin(frame: pl.DataFrame, bins: pl.DataFrame) -> pl.DataFrame:
 
 
 def _elbo_term(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """Σ over the rows of each group of ELBO weight · error · bin width (``scales.elbo_weight``)."""
+    """Σ over the rows of each group of ELBO weight · error · bin width (``Process.elbo_weight``)."""
     lam, kinds = frame["log_snr"].to_numpy(), frame["kind"].to_numpy()
     weight = np.empty_like(lam)
     for kind in np.unique(kinds):
-        weight[kinds == kind] = scales.elbo_weight(kind, lam[kinds == kind])
+        weight[kinds == kind] = processes.get(kind).elbo_weight(lam[kinds == kind])
     return (
         frame.with_columns(pl.Series("weight", weight))
         .group_by(keys, maintain_order=True)
@@ -105,7 +105,7 @@ def training_elbo(
     A weighting rescales the loss a run optimises and a schedule moves where its log-SNRs are
     drawn, so neither the weighted loss nor the plain mean error over the draws compares runs.
     The unweighted error per fixed bin does: per logged window, Σ_bins ELBO weight(λ) · error ·
-    bin width (``scales.elbo_weight``) is the ELBO's diffusion term over those bins, in nats per
+    bin width (``Process.elbo_weight``) is the ELBO's diffusion term over those bins, in nats per
     dimension. Every run of a process is summed over the same bins (``_filled``: those each
     run drew in nearly every window), so that one run's rare tail draws do not move its sum.
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffobj import processes
-
 SCALES = ("eps", "x0")
 
 
@@ -33,12 +31,6 @@ def sigma_ve(log_snr: np.ndarray | float) -> np.ndarray:
 def eps_to_x0(loss_eps: np.ndarray | float, log_snr: np.ndarray | float) -> np.ndarray:
     """x0-MSE from eps-MSE at the same log-SNR (any schedule, any prediction)."""
     return np.asarray(loss_eps, dtype=float) * np.exp(-np.asarray(log_snr, dtype=float))
-
-
-def elbo_weight(kind: str, log_snr: np.ndarray | float) -> np.ndarray:
-    """The ELBO's weight on the unweighted per-level loss: ½ (Gaussian eps-MSE) or sigmoid(lam)
-    (masked CE), so that weight · loss integrated over lam is the ELBO's diffusion term."""
-    return processes.get(kind).elbo_weight(np.asarray(log_snr, dtype=float))
 
 
 def interpolate_optimal(

@@ -20,14 +20,13 @@ from torch import nn
 
 from diffobj import processes
 from diffobj.figures import fit_power_law
-from diffobj.scales import elbo_weight
 
 
 def elbo_integral(kind: str, log_snr: np.ndarray, loss: np.ndarray) -> float:
     """The ELBO-weighted integral of a per-level loss over the levels' log-SNR range."""
     order = np.argsort(log_snr)
     lam, values = np.asarray(log_snr, float)[order], np.asarray(loss, float)[order]
-    return float(np.trapezoid(elbo_weight(kind, lam) * values, lam))
+    return float(np.trapezoid(processes.get(kind).elbo_weight(lam) * values, lam))
 
 
 def forward_flops(model: nn.Module, kind: str, image_shape: tuple[int, int, int]) -> float:

@@ -68,7 +68,7 @@ class Weighting:
 
     def total_weight(self, level: Level, process: str) -> torch.Tensor:
         """The full factor on the per-time loss: w times the process's ELBO weight."""
-        return self(level) * elbo_time_weight(level, process)
+        return self(level) * processes.get(process).elbo_time_weight(level)
 
     def is_monotone(self, schedule: Schedule, points: int = 2001, rtol: float = 1e-7) -> bool:
         """Numerically: w non-decreasing in t (non-increasing in lam) on the schedule's range.
@@ -119,11 +119,6 @@ def check_values(
         )
     if scale == 0:
         raise WeightingError(f"{where}: w = 0 everywhere {on}; a weighting must not be all zero")
-
-
-def elbo_time_weight(level: Level, process: str) -> torch.Tensor:
-    """The ELBO's factor on the per-time integrand: -dlam/dt (Gaussian), -alpha'/(1-alpha) (masked)."""
-    return processes.get(process).elbo_time_weight(level)
 
 
 def build(name: str, entry: Any, source: str = "<spec>") -> Weighting:
