@@ -67,7 +67,7 @@ def test_jstar_is_the_table_interpolated_in_lam_clipped_at_zero_held_at_the_ends
 
 
 def test_the_paper_weighting_against_its_formula_in_the_ve_x0_view(weighting_library, table):
-    w = bind(weighting_library["xu_optimal"], table, "r")
+    w = bind(weighting_library["xu_optimal"], table, "r", "gaussian")
     p = w.params
     lam = np.array([-3.0, -1.0, 0.5, 1.5, 2.5, 3.0, 5.0])
     j_eps = np.array([by_hand(v, "gaussian") for v in lam])
@@ -94,15 +94,15 @@ def test_unbound_jstar_is_undefined_not_a_silent_number(weighting_library):
         is False
     )
     with pytest.raises(UserError, match="run r1: weighting 'xu_optimal' uses Jstar"):
-        bind(w, None, "r1")
-    assert bind(weighting_library["edm"], None, "r1") is weighting_library["edm"]
+        bind(w, None, "r1", "gaussian")
+    assert bind(weighting_library["edm"], None, "r1", "gaussian") is weighting_library["edm"]
 
 
 def test_a_bad_table_names_the_file(tmp_path):
     bad = tmp_path / "t.csv"
     bad.write_text("log_snr,loss\n0,1\n")
     with pytest.raises(UserError, match="t.csv: an optimal-loss table needs columns"):
-        OptimalLossCurve.from_table(bad)
+        OptimalLossCurve.from_table(bad, "gaussian")
 
 
 @pytest.mark.parametrize(

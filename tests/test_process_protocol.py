@@ -92,3 +92,93 @@ def test_the_path_inverts_the_log_snr_and_its_derivative_is_the_difference_quoti
     h = 1e-6
     quotient = (process.alpha_of_log_snr(lam + h) - process.alpha_of_log_snr(lam - h)) / (2 * h)
     torch.testing.assert_close(process.dalpha_dlog_snr(alpha), quotient, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", processes.KINDS)
+def test_log_snr_of_alpha_inverts_the_path(kind):
+    lam = torch.linspace(-9, 9, 37, dtype=torch.float64)
+    process = processes.get(kind)
+    torch.testing.assert_close(process.log_snr_of_alpha(process.alpha_of_log_snr(lam)), lam)
+
+
+@pytest.mark.parametrize("kind", processes.KINDS)
+def test_optimal_data_is_the_flattened_model_input(kind):
+    images = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
+    process = processes.get(kind)
+    data = process.optimal_data(images)
+    expected = process.model_input(torch.from_numpy(images)).reshape(2, -1)
+    assert data.shape == (2, 192) and torch.equal(data.to(expected.dtype), expected)
+
+
+def test_gaussian_optimal_loss_of_two_points_is_the_tanh_posterior_error():
+    # x in {-1, +1} (D = 1): E[x | x̂] = tanh(x̂ / s²), x̂ = x + s eps, s² = e^-lam; by symmetry
+    # the x0 loss is E_eps (1 - tanh((1 + s eps) / s²))², by Gauss-Hermite quadrature
+    lam, queries = 0.5, 20_000
+    alpha, sigma = math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))
+    s = sigma / alpha
+    nodes, weights = np.polynomial.hermite_e.hermegauss(120)
+    x0 = float((weights * (1 - np.tanh((1 + s * nodes) / s**2)) ** 2).sum() / weights.sum())
+    data = torch.tensor([[-1.0], [1.0]])
+    options = dict(estimator="exact", subset=None, C=None, seed=3, batch_size=None)
+    got = processes.get("gaussian").optimal_loss(
+        data, lam, alpha, sigma, queries, **options, progress=False, desc=""
+    )
+    assert abs(got["optimal_loss_x0"] - x0) < 4 * got["stderr_x0"]
+    assert got["optimal_loss"] == got["optimal_loss_x0"] * math.exp(lam)
+    assert got["stderr"] == got["stderr_x0"] * math.exp(lam)
+    assert got["sigma_ve"] == math.exp(-lam / 2)
+
+
+def test_masked_optimal_loss_is_the_consistent_sets_token_frequencies():
+    # points (0,0), (0,0), (1,1): a kept token leaves only points with the source's values
+    # (loss 0); with none kept (prob (1 - alpha)^2) a position's values have frequencies
+    # 2/3 and 1/3, so sources 0 and 1 lose log(3/2) per dim and source 2 log 3
+    alpha, queries = 0.4, 30_000
+    data = torch.tensor([[0, 0], [0, 0], [1, 1]], dtype=torch.uint8)
+    truth = (1 - alpha) ** 2 * (2 * math.log(3 / 2) + math.log(3)) / 3
+    options = dict(estimator="exact", subset=None, C=None, seed=5, batch_size=None)
+    got = processes.get("masked").optimal_loss(
+        data, 0.0, alpha, 1 - alpha, queries, **options, progress=False, desc=""
+    )
+    assert abs(got["optimal_loss"] - truth) < 4 * got["stderr"]
+    assert all(math.isnan(got[c]) for c in ("sigma_ve", "optimal_loss_x0", "stderr_x0"))
+
+
+def test_gaussian_decoder_of_two_points_is_the_softplus_of_their_logit_gap():
+    # x in {-1, +1}: -log π_src(x̂) = log(1 + exp(-2 x_src x̂ / s²)), x̂ = x_src + s eps
+    lam, src = 1.0, torch.tensor([0, 1, 1, 0, 1])
+    data = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    got = processes.get("gaussian").decoder_nats(
+        data, src, lam, 0.0, torch.Generator().manual_seed(2)
+    )
+    eps = torch.randn((5, 1), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    s = math.exp(-lam / 2)
+    x_src = data[src]
+    x_hat = x_src + s * eps
+    expected = torch.nn.functional.softplus(-2 * x_src * x_hat / s**2).squeeze(1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_masked_decoder_is_the_log_size_of_the_consistent_set():
+    # points (0,0), (0,0), (1,1): any kept token leaves the source's copies (2, 2, 1), none 3
+    alpha, src = 0.3, torch.tensor([0, 1, 2] * 20)
+    data = torch.tensor([[0, 0], [0, 0], [1, 1]])
+    got = processes.get("masked").decoder_nats(
+        data, src, 0.0, alpha, torch.Generator().manual_seed(4)
+    )
+    u = torch.rand((60, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    copies = torch.tensor([2.0, 2.0, 1.0], dtype=torch.float64)[src]
+    expected = torch.where((u < alpha).any(1), copies, torch.full_like(copies, 3.0)).log()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_the_noise_axis_is_sigma_ve_or_the_keep_probability():
+    lam = 0.7
+    gaussian, masked = (processes.get(k).loss_axes for k in ("gaussian", "masked"))
+    assert gaussian.noise_of_log_snr(lam) == pytest.approx(math.exp(-lam / 2), rel=1e-15)
+    assert masked.noise_of_log_snr(lam) == pytest.approx(1 / (1 + math.exp(-lam)), rel=1e-15)
+    # the columns the figure reads are the optimal-loss table's
+    from diffobj.optimal import TABLE_COLUMNS
+
+    for axes in (gaussian, masked):
+        assert {axes.noise_column, axes.rising_column} <= set(TABLE_COLUMNS)

@@ -229,33 +229,6 @@ def multiplicity(data: torch.Tensor) -> torch.Tensor:
     return counts[inverse].double()
 
 
-def gaussian_decoder_nats(
-    data: torch.Tensor, src: torch.Tensor, eps: torch.Tensor, log_snr: float, chunk: int = 4096
-) -> torch.Tensor:
-    """-log π_src(z) for z = alpha x_src + sigma eps, π the posterior over ``data`` (N, D) in
-    [-1, 1]; in the VE view x̂ = x_src + s eps, s² = e^-lam: π_n ∝ exp(-||x̂ - x_n||² / 2s²).
-    Written as differences to the source, d_n - d_src = ||x_n||² - ||x_src||² - 2 x̂·(x_n - x_src),
-    in float64 (the source's own term is exactly 0)."""
-    x_src = data[src].double()
-    s2 = math.exp(-log_snr)
-    x_hat = x_src + math.sqrt(s2) * eps.double()
-    src_sq = x_src.square().sum(1, keepdim=True)
-    src_dot = (x_hat * x_src).sum(1, keepdim=True)
-    parts = []
-    for start in range(0, len(data), chunk):
-        block = data[start : start + chunk].double()
-        diff = block.square().sum(1) - src_sq - 2 * (x_hat @ block.T - src_dot)
-        parts.append(torch.logsumexp(-diff / (2 * s2), dim=1))
-    return torch.logsumexp(torch.stack(parts, 1), dim=1)
-
-
-def masked_decoder_nats(data: torch.Tensor, src: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """-log q(x_src | z) + log m_src = log |C(z)|, C the items agreeing with z on its kept
-    tokens (the posterior is uniform over C); exact integer consistency test."""
-    sizes, _ = optimal._consistent_counts(data, data[src], keep, None, None)
-    return sizes.log()
-
-
 @torch.no_grad()
 def decoder_term(
     kind: str,
@@ -275,16 +248,12 @@ def decoder_term(
         data.device
     )
     mult = multiplicity(data)
+    process = processes.get(kind)
     alpha = float(level_at(schedule, torch.tensor([log_snr], dtype=DTYPE)).alpha[0])
     values = []
     for start in range(0, queries, batch_size):
         src = sources[start : start + batch_size]
-        if kind == "gaussian":
-            eps = torch.randn((len(src), dim), generator=gen, dtype=DTYPE, device=data.device)
-            nats = gaussian_decoder_nats(data, src, eps, log_snr)
-        else:
-            u = torch.rand((len(src), dim), generator=gen, dtype=DTYPE, device=data.device)
-            nats = masked_decoder_nats(data, src, u < alpha)
+        nats = process.decoder_nats(data, src, log_snr, alpha, gen)
         # >= 0 exactly (the m copies of the source are in the sum); clamp float rounding
         values.append((nats - mult[src].log()).clamp_min(0).cpu() / dim)
     return optimal.mean_and_stderr(torch.cat(values))

@@ -18,11 +18,6 @@ from diffobj.figures import LINES, legend_outside, plt
 
 DEFAULT_DENSITY = "schedule"  # diffobj.densities: lam = lam(t), t uniform on the run's schedule
 
-ELBO_TERM = {
-    "gaussian": "½ ∫ ε-MSE dλ",
-    "masked": "∫ sigmoid(λ)·CE dλ",
-}
-
 
 def _with_bin(frame: pl.DataFrame, bins: pl.DataFrame) -> pl.DataFrame:
     """``frame`` (run_id, log_snr at bin centres) with the fixed bin's index and width."""
@@ -181,16 +176,16 @@ def training_curves(
     over seeds as a band, and the EMA model's value at the end (``final``) as a diamond."""
     curves, summed, ema = training_elbo(training, training_log, runs, bins, final)
     info = runs.join(bins.select("run_id", "density"), on="run_id")
-    processes = info["process"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(1, len(processes), figsize=(6.5 * len(processes), 4.2), squeeze=False)
-    for ax, process in zip(axes[0], processes, strict=True):
+    panels = info["process"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, process in zip(axes[0], panels, strict=True):
         runs_of = _config_labels(info.filter(pl.col("process") == process))
         kind = runs_of["kind"][0]
         name = process if process == kind else f"{process} ({kind})"
         ax.set(
             title=f"{name}: ELBO term of the training error",
             xlabel="training images seen",
-            ylabel=f"{ELBO_TERM[kind]}  (nats / dim)",
+            ylabel=f"{processes.get(kind).elbo_label}  (nats / dim)",
         )
         if process not in set(summed["process"]):  # said on the panel, not left out unseen
             ax.text(0.5, 0.5, NO_BINS, transform=ax.transAxes, ha="center", va="center")

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffobj import processes
 from diffobj.devices import resolve_device
 from diffobj.errors import UserError
 from diffobj.processes.masked import VOCAB
@@ -328,6 +329,16 @@ def estimator_names(process: str | None = None, in_spec: bool = False) -> list[s
     return ESTIMATORS.names(
         lambda e: process in (None, *e.processes) and (e.in_spec or not in_spec)
     )
+
+
+def study_kinds() -> list[str]:
+    """The process kinds the estimator study (``convergence_study``) is for: those with subset
+    estimators to compare with the exact one."""
+    return [
+        kind
+        for kind in processes.KINDS
+        if any(ESTIMATORS[name].uses_subset for name in estimator_names(kind))
+    ]
 
 
 @estimator("exact", processes=("gaussian", "masked"))
@@ -679,9 +690,8 @@ def optimal_loss_table(
         )
     device = resolve_device(device, local_rank=None)
     n_data = len(images)
-    data = (images_to_unit(images) if process == "gaussian" else images_to_tokens(images)).to(
-        device
-    )
+    noise = processes.get(process)
+    data = noise.optimal_data(images).to(device)
     check_estimator(estimator, n_data, subset, C)
     times = level_times(schedule, levels)
     level = schedule.level(times)
@@ -691,36 +701,20 @@ def optimal_loss_table(
         lam, alpha, sigma = (float(v[i]) for v in (level.log_snr, level.alpha, level.sigma))
         desc = f"level {i + 1}/{levels} lam={lam:+.2f}"
         begin = time.perf_counter()
-        if process == "gaussian":
-            x0 = gaussian_query_losses(
-                data,
-                alpha,
-                sigma,
-                queries,
-                estimator=estimator,
-                subset=subset,
-                C=C,
-                seed=xor_pair_seed(seed, i),
-                batch_size=batch_size,
-                progress=progress,
-                desc=desc,
-            )
-            x0_mean, x0_err = mean_and_stderr(
-                x0, query_groups(queries, estimator, batch_size, device)
-            )
-            mean, err = x0_mean * math.exp(lam), x0_err * math.exp(lam)
-        else:
-            nats = masked_query_losses(
-                data,
-                alpha,
-                queries,
-                seed=xor_pair_seed(seed, i),
-                batch_size=batch_size,
-                progress=progress,
-                desc=desc,
-            )
-            mean, err = mean_and_stderr(nats)
-            x0_mean = x0_err = math.nan
+        losses = noise.optimal_loss(
+            data,
+            lam,
+            alpha,
+            sigma,
+            queries,
+            estimator=estimator,
+            subset=subset,
+            C=C,
+            seed=xor_pair_seed(seed, i),
+            batch_size=batch_size,
+            progress=progress,
+            desc=desc,
+        )
         _synchronize(device)
         seconds = time.perf_counter() - begin
         flops = 4.0 * queries * n_candidates * data.shape[1]
@@ -728,17 +722,17 @@ def optimal_loss_table(
             {
                 "log_snr": lam,
                 "t": float(times[i]),
-                "optimal_loss": mean,
-                "stderr": err,
+                "optimal_loss": losses["optimal_loss"],
+                "stderr": losses["stderr"],
                 "estimator": estimator,
                 "n_data": n_data,
                 "n_queries": queries,
                 "process": process,
                 "alpha": alpha,
                 "sigma": sigma,
-                "sigma_ve": math.exp(-lam / 2) if process == "gaussian" else math.nan,
-                "optimal_loss_x0": x0_mean,
-                "stderr_x0": x0_err,
+                "sigma_ve": losses["sigma_ve"],
+                "optimal_loss_x0": losses["optimal_loss_x0"],
+                "stderr_x0": losses["stderr_x0"],
                 "subset": n_candidates,
                 "C": _c_value(estimator, n_data, subset, C),
                 "seconds": seconds,
@@ -749,8 +743,8 @@ def optimal_loss_table(
         log.info(
             "%s: optimal loss %.6g ± %.2g, %.0f queries/s, %.3f TFLOP/s (%.2f s)%s",
             desc,
-            mean,
-            err,
+            losses["optimal_loss"],
+            losses["stderr"],
             queries / seconds,
             flops / seconds / 1e12,
             seconds,
@@ -820,8 +814,11 @@ def convergence_study(
     (what ``--estimator cdol`` uses, about 2N/L) unless a factor already gives it.
     """
     check_counts(levels, queries)
-    if schedule.process != "gaussian":
-        raise UserError(f"schedule {schedule.name}: the estimator study is for gaussian schedules")
+    if schedule.process not in study_kinds():
+        raise UserError(
+            f"schedule {schedule.name}: the estimator study is for"
+            f" {' / '.join(study_kinds())} schedules"
+        )
     device = resolve_device(device, local_rank=None)
     data = images_to_unit(images).to(device)
     n_data = len(data)

@@ -64,10 +64,10 @@ class OptimalLossCurve:
 
     log_snr: np.ndarray  # increasing
     value: np.ndarray
-    kind: str = "gaussian"
+    kind: str  # the process: how the table is interpolated
 
     @classmethod
-    def from_table(cls, path: str | Path, kind: str = "gaussian") -> OptimalLossCurve:
+    def from_table(cls, path: str | Path, kind: str) -> OptimalLossCurve:
         lam, opt = read_table(path)
         return cls(lam, np.clip(opt, 0.0, None), kind)
 
@@ -99,7 +99,7 @@ def needs_optimal_loss(weighting_entry: Mapping[str, Any], training: Mapping[str
     return weighting.uses_optimal_loss or density_name(training) != "schedule"
 
 
-def bind(weighting: Any, path: str | Path | None, run_id: str, kind: str = "gaussian") -> Any:
+def bind(weighting: Any, path: str | Path | None, run_id: str, kind: str) -> Any:
     """The weighting with J* (of process ``kind``) bound from ``path`` if it reads Jstar."""
     if not weighting.uses_optimal_loss:
         return weighting

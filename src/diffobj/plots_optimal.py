@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from diffobj import processes  # noqa: E402
 from diffobj.optimal import critical_log_snr, default_c  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts, CSV rows, or a polars DataFrame
@@ -54,53 +55,37 @@ def optimal_loss_figure(tables: Mapping[str, Rows], rel_tol: float = 1e-3) -> pl
 def _draw_process(
     axes, process: str, label: str, c: dict[str, np.ndarray], color, rel_tol: float
 ) -> None:
+    view = processes.get(process).loss_axes
     order = np.argsort(c["log_snr"])
     c = {k: v[order] for k, v in c.items()}
     lam, loss, err = c["log_snr"], c["optimal_loss"], c["stderr"]
     axes[0].plot(lam, loss, "o-", ms=3, color=color, label=label)
     axes[0].fill_between(lam, loss - 2 * err, loss + 2 * err, color=color, alpha=0.2, lw=0)
-    # the second panel's x: VE noise sigma (Gaussian) or keep probability alpha (masked)
-    scale, rising = (
-        (c["sigma_ve"], c["optimal_loss_x0"]) if process == "gaussian" else (c["alpha"], loss)
-    )
-    axes[1].plot(scale, rising, "o-", ms=3, color=color, label=label)
-    if process == "gaussian":  # the x0 loss falls like exp(-1/sigma^2): show six decades
+    rising = c[view.rising_column]
+    axes[1].plot(c[view.noise_column], rising, "o-", ms=3, color=color, label=label)
+    if view.rising_decades is not None:
         top = np.nanmax(rising)
-        axes[1].set_ylim(top * 1e-6, top * 3)
+        axes[1].set_ylim(top * 10.0**-view.rising_decades, top * 3)
     critical = critical_log_snr(lam, rising, rel_tol)
     if critical is not None:
-        star = math.exp(-critical / 2) if process == "gaussian" else _sigmoid(critical)
-        name = "σ*" if process == "gaussian" else "α*"
+        star = view.noise_of_log_snr(critical)
         axes[0].axvline(critical, color=color, ls="--", lw=1)
-        axes[1].axvline(star, color=color, ls="--", lw=1, label=f"{label}: {name} = {star:.3g}")
+        axes[1].axvline(
+            star, color=color, ls="--", lw=1, label=f"{label}: {view.noise_symbol}* = {star:.3g}"
+        )
 
 
 def _label_process(axes, process: str) -> None:
-    if process == "gaussian":
-        axes[0].set(
-            xlabel="log-SNR λ",
-            ylabel="optimal loss  E‖ε−ε*‖²/D",
-            title="Gaussian: optimal loss (ε scale)",
-        )
-        axes[1].set(
-            xscale="log",
-            yscale="log",
-            xlabel="σ = exp(−λ/2)",
-            ylabel="optimal loss  E‖x−E[x|z]‖²/D",
-            title="Gaussian: optimal loss (x0 scale)",
-        )
-    else:
-        axes[0].set(
-            xlabel="log-SNR λ = log(α/(1−α))",
-            ylabel="optimal CE (nats / dim)",
-            title="Masked: optimal cross-entropy",
-        )
-        axes[1].set(
-            xscale="log",
-            xlabel="keep probability α",
-            ylabel="optimal CE (nats / dim)",
-            title="Masked: optimal cross-entropy",
-        )
+    view = processes.get(process).loss_axes
+    axes[0].set(xlabel=view.log_snr_label, ylabel=view.error_label, title=view.error_title)
+    log_loss = {} if view.rising_decades is None else {"yscale": "log"}
+    axes[1].set(
+        xscale="log",
+        **log_loss,
+        xlabel=view.noise_label,
+        ylabel=view.rising_label,
+        title=view.rising_title,
+    )
     for ax in axes:
         ax.legend(fontsize=7)
 
@@ -300,7 +285,3 @@ def _columns(rows: Rows) -> dict[str, np.ndarray]:
         except (TypeError, ValueError):
             out[key] = np.array([str(v) for v in values])
     return out
-
-
-def _sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x))

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffobj import processes
+
 SCALES = ("eps", "x0")
 
 
@@ -50,7 +52,7 @@ def interpolate_optimal(
     xs, ys = np.asarray(table_log_snr, dtype=float), np.asarray(table_loss, dtype=float)
     order = np.argsort(xs)
     xs, ys = xs[order], np.clip(ys[order], 0.0, None)
-    if kind != "gaussian":
+    if not processes.get(kind).continuous:  # one scale: no x0 view (see the module doc)
         return np.interp(lam, xs, ys)
     x0 = eps_to_x0(ys, xs)
     linear = np.interp(lam, xs, x0)

@@ -191,15 +191,14 @@ def from_expressions(
 
     a = compile_expr(alpha, ["t"], params)
     da = a.diff("t")
-    if process == "masked":
-        # lam = log(alpha/(1-alpha)); dlam/dt = alpha' / (alpha (1 - alpha))
+    if sigma is None:  # the process's path: sigma and lam follow from alpha
+        path = processes.get(process)  # Gaussian: variance preserving
+
         def lam_fn(t):
-            v = a(t=t)
-            return torch.log(v) - torch.log1p(-v)
+            return path.log_snr_of_alpha(a(t=t))
 
         def dlam_fn(t):
-            v = a(t=t)
-            return da(t=t) / (v * (1 - v))
+            return da(t=t) / path.dalpha_dlog_snr(a(t=t))
 
         return Schedule(
             name,
@@ -211,26 +210,16 @@ def from_expressions(
             description=description,
         )
 
-    if sigma is not None:
-        s = compile_expr(sigma, ["t"], params)
-        ds = s.diff("t")
-        sigma_fn = _t_fn(s)
-
-        def dsigma(t):
-            return ds(t=t)
-    else:  # variance preserving: sigma^2 = 1 - alpha^2, (sigma^2)' = -2 alpha alpha'
-
-        def sigma_fn(t):
-            return (1 - a(t=t) ** 2).clamp_min(0).sqrt()
-
-        def dsigma(t):
-            return -a(t=t) * da(t=t) / sigma_fn(t)
+    # a Gaussian path with its own sigma: lam = 2 log(alpha / sigma)
+    s = compile_expr(sigma, ["t"], params)
+    ds = s.diff("t")
+    sigma_fn = _t_fn(s)
 
     def lam_fn(t):
         return 2 * (torch.log(a(t=t)) - torch.log(sigma_fn(t)))
 
     def dlam_fn(t):
-        return 2 * (da(t=t) / a(t=t) - dsigma(t) / sigma_fn(t))
+        return 2 * (da(t=t) / a(t=t) - ds(t=t) / sigma_fn(t))
 
     return Schedule(
         name,

@@ -680,7 +680,7 @@ def _check_sampling_range(loaded: LoadedSpec) -> None:
         return
     ends = torch.tensor([sampling.sigma_min, sampling.sigma_max], dtype=torch.float64)
     for process, sched, _ in loaded.combinations():
-        if loaded.spec.processes[process].kind == "gaussian":
+        if sampling.gaussian_sampler in sampler_names(loaded.spec.processes[process].kind):
             try:
                 sigma_levels(loaded.schedule(sched, process), ends)
             except UserError as err:

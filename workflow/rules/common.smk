@@ -32,11 +32,6 @@ def optimal_pairs():
     return sorted({(r.dataset, r.process) for r in LOADED.runs})
 
 
-def gaussian_pairs():
-    """The estimator study (SNIS / DOL / cDOL against exact) is for Gaussian diffusion."""
-    return [(d, p) for d, p in optimal_pairs() if kind(p) == "gaussian"]
-
-
 def optimal_schedule(process):
     """The first schedule of the grid for this process; the optimal loss depends on lam only."""
     return next(r.schedule for r in LOADED.runs if r.process == process)

@@ -1,3 +1,5 @@
+from diffobj import processes
+
 EVAL = S.evaluation
 
 
@@ -111,9 +113,9 @@ def nll_inputs(run):
 
 def nll_command(run):
     """`diffobj nll` of one run: shared with evaluate_run."""
-    # VDM's data grid applies to the Gaussian bound only
-    gaussian = kind(RUNS[run].process) == "gaussian"
-    grid = f" --grid {EVAL.nll_grid}" if gaussian else ""
+    # the data grid (EDM's / VDM's) discretises continuous data; tokens have none
+    continuous = processes.get(kind(RUNS[run].process)).continuous
+    grid = f" --grid {EVAL.nll_grid}" if continuous else ""
     return (
         f"nll --run {run_dir(run)} --data {nll_inputs(run)['test']}"
         f" --samples-per-image {EVAL.nll_samples_per_image}"

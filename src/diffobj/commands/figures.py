@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -59,9 +59,17 @@ def _run_files(loaded, results: str, name: str) -> list[str]:
     return [f"{results}/runs/{r.id}/{name}" for r in loaded.runs]
 
 
-def _pairs(loaded, kind: str | None = None) -> list[tuple[str, str]]:
+def _pairs(loaded, kinds: Collection[str] | None = None) -> list[tuple[str, str]]:
+    """(dataset, process) of the grid's runs (only those of process ``kinds``), sorted."""
     pairs = sorted({(r.dataset, r.process) for r in loaded.runs})
-    return [(d, p) for d, p in pairs if kind in (None, loaded.spec.processes[p].kind)]
+    return [(d, p) for d, p in pairs if kinds is None or loaded.spec.processes[p].kind in kinds]
+
+
+def _study_pairs(loaded) -> list[tuple[str, str]]:
+    """The pairs whose process the estimator study is for (diffobj.optimal.study_kinds)."""
+    from diffobj.optimal import study_kinds  # torch: imported when the inputs are asked for
+
+    return _pairs(loaded, study_kinds())
 
 
 def _tables(results: str, *names: str) -> list[str]:
@@ -159,7 +167,7 @@ def _optimal_loss(loaded, results, out):
 @figure(
     "convergence",
     inputs=lambda loaded, r: [
-        f"{r}/optimal/{d}-{p}-convergence.csv" for d, p in _pairs(loaded, "gaussian")
+        f"{r}/optimal/{d}-{p}-convergence.csv" for d, p in _study_pairs(loaded)
     ],
 )
 def _convergence(loaded, results, out):

@@ -133,8 +133,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_study(args: argparse.Namespace, schedule: schedules.Schedule, images, device) -> None:
-    if args.process != "gaussian":
-        raise UserError("--convergence: the estimator study is for --process gaussian")
+    if args.process not in optimal.study_kinds():
+        kinds = " / ".join(optimal.study_kinds())
+        raise UserError(f"--convergence: the estimator study is for --process {kinds}")
     subsets = args.subsets or default_subsets(len(images))
     rows = optimal.convergence_study(
         images,

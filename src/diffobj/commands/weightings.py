@@ -31,19 +31,19 @@ def run(args: argparse.Namespace) -> None:
     ]
     table = tables.validate("weightings", pl.concat(frames))
 
-    # Shi & Titsias Fig. 1: every weighting that applies to masked diffusion, under MD4 cosine
-    masked_range = next(
-        (tuple(p.log_snr_range) for p in loaded.spec.processes.values() if p.kind == "masked"),
-        (-9.21, 9.21),
+    # Shi & Titsias Fig. 1: every weighting that applies to MD4 cosine's (masked) process, under it
+    entry = loaded.schedule_entries["md4_cosine"]
+    kind = entry["process"]
+    log_snr_range = next(
+        (tuple(p.log_snr_range) for p in loaded.spec.processes.values() if p.kind == kind),
+        schedules.DEFAULT_LOG_SNR_RANGE[kind],
     )
-    md4 = schedules.build(
-        "md4_cosine", loaded.schedule_entries["md4_cosine"], masked_range, str(loaded.path)
-    )
+    md4 = schedules.build("md4_cosine", entry, log_snr_range, str(loaded.path))
     names = list(dict.fromkeys(w for _, _, w in loaded.combinations()))
     masked = [
-        _frame(loaded.weighting(w), md4, "masked", args.points, evaluate_on_schedule)
+        _frame(loaded.weighting(w), md4, kind, args.points, evaluate_on_schedule)
         for w in names
-        if "masked" in loaded.weighting(w).processes and not loaded.weighting(w).uses_optimal_loss
+        if kind in loaded.weighting(w).processes and not loaded.weighting(w).uses_optimal_loss
     ]
     masked_table = tables.validate("weightings", pl.concat(masked))
     figure = figures.weightings(table, masked_table) if args.figure else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,6 +26,25 @@ KINDS = ("gaussian", "masked")
 ModelFn = Callable[..., torch.Tensor]
 
 
+@dataclass(frozen=True)
+class LossAxes:
+    """How the optimal-loss figure shows a process (diffobj.plots_optimal draws it): the loss
+    against log-SNR in the error's unit, and against the process's own noise coordinate in the
+    scale where it rises from ~0 with noise, the critical level marked on both."""
+
+    log_snr_label: str  # lam, as the process defines it
+    error_label: str  # the optimal loss in the error's unit (the table's optimal_loss)
+    error_title: str
+    noise_symbol: str  # of the coordinate: its critical value is labelled "{symbol}*"
+    noise_label: str
+    noise_column: str  # the optimal-loss table's column holding the coordinate
+    noise_of_log_snr: Callable[[float], float]
+    rising_column: str  # the table's loss that rises with noise along the coordinate
+    rising_label: str
+    rising_title: str
+    rising_decades: int | None  # a log loss axis this many decades deep; None: linear
+
+
 class Process(Protocol):
     """What the library needs of a noise process; every per-sample quantity is per data
     dimension, so losses of different data sizes compare."""
@@ -33,6 +53,8 @@ class Process(Protocol):
     continuous: bool  # real-valued data (x in [-1, 1]) rather than integer tokens
     input_dtype: torch.dtype  # what the network takes
     error_unit: str  # of the unweighted error, for axis labels
+    elbo_label: str  # the ELBO's diffusion term as an integral of the error, for axis labels
+    loss_axes: LossAxes  # how the optimal-loss figure shows the process
 
     def model_input(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, C, H, W) as the data x the process corrupts."""
@@ -44,6 +66,9 @@ class Process(Protocol):
         """alpha at a log-SNR (the path of every schedule that declares only lam(t))."""
 
     def sigma_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor: ...
+
+    def log_snr_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        """lam at an alpha: the inverse of alpha_of_log_snr (schedules that declare alpha alone)."""
 
     def sigma_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
         """sigma of a schedule that declares alpha(t) alone."""
@@ -63,6 +88,29 @@ class Process(Protocol):
         self, model_fn: ModelFn, x: torch.Tensor, schedule: Any, weighting: Any, generator: Any
     ) -> Any:
         """The reweighted training loss of a batch (LossTerms), t drawn on the schedule."""
+
+    def optimal_data(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images (N, ...) as the (N, D) training set the optimal posterior sums over."""
+
+    def optimal_loss(
+        self,
+        data: torch.Tensor,
+        lam: float,
+        alpha: float,
+        sigma: float,
+        queries: int,
+        **options: Any,
+    ) -> dict[str, float]:
+        """The optimal loss of the training set ``data`` (``optimal_data``) at one level, as the
+        optimal-loss table's columns optimal_loss and stderr (the error's unit), sigma_ve,
+        optimal_loss_x0 and stderr_x0 (the x0 view; nan without one). ``options``: estimator,
+        subset, C, seed, batch_size, progress, desc (diffobj.optimal.optimal_loss_table)."""
+
+    def decoder_nats(
+        self, data: torch.Tensor, src: torch.Tensor, log_snr: float, alpha: float, generator: Any
+    ) -> torch.Tensor:
+        """-log q(x_src | z) + log m_src in nats per query, z drawn from each source at the
+        level: the exact posterior of the training set ``data`` (N, D) as the decoder."""
 
     def prior_kl(self, data: torch.Tensor, alpha: float, sigma: float) -> float:
         """KL(q(z | x) || prior) per dimension at the lowest log-SNR, averaged over ``data``."""

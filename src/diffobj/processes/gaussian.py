@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffobj.schedules import Level, Schedule
+from diffobj.processes import LossAxes
+from diffobj.schedules import DTYPE, Level, Schedule
 from diffobj.seeds import Draws, Shard, batch_size, draw, generator_of
 from diffobj.weightings import Weighting
 
@@ -160,10 +161,47 @@ def unweighted_error(
     return (eps - eps_hat.to(eps.dtype)).square().flatten(1).mean(1)
 
 
+def decoder_nats(
+    data: torch.Tensor, src: torch.Tensor, eps: torch.Tensor, log_snr: float, chunk: int = 4096
+) -> torch.Tensor:
+    """-log π_src(z) for z = alpha x_src + sigma eps, π the posterior over ``data`` (N, D) in
+    [-1, 1]; in the VE view x̂ = x_src + s eps, s² = e^-lam: π_n ∝ exp(-||x̂ - x_n||² / 2s²).
+    Written as differences to the source, d_n - d_src = ||x_n||² - ||x_src||² - 2 x̂·(x_n - x_src),
+    in float64 (the source's own term is exactly 0)."""
+    x_src = data[src].double()
+    s2 = math.exp(-log_snr)
+    x_hat = x_src + math.sqrt(s2) * eps.double()
+    src_sq = x_src.square().sum(1, keepdim=True)
+    src_dot = (x_hat * x_src).sum(1, keepdim=True)
+    parts = []
+    for start in range(0, len(data), chunk):
+        block = data[start : start + chunk].double()
+        diff = block.square().sum(1) - src_sq - 2 * (x_hat @ block.T - src_dot)
+        parts.append(torch.logsumexp(-diff / (2 * s2), dim=1))
+    return torch.logsumexp(torch.stack(parts, 1), dim=1)
+
+
+LOSS_AXES = LossAxes(
+    log_snr_label="log-SNR λ",
+    error_label="optimal loss  E‖ε−ε*‖²/D",
+    error_title="Gaussian: optimal loss (ε scale)",
+    noise_symbol="σ",
+    noise_label="σ = exp(−λ/2)",
+    noise_column="sigma_ve",
+    noise_of_log_snr=lambda lam: math.exp(-lam / 2),
+    rising_column="optimal_loss_x0",
+    rising_label="optimal loss  E‖x−E[x|z]‖²/D",
+    rising_title="Gaussian: optimal loss (x0 scale)",
+    rising_decades=6,  # the x0 loss falls like exp(-1/sigma^2)
+)
+
+
 class GaussianProcess:
     name = "gaussian"
     continuous = True
     error_unit = "eps-MSE per dim"
+    elbo_label = "½ ∫ ε-MSE dλ"
+    loss_axes = LOSS_AXES
     input_dtype = torch.float32
 
     def model_input(self, images_u8: torch.Tensor) -> torch.Tensor:
@@ -178,6 +216,9 @@ class GaussianProcess:
 
     def sigma_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(-log_snr).sqrt()
+
+    def log_snr_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        return 2 * (torch.log(alpha) - torch.log(self.sigma_of_alpha(alpha)))
 
     def sigma_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
         return (1 - alpha**2).clamp_min(0).sqrt()
@@ -198,6 +239,34 @@ class GaussianProcess:
 
     def weighted_loss(self, model_fn, x, schedule, weighting, generator):
         return weighted_loss(model_fn, x, schedule, weighting, generator)
+
+    # diffobj.optimal builds on the process modules (masked.VOCAB): imported where used
+    def optimal_data(self, images: np.ndarray) -> torch.Tensor:
+        from diffobj.optimal import images_to_unit
+
+        return images_to_unit(images)
+
+    def optimal_loss(self, data, lam, alpha, sigma, queries, **options) -> dict[str, float]:
+        """The posterior mean's x0 error (``gaussian_query_losses``), scaled by e^lam to eps."""
+        from diffobj import optimal
+
+        x0 = optimal.gaussian_query_losses(data, alpha, sigma, queries, **options)
+        groups = optimal.query_groups(
+            queries, options["estimator"], options["batch_size"], data.device
+        )
+        x0_mean, x0_err = optimal.mean_and_stderr(x0, groups)
+        return {
+            "optimal_loss": x0_mean * math.exp(lam),
+            "stderr": x0_err * math.exp(lam),
+            "sigma_ve": math.exp(-lam / 2),
+            "optimal_loss_x0": x0_mean,
+            "stderr_x0": x0_err,
+        }
+
+    def decoder_nats(self, data, src, log_snr, alpha, generator) -> torch.Tensor:
+        shape = (len(src), data.shape[1])
+        eps = torch.randn(shape, generator=generator, dtype=DTYPE, device=data.device)
+        return decoder_nats(data, src, eps, log_snr)
 
     def prior_kl(self, data: torch.Tensor, alpha: float, sigma: float) -> float:
         x2 = float(data.double().square().mean())

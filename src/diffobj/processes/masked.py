@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffobj.processes import sigmoid
+from diffobj.processes import LossAxes, sigmoid
 from diffobj.processes.gaussian import LossTerms, sample_levels
-from diffobj.schedules import Level, Schedule
+from diffobj.schedules import DTYPE, Level, Schedule
 from diffobj.seeds import Draws, draw
 from diffobj.weightings import Weighting
 
@@ -73,10 +74,38 @@ def unweighted_error(
     return masked_cross_entropy(logits_fn(z, level), x, z)
 
 
+def decoder_nats(data: torch.Tensor, src: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """-log q(x_src | z) + log m_src = log |C(z)|, C the items agreeing with z on its kept
+    tokens (the posterior is uniform over C); exact integer consistency test."""
+    from diffobj.optimal import _consistent_counts  # optimal builds on this module (VOCAB)
+
+    sizes, _ = _consistent_counts(data, data[src], keep, None, None)
+    return sizes.log()
+
+
+CE_LABEL = "optimal CE (nats / dim)"
+CE_TITLE = "Masked: optimal cross-entropy"
+LOSS_AXES = LossAxes(  # one scale: the cross-entropy rises with noise as it is
+    log_snr_label="log-SNR λ = log(α/(1−α))",
+    error_label=CE_LABEL,
+    error_title=CE_TITLE,
+    noise_symbol="α",
+    noise_label="keep probability α",
+    noise_column="alpha",
+    noise_of_log_snr=lambda lam: 1 / (1 + math.exp(-lam)),
+    rising_column="optimal_loss",
+    rising_label=CE_LABEL,
+    rising_title=CE_TITLE,
+    rising_decades=None,
+)
+
+
 class MaskedProcess:
     name = "masked"
     continuous = False
     error_unit = "CE, nats per dim"
+    elbo_label = "∫ sigmoid(λ)·CE dλ"
+    loss_axes = LOSS_AXES
     input_dtype = torch.long
     vocab = VOCAB
 
@@ -92,6 +121,9 @@ class MaskedProcess:
 
     def sigma_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
         return 1 - torch.sigmoid(log_snr)
+
+    def log_snr_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        return torch.log(alpha) - torch.log1p(-alpha)
 
     def sigma_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
         return 1 - alpha
@@ -110,6 +142,36 @@ class MaskedProcess:
 
     def weighted_loss(self, model_fn, x, schedule, weighting, generator):
         return weighted_loss(model_fn, x, schedule, weighting, generator)
+
+    def optimal_data(self, images: np.ndarray) -> torch.Tensor:
+        from diffobj.optimal import images_to_tokens  # optimal builds on this module (VOCAB)
+
+        return images_to_tokens(images)
+
+    def optimal_loss(
+        self, data, lam, alpha, sigma, queries, *, seed, batch_size, progress, desc, **exact
+    ) -> dict[str, float]:
+        """The consistent set's cross-entropy (``masked_query_losses``): the exact posterior,
+        the one estimator registered for masked (diffobj.optimal checks the choice), so the
+        estimator options (``exact``) change nothing."""
+        from diffobj import optimal
+
+        nats = optimal.masked_query_losses(
+            data, alpha, queries, seed=seed, batch_size=batch_size, progress=progress, desc=desc
+        )
+        mean, err = optimal.mean_and_stderr(nats)
+        return {
+            "optimal_loss": mean,
+            "stderr": err,
+            "sigma_ve": math.nan,
+            "optimal_loss_x0": math.nan,
+            "stderr_x0": math.nan,
+        }
+
+    def decoder_nats(self, data, src, log_snr, alpha, generator) -> torch.Tensor:
+        shape = (len(src), data.shape[1])
+        u = torch.rand(shape, generator=generator, dtype=DTYPE, device=data.device)
+        return decoder_nats(data, src, u < alpha)
 
     def prior_kl(self, data: torch.Tensor, alpha: float, sigma: float) -> float:
         # q keeps x w.p. alpha; the prior keeps a uniform token w.p. alpha: alpha log(V) apart
