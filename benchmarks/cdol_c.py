@@ -23,8 +23,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from diffobj import optimal, schedules
 from diffobj.data.loaders import load_sklearn_digits
+from diffobj.objectives import schedules
+from diffobj.optimal import estimators as optimal
 
 
 def cifar_shaped(n: int, seed: int = 0) -> np.ndarray:

@@ -26,7 +26,7 @@ CHILD = r"""
 import json, sys
 import torch
 from diffobj.run_config import RunConfig
-from diffobj.train_data import DataOrder, load_data, model_input
+from diffobj.training.train_data import DataOrder, load_data, model_input
 from diffobj.devices import Dist
 
 def status():

@@ -19,8 +19,9 @@ import time
 import numpy as np
 import torch
 
-from diffobj import optimal, schedules
 from diffobj.data.loaders import load_sklearn_digits
+from diffobj.objectives import schedules
+from diffobj.optimal import estimators as optimal
 
 TARGET_LEVELS, TARGET_QUERIES = 64, 100_000
 
@@ -71,7 +72,9 @@ def cifar_shaped(device: str, levels: int, queries: int) -> None:
         f"(b) CIFAR-shaped N={n} D={dim}, gaussian exact, {levels} levels x M={queries}, "
         f"{device}: {seconds:.2f} s, {rate / 1e12:.4f} TFLOP/s (best level {steady:.4f})"
     )
-    for r in rows:  # low noise: the float32 logits only pick contenders (diffobj.optimal)
+    for (
+        r
+    ) in rows:  # low noise: the float32 logits only pick contenders (diffobj.optimal.estimators)
         alpha, sigma = r["alpha"], r["sigma"]
         x = optimal.images_to_unit(images[:1]).to(device)
         bound = optimal.logit_error_bound((x + sigma / alpha).to(device), x, alpha**2 / sigma**2)

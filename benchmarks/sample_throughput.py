@@ -21,7 +21,7 @@ import torch
 from diffobj.devices import device_description, peak_memory_mb
 from diffobj.models import build_model, count_parameters
 from diffobj.runs import make_model_fn
-from diffobj.sample import ancestral, heun
+from diffobj.sampling.samplers import ancestral, heun
 from diffobj.spec import Sampling
 
 sys.path.insert(0, str(Path(__file__).parent))

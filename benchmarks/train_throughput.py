@@ -29,9 +29,9 @@ import yaml
 
 from diffobj.devices import device_description, peak_memory_mb
 from diffobj.models import count_parameters
-from diffobj.train import TrainOptions
 from diffobj.training.setup import setup
 from diffobj.training.step import train_step
+from diffobj.training.train import TrainOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_configs import CPU_SMALL, DDPMPP, run_config  # noqa: E402

@@ -28,13 +28,13 @@ def root() -> Path:
 
 @pytest.fixture
 def schedule_library() -> dict:
-    from diffobj import schedules
+    from diffobj.objectives import schedules
 
     return schedules.load_library(ROOT / "config" / "schedules.yaml")
 
 
 @pytest.fixture
 def weighting_library() -> dict:
-    from diffobj import weightings
+    from diffobj.objectives import weightings
 
     return weightings.load_library(ROOT / "config" / "weightings.yaml")

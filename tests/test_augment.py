@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffobj.augment import AUGMENT_DIM, SYM6, AugmentPipe, Transform, warp
+from diffobj.training.augment import AUGMENT_DIM, SYM6, AugmentPipe, Transform, warp
 
 H = W = 32
 EDGE = 6.0  # pixels near the border mix in the reflected padding: not linear there
@@ -190,8 +190,8 @@ def test_training_feeds_the_labels_to_an_edm_network(tmp_path, monkeypatch):
     """A run with augment_p trains, and its network sees the labels of what was done."""
     from test_train import quiet, run_config
 
-    from diffobj import train as train_mod
     from diffobj.models.edm_unet import EDMDDPMpp
+    from diffobj.training import train as train_mod
 
     seen = []
     forward = EDMDDPMpp.forward
@@ -216,8 +216,8 @@ def test_training_feeds_the_labels_to_an_edm_network(tmp_path, monkeypatch):
 def test_augmentation_without_the_labels_input_is_a_user_error(tmp_path, model, message):
     from test_train import quiet, run_config
 
-    from diffobj import train as train_mod
     from diffobj.errors import UserError
+    from diffobj.training import train as train_mod
 
     cfg = run_config(tmp_path, model={"channels": 16, **model}, augment_p=0.12)
     with pytest.raises(UserError, match=message):

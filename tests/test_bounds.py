@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from diffobj import bounds, schedules
+from diffobj.objectives import bounds, schedules
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +192,7 @@ def test_bounds_command_on_a_trained_run(tmp_path):
     from test_train import run_config  # the embedded default, on a few digits
 
     from diffobj.cli import main
-    from diffobj.train import TrainOptions, train
+    from diffobj.training.train import TrainOptions, train
 
     cfg = run_config(tmp_path, "masked", "simple", images=32)
     train(cfg, tmp_path / "run", TrainOptions(device="cpu", progress=False, eval_images=8))
@@ -219,7 +219,8 @@ def test_bounds_table_gathers_validates_and_draws(tmp_path, monkeypatch):
     import polars as pl
     import yaml
 
-    from diffobj import io, spec, tables
+    from diffobj import io, spec
+    from diffobj.analysis import tables
     from diffobj.cli import main
 
     raw = yaml.safe_load((ROOT / "config" / "experiments" / "conditional_digits.yaml").read_text())

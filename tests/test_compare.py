@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from diffobj import compare
+from diffobj.analysis import compare
 from diffobj.errors import UserError
 
 CONFIG = {"dataset": "digits", "process": "masked", "schedule": "md4_cosine", "model": "m"}

@@ -14,9 +14,9 @@ from default_grid import default_run
 
 from diffobj import spec
 from diffobj.errors import UserError
-from diffobj.guidance import check_guidance, class_labels, guided
-from diffobj.sample import ancestral, sample_run, write_samples
-from diffobj.schedules import Level
+from diffobj.objectives.schedules import Level
+from diffobj.sampling.guidance import check_guidance, class_labels, guided
+from diffobj.sampling.samplers import ancestral, sample_run, write_samples
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def conditional_run(tmp_path: Path, data: Path, kind: str) -> Path:
 @pytest.mark.parametrize("kind", ["gaussian", "masked"])
 def test_a_conditional_model_draws_the_requested_digit_and_guidance_helps(tmp_path, digits, kind):
     from diffobj.metrics.classifier import to_input
-    from diffobj.train import TrainOptions, train
+    from diffobj.training.train import TrainOptions, train
 
     data, classifier = digits
     train(
@@ -222,7 +222,7 @@ def test_the_sample_command_writes_balanced_labels_of_a_conditional_run(tmp_path
     from test_train import run_config  # the embedded default, on a few digits
 
     from diffobj.cli import main
-    from diffobj.train import TrainOptions, train
+    from diffobj.training.train import TrainOptions, train
 
     cfg = run_config(tmp_path, "masked", "simple", images=32, model={"num_classes": 10})
     np.save(tmp_path / "data" / "labels.npy", load_digits().target[:32].astype(np.int64))

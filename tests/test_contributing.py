@@ -31,7 +31,7 @@ def doc_example(section: str) -> str:
 @pytest.fixture
 def euler():
     """The doc's sampler, registered for the test only."""
-    from diffobj.sample import SAMPLERS
+    from diffobj.sampling.samplers import SAMPLERS
 
     namespace: dict = {}
     exec(compile(doc_example("Adding a sampler"), str(DOC), "exec"), namespace)
@@ -42,7 +42,7 @@ def euler():
 @pytest.fixture(scope="module")
 def gaussian_run(tmp_path_factory) -> Path:
     """A two-step training of the embedded default's tiny model on 16 random images."""
-    from diffobj.train import TrainOptions, train
+    from diffobj.training.train import TrainOptions, train
 
     tmp = tmp_path_factory.mktemp("run")
     images = tmp / "images.npy"
@@ -60,7 +60,7 @@ def gaussian_run(tmp_path_factory) -> Path:
 
 def test_the_documented_sampler_samples_a_trained_run(euler, gaussian_run):
     from diffobj.commands.sample import sampler_help
-    from diffobj.sample import check_sampler, sample_run
+    from diffobj.sampling.samplers import check_sampler, sample_run
 
     assert euler.kind == "gaussian" and "euler" in sampler_help()
     check_sampler("gaussian", "euler", 3, 5, 2, None)
@@ -76,8 +76,8 @@ def test_the_documented_sampler_samples_a_trained_run(euler, gaussian_run):
 
 def test_the_documented_estimator_and_figure_examples_register():
     """Run in their modules' namespaces, the examples register entries the rest reads."""
-    from diffobj import optimal
     from diffobj.commands import figures
+    from diffobj.optimal import estimators as optimal
 
     exec(doc_example("Adding an optimal-loss estimator"), dict(vars(optimal)))
     try:

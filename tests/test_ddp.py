@@ -16,12 +16,18 @@ import torch
 import yaml
 from test_train import ROOT, _train_command, _weights, quiet, run_config
 
-from diffobj import augment, schedules
-from diffobj.checkpoint import CHECKPOINT_NAME, EXIT_TERMINATED, SIGNAL_POLL_STEPS, load_checkpoint
 from diffobj.io import read_csv
+from diffobj.objectives import schedules
 from diffobj.processes import gaussian, masked
 from diffobj.seeds import Shard
-from diffobj.train import train
+from diffobj.training import augment
+from diffobj.training.checkpoint import (
+    CHECKPOINT_NAME,
+    EXIT_TERMINATED,
+    SIGNAL_POLL_STEPS,
+    load_checkpoint,
+)
+from diffobj.training.train import train
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffobj import densities, schedules, weightings
 from diffobj.errors import UserError
+from diffobj.objectives import densities, schedules, weightings
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # 8k-point tables: threads only cost
 
@@ -142,8 +142,8 @@ def test_training_with_the_papers_weighting_and_schedule(tmp_path, one_cpu_threa
     import yaml
 
     from diffobj import spec
-    from diffobj.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from diffobj.train import TrainOptions, train
+    from diffobj.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from diffobj.training.train import TrainOptions, train
 
     root = Path(__file__).resolve().parents[1]
     raw = (
@@ -218,7 +218,7 @@ def steep(name: str, kind: str):
 
 def table_optimal(lam: torch.Tensor, kind: str) -> torch.Tensor:
     """J*(lam): the table interpolated at each lam (the definition every consumer uses)."""
-    from diffobj import scales
+    from diffobj.objectives import scales
 
     values = scales.interpolate_optimal(lam.double().numpy(), TABLE_LAM, TABLE_J, kind)
     return torch.as_tensor(values)
@@ -226,7 +226,7 @@ def table_optimal(lam: torch.Tensor, kind: str) -> torch.Tensor:
 
 def refresh(density, monkeypatch, error_of_lam, refreshes: int = 3, batch: int = 2048):
     """Train-like refreshes with errors error_of_lam(lam, dtype); returns every lam drawn."""
-    from diffobj.train_log import BinWindow
+    from diffobj.training.train_log import BinWindow
 
     def fake_error(kind, model_fn, x, level, generator):
         return error_of_lam(level.log_snr, x.dtype)
@@ -319,7 +319,8 @@ def test_with_xu_optimal_the_draws_follow_w_sigma_times_the_x0_gap_per_unit_log_
 
     import yaml
 
-    from diffobj import optimal_curve, scales
+    from diffobj.objectives import scales
+    from diffobj.optimal import curve as optimal_curve
 
     root = Path(__file__).resolve().parents[1]
     entry = yaml.safe_load((root / "config" / "weightings.yaml").read_text())["xu_optimal"]

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from diffobj.diagnosis import correlation, gap_quality
+from diffobj.analysis.diagnosis import correlation, gap_quality
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_too_few_runs_give_no_correlation():
 
 
 def test_the_figure_draws_one_panel_per_kind():
-    from diffobj import figures
+    from diffobj.analysis import figures
 
     frame = pl.DataFrame(
         {
@@ -72,9 +72,9 @@ def test_figures_command_draws_gap_quality_and_gap_x0_from_the_tables(tmp_path):
     """The `diffobj figures` path: validated tables in, figure + per-level CSV out."""
     import argparse
 
-    from diffobj import tables
+    from diffobj.analysis import tables
+    from diffobj.analysis.gather import with_x0_scale
     from diffobj.commands import figures as command
-    from diffobj.gather import with_x0_scale
 
     lam = [-2.0, 0.0, 2.0]
     runs = [f"r{i}" for i in range(5)]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffobj import schedules
 from diffobj.errors import UserError
-from diffobj.sample import Churn, edm_sigmas, heun
+from diffobj.objectives import schedules
+from diffobj.sampling.samplers import Churn, edm_sigmas, heun
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = torch.load(ROOT / "tests" / "reference" / "edm_sampler_gaussian.pt", weights_only=False)

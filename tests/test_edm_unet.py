@@ -15,8 +15,8 @@ import torch
 from diffobj.errors import UserError
 from diffobj.models import build_model, count_parameters
 from diffobj.models.edm_unet import EDMDDPMpp, SongUNet, load_edm_state_dict
+from diffobj.objectives.schedules import Level
 from diffobj.processes.gaussian import Denoiser, x0_from_eps
-from diffobj.schedules import Level
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 import pytest
 
-from diffobj import inference
+from diffobj.analysis import inference
 
 REPS = 4000
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffobj import schedules, weightings
+from diffobj.objectives import schedules, weightings
 
 RANGE = (-10.0, 10.0)
 LAM = np.array([-9.0, -5.0, -3.5, -3.2, -3.0, -2.0, -1.0, -0.25, 0.0, 0.5, 1.0, 1.7, 3.0, 5.0, 9.0])

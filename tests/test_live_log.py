@@ -14,10 +14,10 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 from test_train import _start, quiet, run_config
 
-from diffobj.checkpoint import CHECKPOINT_NAME
 from diffobj.io import read_csv
-from diffobj.train import train
-from diffobj.train_log import ProgressLine, event_tag, format_duration, log_columns
+from diffobj.training.checkpoint import CHECKPOINT_NAME
+from diffobj.training.train import train
+from diffobj.training.train_log import ProgressLine, event_tag, format_duration, log_columns
 
 PROGRESS = re.compile(
     r"^\S+: step (\d+)/100000, \d+ images/s, loss [-+.\deinf]+, ETA \d+:\d\d:\d\d$"

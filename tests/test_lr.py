@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from diffobj.lr import lr_at
+from diffobj.training.lr import lr_at
 
 
 def test_warmup_then_constant_is_edms_ramp():

@@ -14,10 +14,11 @@ import torch
 import yaml
 from scipy import stats
 
-from diffobj import schedules, spec
+from diffobj import spec
 from diffobj.errors import UserError
+from diffobj.objectives import schedules
 from diffobj.processes.masked import MASK, VOCAB
-from diffobj.sample import ancestral, masked_times, top_p_logits
+from diffobj.sampling.samplers import ancestral, masked_times, top_p_logits
 from diffobj.spec import SpecError
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")

@@ -71,7 +71,7 @@ def test_trains_in_a_masked_run(tmp_path):
     from test_train import quiet, run_config
 
     from diffobj.io import read_csv
-    from diffobj.train import train
+    from diffobj.training.train import train
 
     cfg = run_config(tmp_path, "masked", model={**SMALL, "attention_resolutions": []}, steps=2)
     train(

@@ -8,8 +8,8 @@ import torch
 from diffobj.errors import UserError
 from diffobj.models import build_model, count_parameters
 from diffobj.models.unet import group_count
+from diffobj.objectives.schedules import Level
 from diffobj.processes.gaussian import Denoiser
-from diffobj.schedules import Level
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffobj import schedules
 from diffobj.errors import UserError
 from diffobj.metrics import nll
-from diffobj.schedules import Level
+from diffobj.objectives import schedules
+from diffobj.objectives.schedules import Level
 
 LIBRARY = schedules.load_library()
 
@@ -190,7 +190,7 @@ def tiny_runs(tmp_path_factory):
 
     from diffobj.cli import main
     from diffobj.data import prepare
-    from diffobj.train import TrainOptions, train
+    from diffobj.training.train import TrainOptions, train
 
     root = tmp_path_factory.mktemp("runs")
     prepare("sklearn_digits", root / "data")

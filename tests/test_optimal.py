@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffobj import cli, optimal, schedules
+from diffobj import cli
+from diffobj.objectives import schedules
+from diffobj.optimal import estimators as optimal
 
 
 def vp(lam: float) -> tuple[float, float]:
@@ -373,7 +375,7 @@ def test_convergence_study_adds_the_default_c_only_when_no_factor_gives_it():
 
 
 def test_convergence_figure_marks_the_default_c_per_subset_size():
-    from diffobj.plots_optimal import convergence_figure
+    from diffobj.analysis.figures_optimal import convergence_figure
 
     images = np.random.default_rng(2).integers(0, 256, size=(40, 2, 2, 1), dtype=np.uint8)
     sched = schedules.build("vp_cosine", schedules.load_library()["vp_cosine"], (-5.0, 5.0))
@@ -432,7 +434,7 @@ def convergence_rows(snis_low_noise=1e5):
 
 
 def test_convergence_figure_draws_every_estimate_and_tells_the_estimators_apart():
-    from diffobj.plots_optimal import convergence_figure
+    from diffobj.analysis.figures_optimal import convergence_figure
 
     fig = convergence_figure(convergence_rows())
     estimates = convergence_panel(fig, "estimates")

@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-from diffobj import optimal_curve, schedules, weightings
 from diffobj.errors import UserError
-from diffobj.optimal_curve import OptimalLossCurve, bind, needs_optimal_loss
+from diffobj.objectives import schedules, weightings
+from diffobj.optimal import curve as optimal_curve
+from diffobj.optimal.curve import OptimalLossCurve, bind, needs_optimal_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from diffobj import optimal
+from diffobj.optimal import estimators as optimal
 
 SEEDS = 40
 

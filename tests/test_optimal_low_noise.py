@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from diffobj import optimal
+from diffobj.optimal import estimators as optimal
 from diffobj.seeds import xor_pair_seed
 
 CIFAR, IMAGENET64 = 3 * 32 * 32, 3 * 64 * 64

@@ -35,7 +35,7 @@ def test_an_unknown_kind_is_refused_with_the_known_ones():
 
 @pytest.mark.parametrize("kind", processes.KINDS)
 def test_elbo_weight_per_log_snr_is_the_time_weight_over_dlam_dt(schedule_library, kind):
-    from diffobj import schedules
+    from diffobj.objectives import schedules
 
     schedule = schedules.build(SCHEDULE[kind], schedule_library[SCHEDULE[kind]], RANGE[kind], "lib")
     level = schedule.level(torch.linspace(0.05, 0.95, 19, dtype=torch.float64))
@@ -178,7 +178,7 @@ def test_the_noise_axis_is_sigma_ve_or_the_keep_probability():
     assert gaussian.noise_of_log_snr(lam) == pytest.approx(math.exp(-lam / 2), rel=1e-15)
     assert masked.noise_of_log_snr(lam) == pytest.approx(1 / (1 + math.exp(-lam)), rel=1e-15)
     # the columns the figure reads are the optimal-loss table's
-    from diffobj.optimal import TABLE_COLUMNS
+    from diffobj.optimal.estimators import TABLE_COLUMNS
 
     for axes in (gaussian, masked):
         assert {axes.noise_column, axes.rising_column} <= set(TABLE_COLUMNS)

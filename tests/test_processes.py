@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from diffobj import schedules
+from diffobj.objectives import schedules
 from diffobj.processes import gaussian, masked
 
 RANGE = (-8.0, 8.0)

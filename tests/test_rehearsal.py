@@ -145,7 +145,7 @@ def test_gpu_switches_put_every_run_in_bf16_with_compile(tmp_path):
 def test_gpu_switches_on_a_cpu_only_when_asked(monkeypatch):
     from diffobj.devices import GPU_SWITCHES_ON_CPU, gpu_switches
     from diffobj.runs import autocast_for
-    from diffobj.train_data import model_input
+    from diffobj.training.train_data import model_input
 
     cpu = torch.device("cpu")
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)

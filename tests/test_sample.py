@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from diffobj import schedules
 from diffobj.errors import UserError
+from diffobj.objectives import schedules
 from diffobj.processes.masked import MASK, VOCAB
-from diffobj.sample import (
+from diffobj.sampling.samplers import (
     ancestral,
     ddim,
     ddpm,
@@ -193,7 +193,7 @@ def test_write_samples_writes_npz_and_png(tmp_path):
 def trained_runs(tmp_path_factory) -> dict[str, Path]:
     """Two-step trainings of the embedded default's tiny model on 16 random images."""
     from diffobj import spec
-    from diffobj.train import TrainOptions, train
+    from diffobj.training.train import TrainOptions, train
 
     tmp = tmp_path_factory.mktemp("runs")
     images = tmp / "images.npy"

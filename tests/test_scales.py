@@ -17,9 +17,9 @@ import polars as pl
 import pytest
 import torch
 
-from diffobj import scales, schedules
-from diffobj.densities import evaluate_error
-from diffobj.gather import with_x0_scale
+from diffobj.analysis.gather import with_x0_scale
+from diffobj.objectives import scales, schedules
+from diffobj.objectives.densities import evaluate_error
 from diffobj.processes.gaussian import Denoiser
 
 S = 0.7  # data standard deviation
@@ -90,7 +90,7 @@ def test_the_gap_table_carries_the_x0_scale_for_gaussian_runs_only():
 
 
 def test_the_gap_figure_draws_either_scale():
-    from diffobj import figures
+    from diffobj.analysis import figures
 
     lam = np.linspace(-6, 6, 5)
     rows = {
@@ -146,7 +146,7 @@ def test_optimal_loss_interpolation_is_accurate_in_both_scales():
 
 
 def test_gather_gap_writes_both_scales_and_validates(tmp_path):
-    from diffobj import gather, tables
+    from diffobj.analysis import gather, tables
 
     lam_bins = np.linspace(-9, 9, 7)
     for run in ("g", "m"):

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from diffobj.scaling import elbo_integral, per_level_fits, power_law_fit
+from diffobj.analysis.scaling import elbo_integral, per_level_fits, power_law_fit
 
 
 def test_masked_elbo_of_iid_tokens_is_their_entropy():
@@ -91,7 +91,7 @@ def test_per_level_fits_one_row_per_level_and_fit():
 def test_forward_flops_of_a_convolution_and_training_compute():
     from torch import nn
 
-    from diffobj.scaling import forward_flops, training_flops
+    from diffobj.analysis.scaling import forward_flops, training_flops
 
     class Net(nn.Module):
         def __init__(self):
@@ -108,8 +108,8 @@ def test_forward_flops_of_a_convolution_and_training_compute():
 
 
 def test_the_real_model_is_built_channels_first():
+    from diffobj.analysis.scaling import forward_flops
     from diffobj.models import build_model
-    from diffobj.scaling import forward_flops
 
     model = build_model(
         {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1}, "gaussian", (1, 8, 8)
@@ -123,9 +123,10 @@ def test_the_scaling_figure_command_writes_per_level_fits(tmp_path):
     import argparse
     from pathlib import Path
 
-    from diffobj import spec, tables
+    from diffobj import spec
+    from diffobj.analysis import tables
+    from diffobj.analysis.gather import with_x0_scale
     from diffobj.commands import figures as command
-    from diffobj.gather import with_x0_scale
 
     root = Path(__file__).resolve().parents[1]
     spec_path = root / "config" / "experiments" / "scaling_digits.yaml"
@@ -169,7 +170,7 @@ def test_the_scaling_figure_command_writes_per_level_fits(tmp_path):
 def test_the_scaling_figure_draws_each_levels_exponent_raw_and_minus_optimal():
     # J_lam(F) = 0.1 + F^(-b_lam) with b = 0.3 at lam = -2 and 0.6 at lam = 2: the J*-subtracted
     # panel shows exactly those exponents and |rho| = 1; the raw fit bends, so its b is smaller
-    from diffobj import figures
+    from diffobj.analysis import figures
 
     size = np.geomspace(1e3, 1e6, 4)
     exponents = {-2.0: 0.3, 2.0: 0.6}

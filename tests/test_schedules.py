@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from diffobj import schedules
-from diffobj.schedules import ScheduleError
+from diffobj.objectives import schedules
+from diffobj.objectives.schedules import ScheduleError
 
 T = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
 RANGE = (-10.0, 10.0)

@@ -46,7 +46,7 @@ def write_spec(tmp_path, data, name="spec.yaml"):
 
 
 def test_default_spec_runs_both_processes_and_the_arms_of_the_masked_claims(root):
-    from diffobj import study
+    from diffobj.analysis import study
 
     loaded = spec.load(root / "config" / "config.yaml", root)
     kinds = {loaded.spec.processes[r.process].kind for r in loaded.runs}

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 
-from diffobj import study
+from diffobj.analysis import study
 from diffobj.metrics.fid import bootstrap_distances
 from diffobj.metrics.frechet import FeatureMoments, Statistics, frechet_distance
 

@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from diffobj import figures, figures_samples, figures_training, tables
+from diffobj.analysis import figures, figures_samples, figures_training, tables
 from diffobj.errors import UserError
 
 
@@ -77,7 +77,7 @@ def test_subtracting_the_optimal_loss_reveals_the_power_law():
 
 
 def test_figures_draw_and_save_png_and_pdf(tmp_path):
-    from diffobj import study
+    from diffobj.analysis import study
 
     configs = tables.validate("study", study.configurations(evaluation_frame()))
     fig = figures.weighting_study(configs, evaluation_frame())
@@ -389,7 +389,7 @@ def test_samples_score_is_fid_where_the_evaluation_computed_it():
 
 
 def test_gap_figure_keeps_the_optimal_loss_on_the_axis_where_it_is_zero():
-    from diffobj.gather import with_x0_scale
+    from diffobj.analysis.gather import with_x0_scale
 
     lam = np.linspace(-6, 6, 7)
     optimal = np.array([0.5, 0.3, 0.1, 0.01, 0.0, 0.0, 0.0])  # memorised at low noise
@@ -420,7 +420,7 @@ def test_gap_figure_keeps_the_optimal_loss_on_the_axis_where_it_is_zero():
 
 
 def test_report_lists_the_orderings_and_wraps_the_provenance(tmp_path):
-    from diffobj import report, study
+    from diffobj.analysis import report, study
 
     evaluation = evaluation_frame()
     configs = tables.validate("study", study.configurations(evaluation))

@@ -17,16 +17,21 @@ import yaml
 from default_grid import default_run
 
 from diffobj import spec
-from diffobj.checkpoint import CHECKPOINT_NAME, EXIT_PREEMPTED, EXIT_TERMINATED, load_checkpoint
-from diffobj.densities import AdaptiveCorrected, bin_edges
 from diffobj.devices import Dist, distributed_env
 from diffobj.errors import UserError
 from diffobj.io import read_csv
+from diffobj.objectives.densities import AdaptiveCorrected, bin_edges
 from diffobj.run_config import RunConfig
 from diffobj.runs import load_run
-from diffobj.train import TrainOptions, train
-from diffobj.train_data import DataOrder
+from diffobj.training.checkpoint import (
+    CHECKPOINT_NAME,
+    EXIT_PREEMPTED,
+    EXIT_TERMINATED,
+    load_checkpoint,
+)
 from diffobj.training.state import Ema
+from diffobj.training.train import TrainOptions, train
+from diffobj.training.train_data import DataOrder
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffobj.run_config import RunConfig
-from diffobj.train_data import load_data, model_input, on_gpu
+from diffobj.training.train_data import load_data, model_input, on_gpu
 
 
 def saved(tmp_path, n: int = 40, labels: bool = False) -> RunConfig:
@@ -39,7 +39,7 @@ def test_images_are_mapped_not_loaded_and_batches_are_the_named_images(tmp_path)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_a_small_dataset_moves_to_the_gpu_a_chunk_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.setattr("diffobj.train_data.COPY_CHUNK", 7)  # chunks that do not divide 40
+    monkeypatch.setattr("diffobj.training.train_data.COPY_CHUNK", 7)  # chunks that do not divide 40
     config = saved(tmp_path)
     images = np.load(config.data_path)
     gpu = on_gpu(np.load(config.data_path, mmap_mode="r"), torch.device("cuda"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from diffobj import schedules, weightings
-from diffobj.weightings import WeightingError
+from diffobj.objectives import schedules, weightings
+from diffobj.objectives.weightings import WeightingError
 
 T = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
 

@@ -215,7 +215,7 @@ TIMING_COLUMNS = {"images_per_s", "peak_mem_mb"}
 def test_the_dag_twice_gives_identical_tables_apart_from_timing(finished, tmp_path):
     import polars as pl
 
-    from diffobj import tables
+    from diffobj.analysis import tables
 
     first = finished[0] / "results" / "tiny"
     second = run_tiny(tmp_path)[0] / "results" / "tiny"
@@ -237,7 +237,7 @@ def test_the_dag_twice_gives_identical_tables_apart_from_timing(finished, tmp_pa
 
 @pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_tables_and_report_carry_provenance(finished):
-    from diffobj import tables
+    from diffobj.analysis import tables
 
     results = finished[0] / "results" / "tiny"
     record = tables.read_provenance(results / "tables" / "evaluation.parquet")
@@ -260,7 +260,7 @@ def test_tables_and_report_carry_provenance(finished):
 
 @pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_end_to_end_tables_validate_and_figures_exist(finished):
-    from diffobj import tables
+    from diffobj.analysis import tables
 
     workdir, _ = finished
     results = workdir / "results" / "tiny"

@@ -367,7 +367,7 @@ def compile_expr(
 # -- names and functions for the optimal-loss method (Xu et al. 2025) --------------------------------
 # Kept apart from the tables above so the whitelist grows in one visible place. ``Jstar`` is not
 # a function of the expression's other names: it is the optimal loss J*(lam) of the run's
-# dataset and process, bound at run time from its optimal-loss table (diffobj.optimal_curve).
+# dataset and process, bound at run time from its optimal-loss table (diffobj.optimal.curve).
 OPTIMAL_LOSS = "Jstar"
 # step(x) = 1 for x > 0, 0 for x < 0: the indicator 1[sigma < sigma*] of the paper's weighting.
 FUNCTIONS["step"] = (1, sympy.Heaviside)

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from diffobj import schedules, weightings
 from diffobj.errors import UserError
 from diffobj.io import read_yaml
-from diffobj.schedules import Schedule
-from diffobj.weightings import Weighting
+from diffobj.objectives import schedules, weightings
+from diffobj.objectives.schedules import Schedule
+from diffobj.objectives.weightings import Weighting
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from diffobj import processes
 from diffobj.devices import gpu_switches, resolve_device
 from diffobj.errors import UserError
 from diffobj.models import build_model
+from diffobj.objectives.schedules import Level, Schedule
 from diffobj.run_config import RunConfig
-from diffobj.schedules import Level, Schedule
 
 MODEL_FORMAT = "diffobj-model-v1"
 

@@ -23,11 +23,11 @@ from pydantic import (
     model_validator,
 )
 
-from diffobj import schedules, weightings
 from diffobj.errors import UserError
 from diffobj.io import read_yaml
-from diffobj.optimal import ESTIMATORS, estimator_names
-from diffobj.sample import sampler_names
+from diffobj.objectives import schedules, weightings
+from diffobj.optimal.estimators import ESTIMATORS, estimator_names
+from diffobj.sampling.samplers import sampler_names
 
 # the choices of the registries (diffobj.registry), in registration order
 GAUSSIAN_SAMPLERS = tuple(sampler_names("gaussian"))
@@ -123,7 +123,7 @@ class Training(Strict):
     adam_beta2: float = Field(0.999, gt=0, lt=1)
     density: Literal["schedule", "adaptive_corrected", "optimal_loss_schedule"] | None = Field(
         None,
-        description="training noise density (diffobj.densities); adaptive: true is "
+        description="training noise density (diffobj.objectives.densities); adaptive: true is "
         "adaptive_corrected; optimal_loss_schedule is Xu et al.'s, uncorrected",
     )
 
@@ -471,7 +471,7 @@ def _check_registered(spec: Spec, path: Path) -> None:
 
 def _check_masked_grid(spec: Spec, path: Path, library_file: Path) -> None:
     """The sample command reads a grid schedule from the library file, not the spec's additions."""
-    from diffobj.sample import MASKED_GRIDS
+    from diffobj.sampling.samplers import MASKED_GRIDS
 
     grid = spec.sampling.masked_grid
     library = schedules.load_library(library_file)
@@ -673,7 +673,7 @@ def _check_sampling_range(loaded: LoadedSpec) -> None:
     """heun samples on sampling.sigma_min..sigma_max: every Gaussian path must reach it."""
     import torch
 
-    from diffobj.sample import sigma_levels
+    from diffobj.sampling.samplers import sigma_levels
 
     sampling = loaded.spec.sampling
     if sampling.gaussian_sampler != "heun":

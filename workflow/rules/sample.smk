@@ -1,11 +1,11 @@
-from diffobj.sample import SAMPLERS as SAMPLER_REGISTRY  # name -> function, options, flags
+from diffobj.sampling.samplers import SAMPLERS as SAMPLER_REGISTRY  # name -> function, options, flags
 
 SAMPLING = S.sampling
 
 
 def sampler_args(run):
     """--sampler and --steps of the run's process kind, then the flags its registered sampler
-    (diffobj.sample.SAMPLERS) takes from the spec; guidance where the run is conditional."""
+    (diffobj.sampling.samplers.SAMPLERS) takes from the spec; guidance where the run is conditional."""
     # classifier-free guidance of class-conditional runs (omitted at 0, the default)
     conditional = RUNS[run].model_cfg.get("num_classes", 0) > 0
     cfg = f" --guidance {SAMPLING.guidance}" if SAMPLING.guidance and conditional else ""

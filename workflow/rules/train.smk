@@ -18,7 +18,7 @@ rule run_config:
             tmp.write_text(dump_run_config(RUNS[wildcards.run].resolved()))
 
 
-from diffobj.optimal_curve import needs_optimal_loss
+from diffobj.optimal.curve import needs_optimal_loss
 
 
 def train_inputs(wildcards):

@@ -1,4 +1,4 @@
-"""diffobj bounds: the cascade of improved bounds L^(i) of a trained run (``diffobj.bounds``).
+"""diffobj bounds: the cascade of improved bounds L^(i) of a trained run (``diffobj.objectives.bounds``).
 
     diffobj bounds --run RUN_DIR --data DATA/images.npy --out RUN_DIR/bounds.csv
         [--cuts T] [--levels-per-cut K] [--images M] [--queries Q] [--seed S]
@@ -37,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffobj import bounds
     from diffobj.data import read_images
     from diffobj.errors import UserError
     from diffobj.io import write_csv
+    from diffobj.objectives import bounds
 
     if not args.out.endswith(".csv"):
         raise UserError(f"--out must name a .csv file, got {args.out!r}")
@@ -81,7 +81,9 @@ def add_arguments_bounds_table(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bounds_table(args: argparse.Namespace) -> None:
-    from diffobj import bounds, figures, gather, spec, tables
+    from diffobj import spec
+    from diffobj.analysis import figures, gather, tables
+    from diffobj.objectives import bounds
 
     loaded = spec.load(args.spec)
     runs = tables.validate("runs", gather.runs(loaded))

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from diffobj import compare
+    from diffobj.analysis import compare
     from diffobj.errors import UserError
     from diffobj.io import atomic_path
 

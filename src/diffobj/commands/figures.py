@@ -66,8 +66,10 @@ def _pairs(loaded, kinds: Collection[str] | None = None) -> list[tuple[str, str]
 
 
 def _study_pairs(loaded) -> list[tuple[str, str]]:
-    """The pairs whose process the estimator study is for (diffobj.optimal.study_kinds)."""
-    from diffobj.optimal import study_kinds  # torch: imported when the inputs are asked for
+    """The pairs whose process the estimator study is for (diffobj.optimal.estimators.study_kinds)."""
+    from diffobj.optimal.estimators import (
+        study_kinds,  # torch: imported when the inputs are asked for
+    )
 
     return _pairs(loaded, study_kinds())
 
@@ -89,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffobj import figures, spec
+    from diffobj import spec
+    from diffobj.analysis import figures
 
     loaded = spec.load(args.spec)
     results = Path(args.results)
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _table(results: Path, name: str):
-    from diffobj import tables
+    from diffobj.analysis import tables
 
     return tables.read(name, results / "tables" / f"{name}.parquet")
 
@@ -113,7 +116,7 @@ def _table(results: Path, name: str):
     side_files=("weighting_study.md",),  # the study text, read by diffobj report
 )
 def _weighting_study(loaded, results, out):
-    from diffobj import figures, study, tables
+    from diffobj.analysis import figures, study, tables
     from diffobj.io import atomic_path
 
     evaluation, configs = _table(results, "evaluation"), _table(results, "study")
@@ -149,7 +152,7 @@ def fd_real_baselines(results: Path) -> dict[str, float]:
 def _optimal_loss(loaded, results, out):
     import polars as pl
 
-    from diffobj.plots_optimal import optimal_loss_figure
+    from diffobj.analysis.figures_optimal import optimal_loss_figure
 
     # the raw estimator files: they also hold the x0-scale loss and the VE noise scale
     pairs = sorted({(r.dataset, r.process) for r in loaded.runs})
@@ -173,7 +176,7 @@ def _optimal_loss(loaded, results, out):
 def _convergence(loaded, results, out):
     import polars as pl
 
-    from diffobj.plots_optimal import convergence_figure
+    from diffobj.analysis.figures_optimal import convergence_figure
 
     paths = sorted((results / "optimal").glob("*-convergence.csv"))
     return convergence_figure(pl.concat([pl.read_csv(p) for p in paths], how="vertical_relaxed"))
@@ -181,14 +184,14 @@ def _convergence(loaded, results, out):
 
 @figure("gap", inputs=lambda loaded, r: _tables(r, "gap"))
 def _gap(loaded, results, out):
-    from diffobj import figures
+    from diffobj.analysis import figures
 
     return figures.gap(_table(results, "gap"))
 
 
 @figure("gap_x0", inputs=lambda loaded, r: _tables(r, "gap"))
 def _gap_x0(loaded, results, out):
-    from diffobj import figures
+    from diffobj.analysis import figures
 
     return figures.gap(_table(results, "gap"), scale="x0")
 
@@ -199,8 +202,8 @@ def _gap_x0(loaded, results, out):
     side_files=("gap_quality.csv",),  # the correlations drawn
 )
 def _gap_quality(loaded, results, out):
-    from diffobj import figures
-    from diffobj.diagnosis import gap_quality
+    from diffobj.analysis import figures
+    from diffobj.analysis.diagnosis import gap_quality
     from diffobj.io import atomic_path
 
     evaluation = _table(results, "evaluation")
@@ -220,7 +223,7 @@ def _gap_quality(loaded, results, out):
 def _training_curves(loaded, results, out):
     import polars as pl
 
-    from diffobj.figures_training import training_curves
+    from diffobj.analysis.figures_training import training_curves
 
     # the EMA model's error per bin centre at the end, the curves' last point in the same scale
     final = pl.concat(
@@ -242,7 +245,7 @@ def _training_curves(loaded, results, out):
 
 @figure("training_density", inputs=lambda loaded, r: _tables(r, "training", "runs"))
 def _training_density(loaded, results, out):
-    from diffobj.figures_training import training_density
+    from diffobj.analysis.figures_training import training_density
 
     return training_density(
         _table(results, "training"), _table(results, "runs"), density_bins(loaded)
@@ -252,10 +255,10 @@ def _training_density(loaded, results, out):
 def density_bins(loaded):
     """Per run of the spec: its training density (training.density, default "schedule") and
     its fixed log-SNR bins (the process's log_snr_range in training.log_snr_bins equal bins:
-    diffobj.densities.bin_edges), as the resolved run config (runs/<id>/config.yaml) has them."""
+    diffobj.objectives.densities.bin_edges), as the resolved run config (runs/<id>/config.yaml) has them."""
     import polars as pl
 
-    from diffobj.densities import density_name
+    from diffobj.objectives.densities import density_name
 
     rows = []
     for r in loaded.runs:
@@ -284,7 +287,7 @@ def density_bins(loaded):
 def _samples(loaded, results, out):
     import numpy as np
 
-    from diffobj.figures_samples import samples
+    from diffobj.analysis.figures_samples import samples
 
     datasets = sorted({r.dataset for r in loaded.runs})
     return samples(
@@ -304,9 +307,9 @@ def _samples(loaded, results, out):
 def _scaling(loaded, results, out):
     import polars as pl
 
-    from diffobj import figures
+    from diffobj.analysis import figures
+    from diffobj.analysis.scaling import per_level_fits
     from diffobj.io import atomic_path
-    from diffobj.scaling import per_level_fits
 
     points = scaling_points(loaded, results)
     check_sizes(points, loaded.path)
@@ -336,12 +339,12 @@ def check_sizes(points, spec_path) -> None:
 
 def scaling_points(loaded, results):
     """Per run: parameters, and the ELBO integral of the model's and of the optimal loss over the
-    bin centres (diffobj.scaling.elbo_integral: Gaussian ½ ∫ dlam, masked ∫ sigmoid(lam) dlam)."""
+    bin centres (diffobj.analysis.scaling.elbo_integral: Gaussian ½ ∫ dlam, masked ∫ sigmoid(lam) dlam)."""
     import numpy as np
     import polars as pl
 
+    from diffobj.analysis.scaling import elbo_integral, forward_flops, training_flops
     from diffobj.models import build_model
-    from diffobj.scaling import elbo_integral, forward_flops, training_flops
 
     gap = _table(results, "gap")
     rows = []

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from diffobj.runs import load_run
-    from diffobj.train_data import model_input
+    from diffobj.training.train_data import model_input
 
     images = read_images(args.data)
     if args.max_images is not None:

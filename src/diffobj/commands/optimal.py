@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from diffobj import optimal, schedules
 from diffobj.data.arrays import read_images
 from diffobj.devices import resolve_device
 from diffobj.errors import UserError
 from diffobj.io import write_csv
+from diffobj.objectives import schedules
+from diffobj.optimal import estimators as optimal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,8 +126,8 @@ def run(args: argparse.Namespace) -> None:
     )
     write_csv(args.out, rows, optimal.TABLE_COLUMNS)
     if args.figure:
-        from diffobj.figure_files import save
-        from diffobj.plots_optimal import optimal_loss_figure
+        from diffobj.analysis.figure_files import save
+        from diffobj.analysis.figures_optimal import optimal_loss_figure
 
         figure = optimal_loss_figure({dataset_label(args): rows}, rel_tol=args.critical_tol)
         save(figure, args.figure, siblings=False)
@@ -150,8 +151,8 @@ def run_study(args: argparse.Namespace, schedule: schedules.Schedule, images, de
     )
     write_csv(args.out, rows, optimal.STUDY_COLUMNS)
     if args.figure:
-        from diffobj.figure_files import save
-        from diffobj.plots_optimal import convergence_figure
+        from diffobj.analysis.figure_files import save
+        from diffobj.analysis.figures_optimal import convergence_figure
 
         save(convergence_figure(rows), args.figure, siblings=False)
 

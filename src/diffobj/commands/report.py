@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffobj import report, spec
+    from diffobj import spec
+    from diffobj.analysis import report
 
     loaded = spec.load(args.spec)
     figures_dir = Path(args.results) / "figures"

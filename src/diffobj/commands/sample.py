@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sampler_help() -> str:
     """``ddpm | ddim | heun (Gaussian), ancestral (masked)``: the registered samplers."""
-    from diffobj.sample import sampler_names
+    from diffobj.sampling.samplers import sampler_names
 
     kinds = {"gaussian": "Gaussian", "masked": "masked"}
     return ", ".join(
@@ -74,7 +74,7 @@ def sampler_help() -> str:
 def heun_options(args: argparse.Namespace) -> dict:
     """The heun-only arguments as ``sample_run``'s ``heun`` keywords (empty: all defaults)."""
     from diffobj.errors import UserError
-    from diffobj.sample import Churn
+    from diffobj.sampling.samplers import Churn
 
     options: dict = {}
     if (args.sigma_min is None) != (args.sigma_max is None):
@@ -94,8 +94,8 @@ def heun_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> None:
     from diffobj.devices import set_cpu_threads
     from diffobj.errors import UserError
-    from diffobj.guidance import run_class_labels
-    from diffobj.sample import sample_run, write_samples
+    from diffobj.sampling.guidance import run_class_labels
+    from diffobj.sampling.samplers import sample_run, write_samples
 
     set_cpu_threads(args.threads)
 

@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffobj import gather, spec, study, tables
+    from diffobj import spec
+    from diffobj.analysis import gather, study, tables
 
     loaded = spec.load(args.spec)
     results, out = Path(args.results), Path(args.out_dir)
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> None:
 
 def experiment_provenance(loaded, results: Path) -> dict:
     """Code, libraries, spec and seeds of the experiment, and how its jobs ran."""
-    from diffobj import gather, provenance
+    from diffobj import provenance
+    from diffobj.analysis import gather
 
     return {
         **provenance.environment(loaded),

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffobj.checkpoint import Preempted
-from diffobj.train import TrainOptions, train
+from diffobj.training.checkpoint import Preempted
+from diffobj.training.train import TrainOptions, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

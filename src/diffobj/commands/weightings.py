@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from diffobj import schedules, spec
+from diffobj import spec
+from diffobj.objectives import schedules
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     import polars as pl
 
-    from diffobj import figures, tables
-    from diffobj.weightings import evaluate_on_schedule
+    from diffobj.analysis import figures, tables
+    from diffobj.objectives.weightings import evaluate_on_schedule
 
     loaded = spec.load(args.spec)
     # a weighting that reads the optimal loss (Jstar) has no values without a dataset's table

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 
 from diffobj import processes
 from diffobj.errors import UserError
+from diffobj.objectives.schedules import Level, Schedule
 from diffobj.processes import gaussian, masked
-from diffobj.schedules import Level, Schedule
 
 EpsFn = Callable[[torch.Tensor, Level], torch.Tensor]
 LogitsFn = Callable[[torch.Tensor, Level], torch.Tensor]

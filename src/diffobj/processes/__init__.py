@@ -3,7 +3,7 @@
 A process module defines ``PROCESS``, an object with the members of :class:`Process`; code that
 differs by process looks the object up once (``get(kind)``) instead of branching on the kind.
 Adding a process is adding a module here that defines ``PROCESS`` (and its schedules, which
-map log-SNR to the process's alpha, in diffobj.schedules).
+map log-SNR to the process's alpha, in diffobj.objectives.schedules).
 
 The modules are imported on first use, so the low layers (schedules, weightings) that the
 process modules build on can name this package without an import circle.
@@ -28,7 +28,7 @@ ModelFn = Callable[..., torch.Tensor]
 
 @dataclass(frozen=True)
 class LossAxes:
-    """How the optimal-loss figure shows a process (diffobj.plots_optimal draws it): the loss
+    """How the optimal-loss figure shows a process (diffobj.analysis.figures_optimal draws it): the loss
     against log-SNR in the error's unit, and against the process's own noise coordinate in the
     scale where it rises from ~0 with noise, the critical level marked on both."""
 
@@ -104,7 +104,7 @@ class Process(Protocol):
         """The optimal loss of the training set ``data`` (``optimal_data``) at one level, as the
         optimal-loss table's columns optimal_loss and stderr (the error's unit), sigma_ve,
         optimal_loss_x0 and stderr_x0 (the x0 view; nan without one). ``options``: estimator,
-        subset, C, seed, batch_size, progress, desc (diffobj.optimal.optimal_loss_table)."""
+        subset, C, seed, batch_size, progress, desc (diffobj.optimal.estimators.optimal_loss_table)."""
 
     def decoder_nats(
         self, data: torch.Tensor, src: torch.Tensor, log_snr: float, alpha: float, generator: Any

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffobj.objectives.schedules import DTYPE, Level, Schedule
+from diffobj.objectives.weightings import Weighting
 from diffobj.processes import LossAxes
-from diffobj.schedules import DTYPE, Level, Schedule
 from diffobj.seeds import Draws, Shard, batch_size, draw, generator_of
-from diffobj.weightings import Weighting
 
 PREDICTIONS = ("eps", "x0", "v", "F")
 
@@ -33,7 +33,7 @@ EpsFn = Callable[[torch.Tensor, Level], torch.Tensor]
 class LossTerms:
     """Per-sample loss (what is optimised), its log-SNR, and the unweighted per-dimension error
     (eps-MSE here, masked CE in nats there), which is what lines up with the optimal loss; the
-    gap densities add ``excess`` = error - J*(lam) per sample (diffobj.densities)."""
+    gap densities add ``excess`` = error - J*(lam) per sample (diffobj.objectives.densities)."""
 
     loss: torch.Tensor
     log_snr: torch.Tensor
@@ -240,15 +240,15 @@ class GaussianProcess:
     def weighted_loss(self, model_fn, x, schedule, weighting, generator):
         return weighted_loss(model_fn, x, schedule, weighting, generator)
 
-    # diffobj.optimal builds on the process modules (masked.VOCAB): imported where used
+    # diffobj.optimal.estimators builds on the process modules (masked.VOCAB): imported where used
     def optimal_data(self, images: np.ndarray) -> torch.Tensor:
-        from diffobj.optimal import images_to_unit
+        from diffobj.optimal.estimators import images_to_unit
 
         return images_to_unit(images)
 
     def optimal_loss(self, data, lam, alpha, sigma, queries, **options) -> dict[str, float]:
         """The posterior mean's x0 error (``gaussian_query_losses``), scaled by e^lam to eps."""
-        from diffobj import optimal
+        from diffobj.optimal import estimators as optimal
 
         x0 = optimal.gaussian_query_losses(data, alpha, sigma, queries, **options)
         groups = optimal.query_groups(

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffobj.objectives.schedules import DTYPE, Level, Schedule
+from diffobj.objectives.weightings import Weighting
 from diffobj.processes import LossAxes, sigmoid
 from diffobj.processes.gaussian import LossTerms, sample_levels
-from diffobj.schedules import DTYPE, Level, Schedule
 from diffobj.seeds import Draws, draw
-from diffobj.weightings import Weighting
 
 VOCAB = 256  # token values 0..255; the models, optimal.py and bounds.py import it from here
 MASK = VOCAB
@@ -77,7 +77,9 @@ def unweighted_error(
 def decoder_nats(data: torch.Tensor, src: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """-log q(x_src | z) + log m_src = log |C(z)|, C the items agreeing with z on its kept
     tokens (the posterior is uniform over C); exact integer consistency test."""
-    from diffobj.optimal import _consistent_counts  # optimal builds on this module (VOCAB)
+    from diffobj.optimal.estimators import (
+        _consistent_counts,  # optimal builds on this module (VOCAB)
+    )
 
     sizes, _ = _consistent_counts(data, data[src], keep, None, None)
     return sizes.log()
@@ -144,7 +146,9 @@ class MaskedProcess:
         return weighted_loss(model_fn, x, schedule, weighting, generator)
 
     def optimal_data(self, images: np.ndarray) -> torch.Tensor:
-        from diffobj.optimal import images_to_tokens  # optimal builds on this module (VOCAB)
+        from diffobj.optimal.estimators import (
+            images_to_tokens,  # optimal builds on this module (VOCAB)
+        )
 
         return images_to_tokens(images)
 
@@ -152,9 +156,9 @@ class MaskedProcess:
         self, data, lam, alpha, sigma, queries, *, seed, batch_size, progress, desc, **exact
     ) -> dict[str, float]:
         """The consistent set's cross-entropy (``masked_query_losses``): the exact posterior,
-        the one estimator registered for masked (diffobj.optimal checks the choice), so the
+        the one estimator registered for masked (diffobj.optimal.estimators checks the choice), so the
         estimator options (``exact``) change nothing."""
-        from diffobj import optimal
+        from diffobj.optimal import estimators as optimal
 
         nats = optimal.masked_query_losses(
             data, alpha, queries, seed=seed, batch_size=batch_size, progress=progress, desc=desc

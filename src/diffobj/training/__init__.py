@@ -1,4 +1,4 @@
-"""The pieces of ``diffobj.train.train``, one job each, read top to bottom:
+"""The pieces of ``diffobj.training.train.train``, one job each, read top to bottom:
 
 ``setup``      device and world, objective, data, network and state of a run (``Setup``)
 ``objective``  the loss, built once from the run config (weighted process loss or gap density)

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from diffobj.densities import bin_centres, evaluate_error, level_at
+from diffobj.objectives.densities import bin_centres, evaluate_error, level_at
 from diffobj.runs import make_model_fn
 from diffobj.seeds import EVAL, step_seed
-from diffobj.train_data import model_input
 from diffobj.training.setup import Setup
+from diffobj.training.train_data import model_input
 
 
 @torch.no_grad()

@@ -12,13 +12,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from diffobj.checkpoint import SIGNAL_POLL_STEPS, Preempted, SignalFlag, drop_checkpoint
 from diffobj.devices import device_description, gpu_switches, peak_memory_mb
 from diffobj.models import count_parameters
-from diffobj.train_log import LiveLog, ProgressLine, log_columns
+from diffobj.training.checkpoint import SIGNAL_POLL_STEPS, Preempted, SignalFlag, drop_checkpoint
 from diffobj.training.outputs import write_outputs
 from diffobj.training.setup import Setup
 from diffobj.training.step import log_step, refresh_density, train_step
+from diffobj.training.train_log import LiveLog, ProgressLine, log_columns
 
 
 @dataclass

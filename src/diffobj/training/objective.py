@@ -15,14 +15,16 @@ from pathlib import Path
 
 import torch
 
-from diffobj import densities, optimal_curve, processes
+from diffobj import processes
 from diffobj.errors import UserError
+from diffobj.objectives import densities
+from diffobj.objectives.schedules import Schedule
+from diffobj.objectives.weightings import Weighting
+from diffobj.optimal import curve as optimal_curve
 from diffobj.processes.gaussian import LossTerms
 from diffobj.run_config import RunConfig
 from diffobj.runs import ModelFn
-from diffobj.schedules import Schedule
 from diffobj.seeds import Draws
-from diffobj.weightings import Weighting
 
 Loss = Callable[[ModelFn, torch.Tensor, Draws], LossTerms]
 

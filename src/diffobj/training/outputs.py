@@ -5,14 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from diffobj.checkpoint import save_atomic
 from diffobj.io import atomic_path, write_csv, write_json
 from diffobj.provenance import runtime
 from diffobj.run_config import dump_run_config
 from diffobj.runs import model_record
-from diffobj.train_log import log_columns
+from diffobj.training.checkpoint import save_atomic
 from diffobj.training.evaluate import evaluate_bins
 from diffobj.training.setup import Setup
+from diffobj.training.train_log import log_columns
 
 
 def write_outputs(s: Setup) -> None:

@@ -9,15 +9,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffobj import augment as augment_mod
-from diffobj.augment import AugmentPipe
-from diffobj.checkpoint import CHECKPOINT_NAME, checkpoint_dir_for
 from diffobj.devices import Dist, distributed_env, resolve_device
 from diffobj.errors import UserError
 from diffobj.run_config import RunConfig
-from diffobj.train_data import DataOrder, TrainData, load_data
+from diffobj.training import augment as augment_mod
+from diffobj.training.augment import AugmentPipe
+from diffobj.training.checkpoint import CHECKPOINT_NAME, checkpoint_dir_for
 from diffobj.training.objective import Objective, build_objective
 from diffobj.training.state import TrainState, build_network
+from diffobj.training.train_data import DataOrder, TrainData, load_data
 
 
 @dataclass

@@ -16,13 +16,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from diffobj.checkpoint import CHECKPOINT_FORMAT, comparable_config, load_checkpoint, save_atomic
-from diffobj.densities import GapDensity
 from diffobj.devices import Dist, gpu_switches
 from diffobj.errors import UserError
 from diffobj.models import build_model
+from diffobj.objectives.densities import GapDensity
 from diffobj.run_config import RunConfig
-from diffobj.train_log import BinWindow
+from diffobj.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    comparable_config,
+    load_checkpoint,
+    save_atomic,
+)
+from diffobj.training.train_log import BinWindow
 
 EMA_RAMPUP = 0.05  # EDM: the EMA half-life is at most 5% of the images seen so far
 

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffobj import lr as lr_mod
-from diffobj.densities import bin_centres
 from diffobj.devices import peak_memory_mb
+from diffobj.objectives.densities import bin_centres
 from diffobj.runs import make_model_fn
 from diffobj.seeds import DROPOUT, NOISE, Shard, draw, step_seed
-from diffobj.train_data import model_input
-from diffobj.train_log import bin_column
+from diffobj.training import lr as lr_mod
 from diffobj.training.setup import Setup
+from diffobj.training.train_data import model_input
+from diffobj.training.train_log import bin_column
 
 
 def lr_at(s: Setup, step: int) -> float:

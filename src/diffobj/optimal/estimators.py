@@ -54,9 +54,9 @@ from tqdm.auto import tqdm
 from diffobj import processes
 from diffobj.devices import resolve_device
 from diffobj.errors import UserError
+from diffobj.objectives.schedules import DTYPE, Schedule
 from diffobj.processes.masked import VOCAB
 from diffobj.registry import Registry
-from diffobj.schedules import DTYPE, Schedule
 from diffobj.seeds import xor_pair_seed
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-from diffobj.figures import plt
-from diffobj.study import quality_metric
+from diffobj.analysis.figures import plt
+from diffobj.analysis.study import quality_metric
 
 METRIC_NAMES = {"fid": "FID", "fd_classifier": "classifier FD"}
 CONFIG = ["dataset", "process", "schedule", "weighting", "model"]

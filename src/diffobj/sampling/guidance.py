@@ -29,7 +29,7 @@ import torch
 
 from diffobj import processes
 from diffobj.errors import UserError
-from diffobj.schedules import Level
+from diffobj.objectives.schedules import Level
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
 MakeModelFn = Callable[[torch.Tensor | None], ModelFn]  # labels -> denoiser callable

@@ -43,11 +43,11 @@ import torch
 from diffobj import processes
 from diffobj.devices import gpu_switches
 from diffobj.errors import UserError
-from diffobj.guidance import check_guidance, class_labels, guided
 from diffobj.io import atomic_path
+from diffobj.objectives.schedules import DTYPE, Level, Schedule
 from diffobj.processes.masked import MASK
 from diffobj.registry import Registry
-from diffobj.schedules import DTYPE, Level, Schedule
+from diffobj.sampling.guidance import check_guidance, class_labels, guided
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
 Progress = Callable[[], None] | None
@@ -457,7 +457,7 @@ def masked_options(
 ) -> dict:
     """The ancestral sampler's options, checked; a grid naming a schedule is built from the
     library file. Empty for the defaults (so Gaussian samplers accept them)."""
-    from diffobj import schedules
+    from diffobj.objectives import schedules
 
     if (grid, top_p, final_argmax) == ("uniform", None, False):
         return {}

@@ -2,7 +2,7 @@
 
 Weightings and training densities may use it under the name ``Jstar`` (diffobj.expr.OPTIMAL_LOSS):
 the value of the run's optimal-loss table (``diffobj optimal-loss``) interpolated in lam
-(``diffobj.scales.interpolate_optimal``), in the loss's own units (Gaussian: eps-MSE per dimension; masked: nats per dimension), held
+(``diffobj.objectives.scales.interpolate_optimal``), in the loss's own units (Gaussian: eps-MSE per dimension; masked: nats per dimension), held
 at the end values outside the table. The optimal loss is >= 0 by definition; an estimate below
 zero (estimator noise where J* ~ 0) is clipped to 0, so ``min(1/Jstar, w)`` is w there.
 """
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffobj import scales
 from diffobj.errors import UserError
 from diffobj.expr import OPTIMAL_LOSS
 from diffobj.io import read_csv
-from diffobj.weightings import build as build_weighting
+from diffobj.objectives import scales
+from diffobj.objectives.weightings import build as build_weighting
 
 __all__ = [
     "OPTIMAL_LOSS",
@@ -33,8 +33,8 @@ __all__ = [
     "bind",
 ]
 
-# the training densities (diffobj.densities); here so that ``needs_optimal_loss`` can name a
-# run's density without importing diffobj.densities, which imports this module
+# the training densities (diffobj.objectives.densities); here so that ``needs_optimal_loss`` can name a
+# run's density without importing diffobj.objectives.densities, which imports this module
 DENSITIES = ("schedule", "adaptive_corrected", "optimal_loss_schedule")
 
 
@@ -59,7 +59,7 @@ def read_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class OptimalLossCurve:
-    """J*(lam) from a table's points (diffobj.scales.interpolate_optimal: Gaussian linear in
+    """J*(lam) from a table's points (diffobj.objectives.scales.interpolate_optimal: Gaussian linear in
     the x0 scale, masked linear), constant beyond its ends; clipped at 0."""
 
     log_snr: np.ndarray  # increasing

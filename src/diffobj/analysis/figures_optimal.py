@@ -7,7 +7,7 @@
 - ``convergence_figure``: the estimator study (SNIS / DOL / cDOL against exact).
 
 Tables are the rows written by ``diffobj optimal-loss`` (dicts, CSV rows of strings, or a polars
-DataFrame). Each function returns a Figure; ``diffobj.figure_files.save(fig, path, siblings=False)``
+DataFrame). Each function returns a Figure; ``diffobj.analysis.figure_files.save(fig, path, siblings=False)``
 writes it as one file atomically.
 """
 
@@ -26,7 +26,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from diffobj import processes  # noqa: E402
-from diffobj.optimal import critical_log_snr, default_c  # noqa: E402
+from diffobj.optimal.estimators import critical_log_snr, default_c  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts, CSV rows, or a polars DataFrame
 
@@ -255,7 +255,7 @@ def _variants(c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _default_c(c: dict[str, np.ndarray]) -> np.ndarray:
-    """Rows whose C is the default (diffobj.optimal.default_c of their N and L)."""
+    """Rows whose C is the default (diffobj.optimal.estimators.default_c of their N and L)."""
     default = np.array(
         [default_c(int(n), int(L)) for n, L in zip(c["n_data"], c["subset"], strict=True)]
     )

@@ -13,10 +13,10 @@ from typing import Any, TextIO
 import torch
 import torch.distributed as dist
 
-from diffobj.densities import bin_index
 from diffobj.devices import Dist
 from diffobj.errors import UserError
 from diffobj.io import append_line, csv_line, write_csv
+from diffobj.objectives.densities import bin_index
 
 # train_log.csv: the scalar columns every consumer reads (binned errors follow them)
 LOG_COLUMNS = ("step", "images_seen", "loss", "grad_norm", "lr", "images_per_s", "peak_mem_mb")

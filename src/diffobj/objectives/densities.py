@@ -19,7 +19,7 @@ The reweighted objective of a run, written in log-SNR (docs/science.md §2),
 
 gap = running binned mean of the per-sample excess error − J*(lam_i), piecewise constant over the
 fixed log-SNR bins, refreshed during training. J* is subtracted from each sample at its own
-log-SNR (the optimal-loss table interpolated there, ``diffobj.optimal_curve``) before the samples
+log-SNR (the optimal-loss table interpolated there, ``diffobj.optimal.curve``) before the samples
 are binned: a bin is ~1.4 wide in lam and J* changes by orders of magnitude across it, so the
 bin's mean error minus J* at its centre is not the bin's gap (an exactly optimal model showed
 gaps of -8% to 1e15 times J* that way, and Xu et al.'s p collapsed onto one bin). A bin's draws
@@ -42,8 +42,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from diffobj import processes, schedules
-from diffobj.optimal_curve import (  # noqa: F401 - DENSITIES, density_name: defined there
+from diffobj import processes
+from diffobj.objectives import schedules
+from diffobj.objectives.schedules import Level, Schedule
+from diffobj.objectives.weightings import Weighting
+from diffobj.optimal.curve import (  # noqa: F401 - DENSITIES, density_name: defined there
     DENSITIES,
     OptimalLossCurve,
     density_name,
@@ -51,16 +54,14 @@ from diffobj.optimal_curve import (  # noqa: F401 - DENSITIES, density_name: def
 )
 from diffobj.processes import gaussian
 from diffobj.processes.gaussian import LossTerms
-from diffobj.schedules import Level, Schedule
 from diffobj.seeds import Draws
-from diffobj.weightings import Weighting
 
 FLOOR_FRACTION = 0.05  # corrected: floor = this share of the mean positive gap (bounds W/p)
 ERROR_EMA = 0.5  # running binned gap: weight of the newest refresh window
 MIN_DRAWS = 64  # a bin's draws are pooled over windows until this many: its mean is then ±1/8 sd
 GRID = 8193  # p tabulated on this many lam points: a jump at a bin edge blurs over one cell
 
-read_optimal_loss = read_table  # the optimal-loss table reader (diffobj.optimal_curve)
+read_optimal_loss = read_table  # the optimal-loss table reader (diffobj.optimal.curve)
 
 
 def bin_edges(log_snr_range: tuple[float, float], bins: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 difference of each experiment to the first, paired over the seeds both ran.
 
 A configuration is (dataset, process, schedule, weighting, model). The seed is the unit of
-replication (diffobj.inference): the difference of two experiments is the mean of the per-seed
+replication (diffobj.analysis.inference): the difference of two experiments is the mean of the per-seed
 differences over their common seeds, with its t-interval and paired p; Holm's method runs over
 every difference in the table. Seeds that only one experiment ran enter its mean, not the
 difference.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from diffobj import inference
+from diffobj.analysis import inference
 from diffobj.errors import UserError
 from diffobj.io import read_json_if_present
 

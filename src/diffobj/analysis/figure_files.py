@@ -1,4 +1,4 @@
-"""Writing a figure: the one saver of every figure (``diffobj.figures``, ``diffobj.plots_optimal``).
+"""Writing a figure: the one saver of every figure (``diffobj.analysis.figures``, ``diffobj.analysis.figures_optimal``).
 
 Only matplotlib (Agg): importing this sets no seaborn theme, so each figure module keeps its own
 look.

@@ -21,7 +21,14 @@ import torch
 from diffobj import processes
 from diffobj.errors import UserError
 from diffobj.expr import OPTIMAL_LOSS, Compiled, ExprError, compile_expr
-from diffobj.schedules import DTYPE, PROCESSES, Level, Schedule, _load_yaml_mapping, library_file
+from diffobj.objectives.schedules import (
+    DTYPE,
+    PROCESSES,
+    Level,
+    Schedule,
+    _load_yaml_mapping,
+    library_file,
+)
 
 VARIABLES = ("lam", "t", "alpha", "dalpha_dt", "dlam_dt", OPTIMAL_LOSS)
 WEIGHTING_KEYS = {"expr", "params", "description", "processes"}
@@ -40,7 +47,7 @@ class Weighting:
     params: dict[str, float] = field(default_factory=dict)
     description: str = ""
     processes: tuple[str, ...] = PROCESSES
-    # J*(lam) of the run's dataset and process (diffobj.optimal_curve.bind); None: not bound
+    # J*(lam) of the run's dataset and process (diffobj.optimal.curve.bind); None: not bound
     optimal_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property

@@ -13,10 +13,13 @@ import polars as pl
 import seaborn as sns
 from matplotlib import ticker
 
-from diffobj import inference, processes
-from diffobj.figures import LINES, legend_outside, plt
+from diffobj import processes
+from diffobj.analysis import inference
+from diffobj.analysis.figures import LINES, legend_outside, plt
 
-DEFAULT_DENSITY = "schedule"  # diffobj.densities: lam = lam(t), t uniform on the run's schedule
+DEFAULT_DENSITY = (
+    "schedule"  # diffobj.objectives.densities: lam = lam(t), t uniform on the run's schedule
+)
 
 
 def _with_bin(frame: pl.DataFrame, bins: pl.DataFrame) -> pl.DataFrame:
@@ -280,7 +283,7 @@ def drawn_density(
 
     ``training``: the training table (bin centres, counts per logged window; bins without draws
     are absent). ``bins``: per run, ``density`` (the run's training.density) and the fixed bins,
-    ``log_snr_min``, ``log_snr_max``, ``log_snr_bins`` (diffobj.densities.bin_edges); every bin
+    ``log_snr_min``, ``log_snr_max``, ``log_snr_bins`` (diffobj.objectives.densities.bin_edges); every bin
     of the run gets a row, 0 where nothing was drawn. Columns: the runs table's, ``density``,
     ``log_snr``, ``count``, ``p``."""
     late = training.filter(pl.col("step") > after * pl.col("step").max().over("run_id"))

@@ -2,7 +2,7 @@
 
 The page embeds every figure (PNG, base64), so it opens anywhere, mailed or archived, with no
 files beside it. Its text is the Markdown that ``diffobj figures --figure weighting_study``
-computed from the tables (``diffobj.study``), and each figure's caption is the one Snakemake's own
+computed from the tables (``diffobj.analysis.study``), and each figure's caption is the one Snakemake's own
 report uses (``workflow/report/<figure>.rst``), so the two never disagree.
 """
 

@@ -2,7 +2,7 @@
 for multiplicity, the papers' claims decided, the report text.
 
 A configuration is one (process, schedule, weighting, model) of the grid, trained with several
-seeds. The seed is the unit of replication (``diffobj.inference``): a configuration's interval is
+seeds. The seed is the unit of replication (``diffobj.analysis.inference``): a configuration's interval is
 the t-interval of its per-seed values on k - 1 degrees of freedom, so the within-run noise (which
 samples were scored, which test images were bounded) is counted once, inside each seed's value.
 
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from diffobj import inference
+from diffobj.analysis import inference
 
 MIN_SEEDS = 2  # one seed holds no training variation: no interval, no test
 CONFIG_KEYS = ["kind", "schedule", "weighting", "model"]
@@ -207,7 +207,9 @@ def elbo_gap(gap: pl.DataFrame) -> pl.DataFrame:
     """Per run: the gap to the optimal loss integrated with the ELBO's weight on log-SNR, in
     bits per dimension (Gaussian 1/2 ∫ gap dλ; masked ∫ sigmoid(λ) gap dλ) — the part of the
     training-set ELBO the model could still gain, over the bins' λ range."""
-    from diffobj.scaling import elbo_integral  # the one ELBO weight on log-SNR, both processes
+    from diffobj.analysis.scaling import (
+        elbo_integral,  # the one ELBO weight on log-SNR, both processes
+    )
 
     rows = []
     for (run_id, kind), sub in gap.group_by(["run_id", "kind"], maintain_order=True):

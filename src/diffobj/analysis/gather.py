@@ -1,7 +1,7 @@
 """Gather the plain files of compute jobs (CSV / JSON per run) into the result tables.
 
 Compute jobs write CSV and JSON so a GPU node needs only torch and numpy; this module turns
-them into polars frames that ``diffobj.tables`` validates. The gap to the optimal loss is
+them into polars frames that ``diffobj.analysis.tables`` validates. The gap to the optimal loss is
 computed here: each run's binned model error minus the optimal loss at the same log-SNR.
 """
 
@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from diffobj import processes, scales
+from diffobj import processes
 from diffobj.errors import UserError
 from diffobj.io import read_json_if_present
+from diffobj.objectives import scales
 from diffobj.spec import LoadedSpec
 
 
@@ -59,7 +60,7 @@ def per_run_csv(loaded: LoadedSpec, results: Path, name: str, columns: list[str]
 
 
 def training_log(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
-    from diffobj.train_log import LOG_COLUMNS
+    from diffobj.training.train_log import LOG_COLUMNS
 
     cols = ["run_id", *LOG_COLUMNS]
     return per_run_csv(loaded, results, "train_log.csv", cols).with_columns(
@@ -186,7 +187,7 @@ def gap(
 
 
 def with_x0_scale(gap: pl.DataFrame) -> pl.DataFrame:
-    """The gap table's columns also in the unified VE / x0 scale (diffobj.scales): sigma_ve,
+    """The gap table's columns also in the unified VE / x0 scale (diffobj.objectives.scales): sigma_ve,
     model_loss_x0, optimal_loss_x0, gap_x0 (Gaussian runs; null for masked runs, whose
     cross-entropy has one scale)."""
     lam = gap["log_snr"].to_numpy()

@@ -1,11 +1,11 @@
 """The figures of the study, one function per figure, drawn with seaborn from validated tables.
 
 Each function takes polars tables and returns a matplotlib Figure; ``save`` (that of
-``diffobj.figure_files``) writes it as PNG and PDF atomically. Nothing here computes science:
+``diffobj.analysis.figure_files``) writes it as PNG and PDF atomically. Nothing here computes science:
 the numbers come from the tables. This module holds the figures of the evaluation (weightings, the study, the gap, scaling, bounds)
-and what every figure shares; the figures of training are in ``diffobj.figures_training``, the
-samples figure in ``diffobj.figures_samples``, those of the optimal loss in
-``diffobj.plots_optimal``.
+and what every figure shares; the figures of training are in ``diffobj.analysis.figures_training``, the
+samples figure in ``diffobj.analysis.figures_samples``, those of the optimal loss in
+``diffobj.analysis.figures_optimal``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import polars as pl  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from diffobj import processes  # noqa: E402
-from diffobj.figure_files import save  # noqa: E402, F401 - figures.save: PNG and PDF
+from diffobj.analysis.figure_files import save  # noqa: E402, F401 - figures.save: PNG and PDF
 
 sns.set_theme(context="paper", style="whitegrid")
 
@@ -91,7 +91,7 @@ def weighting_study(
     study: pl.DataFrame, evaluation: pl.DataFrame, fd_real: dict[str, float] | None = None
 ) -> plt.Figure:
     """Sample quality and likelihood per weighting, one row of panels per process: the mean over
-    seeds with its 95% interval (``diffobj.study``) and each seed's value as a dot. † marks
+    seeds with its 95% interval (``diffobj.analysis.study``) and each seed's value as a dot. † marks
     non-monotone weightings (not a weighted sum of improved ELBOs); dotted line: the classifier FD
     of held-out real images (``fd_real``, per dataset), the floor of that metric."""
     metrics = [m for m in STUDY_METRICS if study[m].is_not_null().any()]
@@ -173,7 +173,7 @@ def loss_floor(losses: np.ndarray) -> float:
 def gap(gap_table: pl.DataFrame, scale: str = "eps") -> plt.Figure:
     """Per noise level: the optimal loss, each weighting's loss (EMA model, training images, mean
     over seeds) and the gap (Xu et al. Fig. 1a, 2). ``scale``: "eps" (eps-MSE against log-SNR) or
-    "x0", the paper's unified VE / x0 view (x0-MSE against σ̂ = σ/α, log axis; diffobj.scales).
+    "x0", the paper's unified VE / x0 view (x0-MSE against σ̂ = σ/α, log axis; diffobj.objectives.scales).
     Masked panels have one scale."""
     if scale not in ("eps", "x0"):
         raise ValueError(f"gap figure: scale must be 'eps' or 'x0', got {scale!r}")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from diffobj import processes
-from diffobj.figures import fit_power_law
+from diffobj.analysis.figures import fit_power_law
 
 
 def elbo_integral(kind: str, log_snr: np.ndarray, loss: np.ndarray) -> float:

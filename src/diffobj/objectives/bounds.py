@@ -49,10 +49,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffobj import optimal, processes
-from diffobj.densities import evaluate_error, level_at
+from diffobj import processes
 from diffobj.errors import UserError
-from diffobj.schedules import DTYPE, Level, Schedule
+from diffobj.objectives.densities import evaluate_error, level_at
+from diffobj.objectives.schedules import DTYPE, Level, Schedule
+from diffobj.optimal import estimators as optimal
 from diffobj.seeds import xor_pair_seed
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
@@ -348,7 +349,7 @@ def bounds_of_run(
 ) -> list[dict]:
     """The bound table of a trained run on its training images (uint8 NHWC)."""
     from diffobj.runs import load_run
-    from diffobj.train_data import model_input
+    from diffobj.training.train_data import model_input
 
     run = load_run(run_dir, device)
     tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))

@@ -114,7 +114,7 @@ class Evaluation(pa.DataFrameModel):
 
 class Study(pa.DataFrameModel):
     """Per configuration (process, schedule, weighting, model): mean over seeds and its 95%
-    t-interval on n_seeds - 1 degrees of freedom (``diffobj.study``) of each metric; the interval
+    t-interval on n_seeds - 1 degrees of freedom (``diffobj.analysis.study``) of each metric; the interval
     is null for one seed."""
 
     kind: str = pa.Field(isin=PROCESS_KINDS)
@@ -149,7 +149,7 @@ class Gap(pa.DataFrameModel):
     model_stderr: float = pa.Field(ge=0)
     optimal_loss: float = pa.Field(ge=0)
     gap: float
-    # the unified VE / x0 scale (diffobj.scales); null for masked runs
+    # the unified VE / x0 scale (diffobj.objectives.scales); null for masked runs
     sigma_ve: float = pa.Field(gt=0, nullable=True)
     model_loss_x0: float = pa.Field(ge=0, nullable=True)
     optimal_loss_x0: float = pa.Field(ge=0, nullable=True)
@@ -158,7 +158,7 @@ class Gap(pa.DataFrameModel):
 
 class Bounds(pa.DataFrameModel):
     """The cascade of improved bounds per run and cut t(i) (nats per dimension, i = 0: ELBO),
-    with the run's cut weights and the cumulative-weight identity (``diffobj.bounds``)."""
+    with the run's cut weights and the cumulative-weight identity (``diffobj.objectives.bounds``)."""
 
     run_id: str
     kind: str = pa.Field(isin=PROCESS_KINDS)

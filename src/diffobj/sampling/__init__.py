@@ -1,0 +1,1 @@
+"""Drawing images from a trained run: the samplers and classifier-free guidance."""
