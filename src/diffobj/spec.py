@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from diffobj import REPO_ROOT
 from diffobj.errors import UserError
 from diffobj.io import read_yaml
 from diffobj.objectives import schedules, weightings
@@ -35,7 +36,6 @@ MASKED_SAMPLERS = tuple(sampler_names("masked"))
 SPEC_ESTIMATORS = tuple(estimator_names(in_spec=True))
 
 NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # names become parts of run ids and paths: no '-' or '/'
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SpecError(UserError):

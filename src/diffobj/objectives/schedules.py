@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from diffobj import processes
+from diffobj import REPO_ROOT, processes
 from diffobj.errors import UserError
 from diffobj.expr import Compiled, ExprError, compile_expr
 from diffobj.io import read_yaml
@@ -299,7 +299,7 @@ def library_file(name: str) -> Path:
     """config/<name> of the working directory (the repository root, where Snakemake runs and
     where an installed wheel finds the libraries), else of this source checkout."""
     here = Path.cwd() / "config" / name
-    return here if here.exists() else Path(__file__).resolve().parents[2] / "config" / name
+    return here if here.exists() else REPO_ROOT / "config" / name
 
 
 DEFAULT_LIBRARY = library_file("schedules.yaml")
