@@ -21,7 +21,7 @@ import torch
 from diffobj.devices import device_description, peak_memory_mb
 from diffobj.models import build_model, count_parameters
 from diffobj.runs import make_model_fn
-from diffobj.sampling.samplers import ancestral, heun
+from diffobj.sampling.samplers import SAMPLERS, noise_grid
 from diffobj.spec import Sampling
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,12 +40,17 @@ def measure(
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     model_fn = make_model_fn(torch.compile(net) if compile_ else net, config, device)
-    sampler, steps = (heun, HEUN_STEPS) if kind == "gaussian" else (ancestral, MASKED_STEPS)
+    sampler, steps = (
+        (SAMPLERS["heun"], HEUN_STEPS)
+        if kind == "gaussian"
+        else (SAMPLERS["ancestral"], MASKED_STEPS)
+    )
+    grid = noise_grid(config.schedule, steps, sampler.grid)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def once() -> None:
-        sampler(
-            model_fn, config.schedule, (batch, *shape), steps, generator=generator, device=device
+        sampler.fn(
+            model_fn, config.schedule, grid, (batch, *shape), generator=generator, device=device
         )
 
     with torch.no_grad():

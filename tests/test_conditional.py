@@ -15,8 +15,9 @@ from default_grid import default_run
 from diffobj import spec
 from diffobj.errors import UserError
 from diffobj.objectives.schedules import Level
+from diffobj.sampling.config import requested
 from diffobj.sampling.guidance import check_guidance, class_labels, guided
-from diffobj.sampling.samplers import ancestral, sample_run, write_samples
+from diffobj.sampling.samplers import ancestral, noise_grid, sample_run, write_samples
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +110,9 @@ def test_masked_guidance_leaves_the_reveal_schedule_alone():
             return counting
 
         sampler_fn = guided(recording, labels, 9, w, "masked")
+        grid = noise_grid(schedule, 16, "uniform")
         ancestral(
-            sampler_fn, schedule, (2, 1, 2, 2), 16, generator=torch.Generator().manual_seed(0)
+            sampler_fn, schedule, grid, (2, 1, 2, 2), generator=torch.Generator().manual_seed(0)
         )
         per_half = steps_seen if w == 0 else [s // 2 for s in steps_seen]
         revealed_at.append(per_half)
@@ -207,7 +209,10 @@ def test_a_conditional_model_draws_the_requested_digit_and_guidance_helps(tmp_pa
     accuracy = {}
     for w in (0.0, 1.0):
         images = sample_run(
-            tmp_path / "run", sampler, steps, 200, guidance=w, batch_size=200, progress=False
+            tmp_path / "run",
+            requested(sampler, steps, 200, guidance=w),
+            batch_size=200,
+            progress=False,
         )
         with torch.no_grad():
             predicted = classifier(to_input(torch.from_numpy(images))).argmax(1).numpy()

@@ -21,11 +21,11 @@ DOC = ROOT / "docs" / "contributing.md"
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-def doc_example(section: str) -> str:
-    """The first python block of a section of docs/contributing.md."""
+def doc_example(section: str, language: str = "python") -> str:
+    """The first ``language`` block of a section of docs/contributing.md."""
     text = DOC.read_text()
     body = text[text.index(f"## {section}") :]
-    return re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    return re.search(rf"```{language}\n(.*?)```", body, re.S).group(1)
 
 
 @pytest.fixture
@@ -58,20 +58,30 @@ def gaussian_run(tmp_path_factory) -> Path:
     return tmp / "gaussian"
 
 
-def test_the_documented_sampler_samples_a_trained_run(euler, gaussian_run):
+def test_the_documented_sampler_samples_a_trained_run(euler, gaussian_run, tmp_path):
+    from diffobj.cli import main
     from diffobj.commands.sample import sampler_help
+    from diffobj.sampling.config import requested
     from diffobj.sampling.samplers import check_sampler, sample_run
 
     assert euler.kind == "gaussian" and "euler" in sampler_help()
     check_sampler("gaussian", "euler", 3, 5, 2, None)
     with pytest.raises(UserError, match="not a sampler of the masked process"):
         check_sampler("masked", "euler", 3, 5, 2, None)
-    images = sample_run(gaussian_run, "euler", 3, 5, batch_size=2, progress=False, device="cpu")
-    assert images.dtype == np.uint8 and images.shape == (5, 8, 8, 1)
-    again = sample_run(gaussian_run, "euler", 3, 5, batch_size=2, progress=False, device="cpu")
-    np.testing.assert_array_equal(images, again)  # seeded per batch by sample_run
+    config = tmp_path / "sampling.yaml"
+    config.write_text(doc_example("Adding a sampler", "yaml").replace("steps: 18", "steps: 3"))
+    out = tmp_path / "samples.npz"
+    argv = ["sample", "--run", str(gaussian_run), "--sampling", str(config), "--out", str(out)]
+    assert main([*argv, "--device", "cpu", "--no-progress", "--batch-size", "16"]) == 0
+    with np.load(out) as f:
+        images = f["images"]
+    assert images.dtype == np.uint8 and images.shape == (64, 8, 8, 1)
+    # the flags are the same request; seeded per batch by sample_run
+    request = requested("euler", 3, 64, sigma_min=0.002, sigma_max=80.0)
+    again = sample_run(gaussian_run, request, batch_size=16, progress=False, device="cpu")
+    np.testing.assert_array_equal(images, again)
     with pytest.raises(UserError, match="--eta applies to the ddim sampler only, not euler"):
-        sample_run(gaussian_run, "euler", 3, 5, eta=0.5, progress=False, device="cpu")
+        sample_run(gaussian_run, requested("euler", 3, 5, eta=0.5), progress=False, device="cpu")
 
 
 def test_the_documented_estimator_and_figure_examples_register():

@@ -15,7 +15,7 @@ import torch
 
 from diffobj.errors import UserError
 from diffobj.objectives import schedules
-from diffobj.sampling.samplers import Churn, edm_sigmas, heun
+from diffobj.sampling.samplers import Churn, edm_sigmas, heun, noise_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = torch.load(ROOT / "tests" / "reference" / "edm_sampler_gaussian.pt", weights_only=False)
@@ -45,22 +45,32 @@ def replay(draws: list[torch.Tensor]):
     return source, queue
 
 
+def churn_options(p):
+    return {
+        "s_churn": p["S_churn"],
+        "s_min": p["S_min"],
+        "s_max": p["S_max"],
+        "s_noise": p["S_noise"],
+    }
+
+
 def run_heun(run, sched, **extra):
     p = run["params"]
     draws = [REF["latents"]]
-    churn = None
+    churn = {}
     if p["S_churn"] > 0:
-        churn = Churn(p["S_churn"], p["S_min"], p["S_max"], p["S_noise"])
+        churn = churn_options(p)
         draws += list(run["noise_draws"])
     source, left = replay(draws)
     out = heun(
         exact_eps,
         sched,
+        noise_grid(
+            sched, p["num_steps"], "edm", sigma_min=p["sigma_min"], sigma_max=p["sigma_max"]
+        ),
         tuple(REF["latents"].shape),
-        p["num_steps"],
         generator=torch.Generator(),
-        sigma_range=(p["sigma_min"], p["sigma_max"]),
-        churn=churn,
+        **churn,
         noise=source,
         **extra,
     )
@@ -95,13 +105,14 @@ def test_network_evaluations_match_edm():
             return exact_eps(z, level)
 
         p = run["params"]
+        sched = schedule("vp_cosine")
         heun(
             counting,
-            schedule("vp_cosine"),
+            sched,
+            noise_grid(sched, p["num_steps"], "edm"),
             (4, 8),
-            p["num_steps"],
             generator=torch.Generator().manual_seed(0),
-            churn=Churn(p["S_churn"], p["S_min"], p["S_max"], p["S_noise"]),
+            **churn_options(p),
         )
         assert len(calls) == run["nfe"]
 
@@ -118,27 +129,28 @@ def test_sigma_range_beyond_a_declared_path_is_a_user_error():
     entry = {"process": "gaussian", "alpha": "1 - 0.9 * t", "sigma": "0.1 + 0.9 * t"}
     short = schedules.build("short", entry, (-4.0, 4.0))  # it covers [-4.6, 4.6]
     with pytest.raises(UserError, match="sigma range needs log-SNR"):
-        heun(exact_eps, short, (2, 8), 4, generator=torch.Generator(), sigma_range=(0.002, 80))
+        grid = noise_grid(short, 4, "edm", sigma_min=0.002, sigma_max=80)
+        heun(exact_eps, short, grid, (2, 8), generator=torch.Generator())
 
 
-def test_cli_options_become_heun_keywords():
+def test_cli_options_become_heun_and_edm_grid_keywords():
     import argparse
 
-    from diffobj.commands.sample import add_arguments, heun_options
+    from diffobj.commands.sample import add_arguments, sampling_config
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     base = ["--run", "r", "--sampler", "heun", "--steps", "40", "--num", "1", "--out", "o.npz"]
-    assert heun_options(parser.parse_args(base)) == {}
+    plain = sampling_config(parser.parse_args(base))
+    assert (plain.grid, plain.options) == ({"name": "edm"}, {})
     args = parser.parse_args(
         [*base, "--sigma-min", "0.002", "--sigma-max", "80", "--s-churn", "40", "--s-min", "0.05"]
     )
-    assert heun_options(args) == {
-        "sigma_range": (0.002, 80.0),
-        "churn": Churn(s_churn=40, s_min=0.05),
-    }
+    config = sampling_config(args)
+    assert config.grid == {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0}
+    assert config.options == {"s_churn": 40.0, "s_min": 0.05}
     with pytest.raises(UserError, match="go together"):
-        heun_options(parser.parse_args([*base, "--sigma-min", "0.002"]))
+        noise_grid(schedule("vp_cosine"), 4, "edm", sigma_min=0.002)
 
 
 def test_spec_sampling_range_must_be_ordered():

@@ -18,7 +18,7 @@ from diffobj import spec
 from diffobj.errors import UserError
 from diffobj.objectives import schedules
 from diffobj.processes.masked import MASK, VOCAB
-from diffobj.sampling.samplers import ancestral, masked_times, top_p_logits
+from diffobj.sampling.samplers import ancestral, noise_grid, top_p_logits
 from diffobj.spec import SpecError
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -41,9 +41,9 @@ def test_cosine_grid_on_the_linear_schedule_is_md4s_cifar10_grid():
     u = (steps - np.arange(steps + 1)) / steps
     md4_alpha = (1 - 2 * EPS) * (1 - np.cos(np.pi / 2 * (1 - u))) + EPS
     sch = schedule("masked_linear")
-    alpha = sch.alpha(masked_times(sch, steps, "cosine")).numpy()
+    alpha = noise_grid(sch, steps, "cosine").levels.alpha.numpy()
     np.testing.assert_allclose(alpha, md4_alpha, rtol=0, atol=1e-12)
-    uniform = sch.alpha(masked_times(sch, steps, "uniform")).numpy()
+    uniform = noise_grid(sch, steps, "uniform").levels.alpha.numpy()
     np.testing.assert_allclose(uniform, (1 - 2 * EPS) * (1 - u) + EPS, rtol=0, atol=1e-12)
     # the gap the issue measured: max |sin(pi u/2) - u| = 0.21 (at cos(pi u/2) = 2/pi)
     assert np.abs(alpha - uniform).max() == pytest.approx(0.2105, abs=1e-3)
@@ -58,13 +58,14 @@ def test_a_schedules_grid_matches_its_log_snr_at_uniform_times():
     t = t0 + (t1 - t0) * (steps - np.arange(steps + 1)) / steps
     expected = 1 - np.cos(np.pi / 2 * (1 - t))
     linear = schedule("masked_linear")
-    alpha = linear.alpha(masked_times(linear, steps, schedule("md4_cosine"))).numpy()
+    md4_cosine = {"name": "md4_cosine", **schedules.load_library()["md4_cosine"]}
+    alpha = noise_grid(linear, steps, "schedule", of=md4_cosine).levels.alpha.numpy()
     np.testing.assert_allclose(alpha, expected, rtol=0, atol=1e-9)
 
 
 def test_unknown_grid_is_a_user_error():
     with pytest.raises(UserError, match="masked grid"):
-        masked_times(schedule("masked_linear"), 4, "quadratic")
+        noise_grid(schedule("masked_linear"), 4, "quadratic")
 
 
 @pytest.mark.parametrize(("grid", "ok"), [("cosine", True), ("md4_cosine", True), ("cosin", False)])
@@ -82,6 +83,13 @@ def test_spec_sampling_names_a_grid_of_the_library(tmp_path, grid, ok):
 
 
 # -- the reveal probability, through the forward process's marginal ------------------------
+
+
+def masked_grid(sch: schedules.Schedule, steps: int, name: str):
+    """A registered grid, or md4_cosine's (the ``schedule`` grid of that library entry)."""
+    if name != "md4_cosine":
+        return noise_grid(sch, steps, name)
+    return noise_grid(sch, steps, "schedule", of={"name": name, **schedules.load_library()[name]})
 
 
 def uniform_logits_recording(record: list):
@@ -103,10 +111,9 @@ def test_masked_fraction_at_every_step_is_one_minus_alpha(grid):
     ancestral(
         uniform_logits_recording(record),
         sch,
+        masked_grid(sch, steps, grid),
         shape,
-        steps,
         generator=torch.Generator().manual_seed(0),
-        grid=schedule(grid) if grid == "md4_cosine" else grid,
         final_argmax=True,
     )
     assert len(record) >= steps - 1  # the network runs where something is revealed
@@ -172,11 +179,12 @@ def test_top_p_sampling_draws_from_the_renormalised_nucleus():
     def fixed(z, level):
         return logits.reshape(1, VOCAB, 1, 1, 1).expand(z.shape[0], VOCAB, *z.shape[1:])
 
+    sch = schedule("masked_linear")
     z = ancestral(
         fixed,
-        schedule("masked_linear"),
+        sch,
+        noise_grid(sch, 1, "uniform"),
         (20000, 1, 1, 1),
-        1,
         generator=torch.Generator().manual_seed(0),
         top_p=0.75,
     )
@@ -210,8 +218,8 @@ def test_final_argmax_fills_what_is_left_at_lam_max_with_the_mode():
         z = ancestral(
             fixed,
             sch,
+            noise_grid(sch, 6, "uniform"),
             shape,
-            6,
             generator=torch.Generator().manual_seed(1),
             final_argmax=final_argmax,
         )
@@ -220,7 +228,10 @@ def test_final_argmax_fills_what_is_left_at_lam_max_with_the_mode():
         std = math.sqrt(share_of_mode * (1 - share_of_mode) / n)
         assert abs(share - share_of_mode) < 5 * std
     # with final_argmax the last network call is at the end of the range (lam_max = 1)
-    ancestral(fixed, sch, shape, 6, generator=torch.Generator().manual_seed(1), final_argmax=True)
+    grid = noise_grid(sch, 6, "uniform")
+    ancestral(
+        fixed, sch, grid, shape, generator=torch.Generator().manual_seed(1), final_argmax=True
+    )
     assert levels[-1] == pytest.approx(1.0, abs=1e-9)
 
 
@@ -300,7 +311,7 @@ def sampler_law(alphas: list[float], top_p: float | None, final_argmax: bool) ->
 def test_sample_frequencies_match_the_exact_law_of_the_sampler(grid, top_p, final_argmax):
     sch = schedule("md4_cosine", (-6.0, 1.5))  # alpha ends at 0.82: the final step matters
     steps, num = 4, 12000
-    alphas = sch.alpha(masked_times(sch, steps, grid)).tolist()
+    alphas = noise_grid(sch, steps, grid).levels.alpha.tolist()
     if not final_argmax:
         alphas[-1] = 1.0
     law = sampler_law(alphas, top_p, final_argmax)
@@ -308,10 +319,9 @@ def test_sample_frequencies_match_the_exact_law_of_the_sampler(grid, top_p, fina
     z = ancestral(
         exact_denoiser,
         sch,
+        noise_grid(sch, steps, grid),
         (num, 1, 1, D),
-        steps,
         generator=torch.Generator().manual_seed(0),
-        grid=grid,
         top_p=top_p,
         final_argmax=final_argmax,
     )
@@ -327,7 +337,7 @@ def test_with_many_steps_the_exact_law_is_the_data_distribution():
     # one token revealed at a time in the limit: the sampler draws from the data's joint
     sch = schedule("md4_cosine")
     law = sampler_law(
-        sch.alpha(masked_times(sch, 200, "uniform")).tolist()[:-1] + [1.0], None, False
+        noise_grid(sch, 200, "uniform").levels.alpha.tolist()[:-1] + [1.0], None, False
     )
     assert set(law) == set(JOINT)
     assert sum(abs(law[x] - q) for x, q in JOINT.items()) < 0.02

@@ -15,6 +15,7 @@ import yaml
 from diffobj.errors import UserError
 from diffobj.objectives import schedules
 from diffobj.processes.masked import MASK, VOCAB
+from diffobj.sampling.config import requested
 from diffobj.sampling.samplers import (
     ancestral,
     ddim,
@@ -22,6 +23,7 @@ from diffobj.sampling.samplers import (
     edm_sigmas,
     heun,
     image_grid,
+    noise_grid,
     sample_run,
     to_uint8,
     write_samples,
@@ -49,15 +51,21 @@ def schedule(name: str, log_snr_range=(-10.0, 10.0)) -> schedules.Schedule:
 
 @pytest.mark.parametrize("schedule_name", ["vp_cosine", "rectified_flow"])
 @pytest.mark.parametrize(
-    ("sampler", "steps", "extra"),
-    [(ddpm, 1000, {}), (ddim, 400, {"eta": 0.0}), (ddim, 400, {"eta": 0.5}), (heun, 50, {})],
+    ("sampler", "grid", "steps", "extra"),
+    [
+        (ddpm, "uniform", 1000, {}),
+        (ddim, "uniform", 400, {"eta": 0.0}),
+        (ddim, "uniform", 400, {"eta": 0.5}),
+        (heun, "edm", 50, {}),
+    ],
 )
-def test_gaussian_samplers_reproduce_gaussian_data(schedule_name, sampler, steps, extra):
+def test_gaussian_samplers_reproduce_gaussian_data(schedule_name, sampler, grid, steps, extra):
+    sch = schedule(schedule_name)
     x = sampler(
         gaussian_eps_star,
-        schedule(schedule_name),
+        sch,
+        noise_grid(sch, steps, grid),
         SHAPE,
-        steps,
         generator=torch.Generator().manual_seed(0),
         **extra,
     )
@@ -70,11 +78,12 @@ def test_gaussian_samplers_reproduce_gaussian_data(schedule_name, sampler, steps
 def test_heun_converges_with_steps():
     errors = []
     for steps in (10, 18, 50):
+        sch = schedule("vp_cosine")
         x = heun(
             gaussian_eps_star,
-            schedule("vp_cosine"),
+            sch,
+            noise_grid(sch, steps, "edm"),
             SHAPE,
-            steps,
             generator=torch.Generator().manual_seed(0),
         )
         errors.append(abs(float(x.var()) / S**2 - 1))
@@ -84,12 +93,15 @@ def test_heun_converges_with_steps():
 def test_ddpm_is_ddim_with_eta_one():
     """DDIM's eta = 1 is the ancestral posterior step; with the same noise both agree."""
     sch = schedule("vp_cosine")
-    a = ddpm(gaussian_eps_star, sch, (64, 1, 4, 4), 20, generator=torch.Generator().manual_seed(3))
+    grid = noise_grid(sch, 20, "uniform")
+    a = ddpm(
+        gaussian_eps_star, sch, grid, (64, 1, 4, 4), generator=torch.Generator().manual_seed(3)
+    )
     b = ddim(
         gaussian_eps_star,
         sch,
+        grid,
         (64, 1, 4, 4),
-        20,
         eta=1.0,
         generator=torch.Generator().manual_seed(3),
     )
@@ -103,11 +115,12 @@ def test_heun_calls_the_network_2n_minus_1_times():
         calls.append(1)
         return gaussian_eps_star(z, level)
 
+    sch = schedule("vp_cosine")
     heun(
         counting,
-        schedule("vp_cosine"),
+        sch,
+        noise_grid(sch, 18, "edm"),
         (2, 1, 4, 4),
-        18,
         generator=torch.Generator().manual_seed(0),
     )
     assert len(calls) == 35
@@ -151,7 +164,11 @@ def optimal_logits(z: torch.Tensor, level) -> torch.Tensor:
 def test_masked_ancestral_with_optimal_denoiser_returns_training_items():
     sch = schedule("md4_cosine", (-9.21, 9.21))
     z = ancestral(
-        optimal_logits, sch, (2000, 1, 2, 2), 1000, generator=torch.Generator().manual_seed(0)
+        optimal_logits,
+        sch,
+        noise_grid(sch, 1000, "uniform"),
+        (2000, 1, 2, 2),
+        generator=torch.Generator().manual_seed(0),
     )
     assert (z != MASK).all()
     matches = (z.flatten(1)[:, None] == TRAIN.flatten(1)[None]).all(-1)  # (samples, items)
@@ -165,7 +182,10 @@ def test_masked_ancestral_with_optimal_denoiser_returns_training_items():
 
 def test_masked_ancestral_last_step_reveals_everything():
     sch = schedule("md4_cosine", (-9.21, 9.21))
-    z = ancestral(optimal_logits, sch, (50, 1, 2, 2), 3, generator=torch.Generator().manual_seed(1))
+    grid = noise_grid(sch, 3, "uniform")
+    z = ancestral(
+        optimal_logits, sch, grid, (50, 1, 2, 2), generator=torch.Generator().manual_seed(1)
+    )
     assert (z != MASK).all() and z.max() < VOCAB
 
 
@@ -221,11 +241,11 @@ def trained_runs(tmp_path_factory) -> dict[str, Path]:
 )
 def test_sampling_a_trained_run(trained_runs, kind, sampler):
     images = sample_run(
-        trained_runs[kind], sampler, 3, 5, batch_size=2, progress=False, device="cpu"
+        trained_runs[kind], requested(sampler, 3, 5), batch_size=2, progress=False, device="cpu"
     )
     assert images.dtype == np.uint8 and images.shape == (5, 8, 8, 1)
     again = sample_run(
-        trained_runs[kind], sampler, 3, 5, batch_size=2, progress=False, device="cpu"
+        trained_runs[kind], requested(sampler, 3, 5), batch_size=2, progress=False, device="cpu"
     )
     np.testing.assert_array_equal(images, again)  # seeded
 
@@ -233,15 +253,18 @@ def test_sampling_a_trained_run(trained_runs, kind, sampler):
 def test_md4_sampling_options_on_a_trained_run(trained_runs, tmp_path):
     options = {"grid": "md4_cosine", "top_p": 0.9, "final_argmax": True}
     images = sample_run(
-        trained_runs["masked"], "ancestral", 3, 3, progress=False, device="cpu", **options
+        trained_runs["masked"],
+        requested("ancestral", 3, 3, **options),
+        progress=False,
+        device="cpu",
     )
     assert images.shape == (3, 8, 8, 1)
     with pytest.raises(UserError, match="nor a schedule of"):
-        sample_run(trained_runs["masked"], "ancestral", 3, 3, device="cpu", grid="cosin")
+        sample_run(trained_runs["masked"], requested("ancestral", 3, 3, grid="cosin"), device="cpu")
     with pytest.raises(UserError, match="--top-p must be in"):
-        sample_run(trained_runs["masked"], "ancestral", 3, 3, device="cpu", top_p=1.5)
+        sample_run(trained_runs["masked"], requested("ancestral", 3, 3, top_p=1.5), device="cpu")
     with pytest.raises(UserError, match="ancestral sampler only"):
-        sample_run(trained_runs["gaussian"], "ddpm", 3, 3, device="cpu", top_p=0.9)
+        sample_run(trained_runs["gaussian"], requested("ddpm", 3, 3, top_p=0.9), device="cpu")
     out = tmp_path / "md4.npz"
     argv = ["--grid", "md4_cosine", "--top-p", "0.9", "--final-argmax", "--out", str(out)]
     proc = subprocess.run(
@@ -310,13 +333,34 @@ def test_sample_command_writes_npz_and_png(trained_runs, tmp_path):
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_a_sampling_file_is_checked_and_does_not_mix_with_the_flags(tmp_path):
+    import argparse
+
+    from diffobj.commands.sample import add_arguments, sampling_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = tmp_path / "sampling.yaml"
+    fields = {"sampler": "ddim", "steps": 3, "grid": {"name": "edm"}, "options": {"eta": 0.5}}
+    config.write_text(yaml.safe_dump({**fields, "num": 2, "seed": 1, "guidance": 0.0}))
+    base = ["--run", "r", "--sampling", str(config), "--out", "o.npz"]
+    assert sampling_config(parser.parse_args(base)) == requested(
+        "ddim", 3, 2, grid="edm", seed=1, eta=0.5
+    )
+    with pytest.raises(UserError, match="--steps: give --sampling FILE or the sampling flags"):
+        sampling_config(parser.parse_args([*base, "--steps", "4"]))
+    config.write_text(yaml.safe_dump({**fields, "stpes": 3, "num": 2}))
+    with pytest.raises(UserError, match="sampling.yaml: unknown key 'stpes'"):
+        sampling_config(parser.parse_args(base))
+
+
 def test_bad_requests_are_user_errors_and_write_nothing(tmp_path):
     with pytest.raises(UserError, match="has no model.pt"):
-        sample_run(tmp_path, "heun", 18, 4, progress=False)
+        sample_run(tmp_path, requested("heun", 18, 4), progress=False)
     with pytest.raises(UserError, match="unknown sampler 'euler'"):
-        sample_run(tmp_path, "euler", 18, 4, progress=False)
+        sample_run(tmp_path, requested("euler", 18, 4), progress=False)
     with pytest.raises(UserError, match="--steps must be positive"):
-        sample_run(tmp_path, "ddpm", 0, 4, progress=False)
+        sample_run(tmp_path, requested("ddpm", 0, 4), progress=False)
     out = tmp_path / "s.npz"
     proc = subprocess.run(
         [

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from diffobj.spec import load as load_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 
@@ -147,8 +149,12 @@ def test_class_conditional_specs_dry_run(tmp_path, spec, runs, bounds):
     assert jobs["train"] == jobs["sample"] == runs
     assert jobs.get("bounds", 0) == (runs if bounds else 0)
     assert ("bounds_table" in jobs) is bounds
-    guided = "--guidance 1.0" in result.stdout
-    assert guided is (spec == "conditional_digits")  # st_imagenet64: guidance 0, flag omitted
+    assert jobs["sampling_config"] == runs
+    assert result.stdout.count("--sampling results/") == runs  # each run's sampling.yaml
+    # the guidance each run's sampling.yaml holds (every run here is class-conditional)
+    loaded = load_spec(tmp_path / "config" / "experiments" / f"{spec}.yaml", root=tmp_path)
+    guidance = {loaded.resolved_sampling(run)["guidance"] for run in loaded.runs}
+    assert guidance == ({1.0} if spec == "conditional_digits" else {0.0})
 
 
 @pytest.mark.parametrize(
@@ -284,7 +290,7 @@ def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     grown["grid"][0]["weighting"].append("fm")
     spec.write_text(yaml.safe_dump(grown))
     jobs = planned_jobs(snakemake(workdir, spec, "-n"))
-    per_run = {"run_config", "train", "sample", "fd_classifier", "nll"}
+    per_run = {"run_config", "sampling_config", "train", "sample", "fd_classifier", "nll"}
     assert {name: jobs[name] for name in per_run} == dict.fromkeys(per_run, 1)
     aggregates = {"weightings", "tables", "report", "all"} | {
         f"figure_{f}" for f in TINY["figures"] if f != "weightings"

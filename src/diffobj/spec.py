@@ -28,7 +28,8 @@ from diffobj.errors import UserError
 from diffobj.io import read_yaml
 from diffobj.objectives import schedules, weightings
 from diffobj.optimal.estimators import ESTIMATORS, estimator_names
-from diffobj.sampling.samplers import sampler_names
+from diffobj.sampling.config import from_spec, grid_entry
+from diffobj.sampling.samplers import SAMPLERS, check_grid, sampler_names
 
 # the choices of the registries (diffobj.registry), in registration order
 GAUSSIAN_SAMPLERS = tuple(sampler_names("gaussian"))
@@ -178,7 +179,7 @@ class Sampling(Strict):
     masked_steps: int = Field(64, gt=0)
     masked_grid: str = Field(
         "uniform",
-        description="uniform | cosine (MD4's) | a schedule of schedules_library (its log-SNRs)",
+        description="uniform | cosine (MD4's) | a schedule's name (its log-SNRs)",
     )
     masked_top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling")
     masked_final_argmax: bool = Field(
@@ -186,7 +187,7 @@ class Sampling(Strict):
     )
 
     sigma_min: float = Field(
-        0.002, gt=0, description="heun: EDM's sigma^ range, whatever the training log_snr_range"
+        0.002, gt=0, description="edm grid: its sigma^ range, whatever the training log_snr_range"
     )
     sigma_max: float = Field(80.0, gt=0)
     s_churn: float = Field(0.0, ge=0, description="heun: EDM's stochastic sampler; 0 = off")
@@ -383,6 +384,17 @@ class LoadedSpec:
                 return run
         raise SpecError(f"{self.path}: no run {run_id!r} in the grid")
 
+    def resolved_sampling(self, run: Run) -> dict[str, Any]:
+        """The run's sampling, resolved from the sampling section (RUN_DIR/sampling.yaml)."""
+        return from_spec(
+            self.spec.sampling,
+            self.spec.processes[run.process].kind,
+            run.seed,
+            run.model_cfg.get("num_classes", 0) > 0,
+            self.schedule_entries,
+            self.libraries["schedules"],
+        )
+
     def schedule(self, name: str, process: str) -> schedules.Schedule:
         return schedules.build(
             name,
@@ -451,7 +463,7 @@ def load(path: str | Path, root: str | Path | None = None) -> LoadedSpec:
     weighting_entries = _merge_weightings(libraries["weightings"], spec.weightings, path)
     _check_references(spec, path, schedule_entries, weighting_entries)
     _check_registered(spec, path)
-    _check_masked_grid(spec, path, libraries["schedules"])
+    _check_masked_grid(spec, path, schedule_entries, libraries["schedules"])
     loaded = LoadedSpec(spec, path, schedule_entries, weighting_entries, base, libraries)
     _check_buildable(loaded)
     _check_sampling_range(loaded)
@@ -469,17 +481,18 @@ def _check_registered(spec: Spec, path: Path) -> None:
             raise SpecError(str(err)) from None
 
 
-def _check_masked_grid(spec: Spec, path: Path, library_file: Path) -> None:
-    """The sample command reads a grid schedule from the library file, not the spec's additions."""
-    from diffobj.sampling.samplers import MASKED_GRIDS
-
+def _check_masked_grid(
+    spec: Spec, path: Path, schedule_entries: dict[str, Any], library_file: Path
+) -> None:
+    """The masked grid is a grid of the registry or a schedule's name (the Gaussian samplers
+    take their own grid)."""
     grid = spec.sampling.masked_grid
-    library = schedules.load_library(library_file)
-    if grid not in MASKED_GRIDS and grid not in library:
-        raise SpecError(
-            f"{path}: sampling.masked_grid: {grid!r} is neither {' nor '.join(MASKED_GRIDS)} "
-            f"nor a schedule of {library_file}"
+    try:
+        check_grid(
+            spec.sampling.masked_sampler, grid_entry(grid, "masked", schedule_entries, library_file)
         )
+    except UserError as err:
+        raise SpecError(f"{path}: sampling.masked_grid: {err}") from None
 
 
 LIBRARIES = ("schedules", "weightings")
@@ -670,13 +683,13 @@ def _entry_source(loaded: LoadedSpec, what: str, name: str) -> str:
 
 
 def _check_sampling_range(loaded: LoadedSpec) -> None:
-    """heun samples on sampling.sigma_min..sigma_max: every Gaussian path must reach it."""
+    """The edm grid spans sampling.sigma_min..sigma_max: every Gaussian path must reach it."""
     import torch
 
     from diffobj.sampling.samplers import sigma_levels
 
     sampling = loaded.spec.sampling
-    if sampling.gaussian_sampler != "heun":
+    if SAMPLERS[sampling.gaussian_sampler].grid != "edm":
         return
     ends = torch.tensor([sampling.sigma_min, sampling.sigma_max], dtype=torch.float64)
     for process, sched, _ in loaded.combinations():

@@ -176,7 +176,7 @@ if EVAL.one_job_per_run:
 
     def evaluate_run_inputs(wildcards):
         run = wildcards.run
-        inputs = {"model": f"{run_dir(run)}/model.pt"}
+        inputs = sample_inputs(run)
         inputs |= classifier_inputs(run) if EVAL.fd_classifier else {}
         inputs |= nll_inputs(run) if EVAL.nll else {}
         return inputs

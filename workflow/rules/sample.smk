@@ -1,35 +1,38 @@
-from diffobj.sampling.samplers import SAMPLERS as SAMPLER_REGISTRY  # name -> function, options, flags
+# One sampling per run. The resolved sampling config is a param (as train.smk's run config), so
+# a run re-samples only when its own sampling changes (its process's sampler, steps, grid, ...).
 
-SAMPLING = S.sampling
+from diffobj.sampling.config import dump_sampling_config
 
 
-def sampler_args(run):
-    """--sampler and --steps of the run's process kind, then the flags its registered sampler
-    (diffobj.sampling.samplers.SAMPLERS) takes from the spec; guidance where the run is conditional."""
-    # classifier-free guidance of class-conditional runs (omitted at 0, the default)
-    conditional = RUNS[run].model_cfg.get("num_classes", 0) > 0
-    cfg = f" --guidance {SAMPLING.guidance}" if SAMPLING.guidance and conditional else ""
-    process_kind = kind(RUNS[run].process)
-    name = getattr(SAMPLING, f"{process_kind}_sampler")
-    args = f"--sampler {name} --steps {getattr(SAMPLING, f'{process_kind}_steps')}"
-    flags = SAMPLER_REGISTRY[name].spec_flags(SAMPLING, shell_path(LOADED.libraries["schedules"]))
-    # the flags' order of the commands before the registry, so no job reruns
-    return args + (flags + cfg if process_kind == "masked" else cfg + flags)
+rule sampling_config:
+    output:
+        f"{R}/runs/{{run}}/sampling.yaml",
+    params:
+        resolved=lambda w: json.dumps(LOADED.resolved_sampling(RUNS[w.run]), sort_keys=True),
+    localrule: True
+    run:
+        # in the Snakemake process, which holds the validated spec: no job start-up
+        with atomic_path(output[0]) as tmp:
+            tmp.write_text(dump_sampling_config(LOADED.resolved_sampling(RUNS[wildcards.run])))
 
 
 def sample_command(run):
     """`diffobj sample` of one run (without the program name): shared with evaluate_run."""
     return (
-        f"sample --run {run_dir(run)} {sampler_args(run)} --num {SAMPLING.num} --seed {RUNS[run].seed}"
+        f"sample --run {run_dir(run)} --sampling {run_dir(run)}/sampling.yaml"
         f" --out {run_dir(run)}/samples.npz"
     )
+
+
+def sample_inputs(run):
+    return {"model": f"{run_dir(run)}/model.pt", "sampling": f"{run_dir(run)}/sampling.yaml"}
 
 
 if not S.evaluation.one_job_per_run:  # else evaluate_run (evaluate.smk) samples
 
     rule sample:
         input:
-            f"{R}/runs/{{run}}/model.pt",
+            unpack(lambda w: sample_inputs(w.run)),
         output:
             f"{R}/runs/{{run}}/samples.npz",
         params:

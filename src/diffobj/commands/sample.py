@@ -1,7 +1,13 @@
-"""diffobj sample --run RUN_DIR --sampler NAME --steps N --num S --out samples.npz
+"""diffobj sample --run RUN_DIR --sampling SAMPLING.yaml --out samples.npz
 
-Gaussian samplers: ddpm, ddim (--eta, default 0), heun (N steps = 2N - 1 network evaluations);
-masked: ancestral (--grid, --top-p, --final-argmax: MD4's options). Writes samples.npz (key ``images``: uint8, N x H x W x C) and samples.png.
+The sampling config (RUN_DIR/sampling.yaml, written by the workflow from the spec; see
+diffobj.sampling.config) names the sampler, its grid, steps, number of images, seed, guidance
+and options. By hand, flags may ask for the same instead:
+``--sampler NAME --steps N --num S [--grid G] [--seed ...] [options]``.
+Gaussian samplers: ddpm, ddim (--eta, default 0), heun (N steps = 2N - 1 network evaluations;
+--s-churn ...); masked: ancestral (--top-p, --final-argmax: MD4's options). Grids: uniform,
+edm (--sigma-min, --sigma-max), MD4's cosine or a schedule's name (masked); default: the
+sampler's own. Writes samples.npz (key ``images``: uint8, N x H x W x C) and samples.png.
 A class-conditional run draws balanced classes (sample i of class i mod K, key ``labels``),
 with classifier-free guidance of scale --guidance (default 0: the conditional model).
 """
@@ -12,23 +18,20 @@ import argparse
 import sys
 import time
 
+# the flags that set an option of a sampler or a grid, by the option's name
+OPTION_FLAGS = ("eta", "sigma_min", "sigma_max", "s_churn", "s_min", "s_max", "s_noise")
+OPTION_FLAGS += ("top_p", "final_argmax")
+# the flags the sampling config replaces
+REQUEST_FLAGS = ("sampler", "steps", "num", "grid", "schedules_library", "seed", "guidance")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="trained run directory (holds model.pt)")
-    parser.add_argument("--sampler", required=True, help=sampler_help())
-    parser.add_argument("--steps", type=int, required=True, help="sampler steps")
-    parser.add_argument("--num", type=int, required=True, help="number of images")
-    parser.add_argument("--eta", type=float, help="DDIM noise: 0 deterministic, 1 = DDPM")
-    heun = parser.add_argument_group("heun (EDM's sampler)")
-    heun.add_argument("--sigma-min", type=float, help="sigma^ range (default: EDM's 0.002 ...")
-    heun.add_argument("--sigma-max", type=float, help="... 80, clipped to the training range)")
-    heun.add_argument("--s-churn", type=float, default=0.0, help="stochasticity; 0 = off")
-    heun.add_argument("--s-min", type=float, default=0.0, help="churn only at sigma^ >= s_min")
-    heun.add_argument("--s-max", type=float, default=float("inf"), help="... and <= s_max")
-    heun.add_argument("--s-noise", type=float, default=1.0, help="scale of the churn draws")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's draws")
     parser.add_argument(
-        "--guidance", type=float, default=0.0, help="classifier-free guidance scale w (>= 0)"
+        "--sampling", help="the run's sampling config (YAML), instead of the flags below"
+    )
+    parser.add_argument(
+        "--out", required=True, help="output .npz (a .png grid is written beside it)"
     )
     parser.add_argument("--batch-size", type=int, default=256, help="images per model call")
     parser.add_argument(
@@ -42,22 +45,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU threads for torch (default: all cores; give each of N parallel "
         "jobs cores/N, oversubscribed cores slow torch down many times)",
     )
-    parser.add_argument(
-        "--out", required=True, help="output .npz (a .png grid is written beside it)"
-    )
-    parser.add_argument(
-        "--grid",
-        default="uniform",
-        help="ancestral time grid: uniform | cosine (MD4's) | a schedule of --schedules-library",
-    )
-    parser.add_argument("--top-p", type=float, help="ancestral: nucleus sampling, in (0, 1]")
-    parser.add_argument(
-        "--final-argmax",
-        action="store_true",
-        help="ancestral (MD4): stop at lam_max and fill the masks left by the argmax",
-    )
-    parser.add_argument(
+    request = parser.add_argument_group("by hand, instead of --sampling")
+    request.add_argument("--sampler", help=sampler_help())
+    request.add_argument("--steps", type=int, help="sampler steps")
+    request.add_argument("--num", type=int, help="number of images")
+    request.add_argument("--grid", help=grid_help())
+    request.add_argument(
         "--schedules-library", help="schedule library for --grid (default config/schedules.yaml)"
+    )
+    request.add_argument("--seed", type=int, help="seed of the sampler's draws (default 0)")
+    request.add_argument(
+        "--guidance", type=float, help="classifier-free guidance scale w (>= 0, default 0)"
+    )
+    options = parser.add_argument_group("options of a sampler or a grid (default: its own)")
+    options.add_argument("--eta", type=float, help="ddim: noise, 0 deterministic, 1 = DDPM")
+    options.add_argument("--sigma-min", type=float, help="edm grid: sigma^ range (EDM's 0.002 ...")
+    options.add_argument("--sigma-max", type=float, help="... 80, clipped to the training range)")
+    options.add_argument("--s-churn", type=float, help="heun: stochasticity; 0 = off")
+    options.add_argument("--s-min", type=float, help="heun: churn only at sigma^ >= s_min")
+    options.add_argument("--s-max", type=float, help="heun: ... and <= s_max")
+    options.add_argument("--s-noise", type=float, help="heun: scale of the churn draws")
+    options.add_argument("--top-p", type=float, help="ancestral: nucleus sampling, in (0, 1]")
+    options.add_argument(
+        "--final-argmax",
+        action="store_const",
+        const=True,
+        help="ancestral (MD4): stop at lam_max and fill the masks left by the argmax",
     )
 
 
@@ -71,24 +84,30 @@ def sampler_help() -> str:
     )
 
 
-def heun_options(args: argparse.Namespace) -> dict:
-    """The heun-only arguments as ``sample_run``'s ``heun`` keywords (empty: all defaults)."""
-    from diffobj.errors import UserError
-    from diffobj.sampling.samplers import Churn
+def grid_help() -> str:
+    """The registered grids, with their help; default: the sampler's own."""
+    from diffobj.sampling.samplers import GRIDS
 
-    options: dict = {}
-    if (args.sigma_min is None) != (args.sigma_max is None):
-        raise UserError("--sigma-min and --sigma-max go together")
-    if args.sigma_min is not None:
-        if not 0 < args.sigma_min < args.sigma_max:
-            raise UserError(f"--sigma-min {args.sigma_min} must be in (0, --sigma-max)")
-        options["sigma_range"] = (args.sigma_min, args.sigma_max)
-    churn = Churn(args.s_churn, args.s_min, args.s_max, args.s_noise)
-    if churn != Churn():
-        if args.s_churn < 0 or args.s_noise <= 0:
-            raise UserError("--s-churn must be >= 0 and --s-noise > 0")
-        options["churn"] = churn
-    return options
+    return "; ".join(f"{name}: {entry.help}" for name, entry in GRIDS.items()) + (
+        "; default: the sampler's own"
+    )
+
+
+def sampling_config(args: argparse.Namespace):
+    """The SamplingConfig of --sampling FILE, or of the flags (never both)."""
+    from diffobj.errors import UserError
+    from diffobj.sampling.config import load_sampling_config, requested
+
+    given = {k: v for k in REQUEST_FLAGS + OPTION_FLAGS if (v := getattr(args, k)) is not None}
+    if args.sampling is not None:
+        if given:
+            flag = next(iter(given)).replace("_", "-")
+            raise UserError(f"--{flag}: give --sampling FILE or the sampling flags, not both")
+        return load_sampling_config(args.sampling)
+    for need in ("sampler", "steps", "num"):
+        if need not in given:
+            raise UserError(f"--{need} is needed (or --sampling FILE)")
+    return requested(given.pop("sampler"), given.pop("steps"), given.pop("num"), **given)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -101,29 +120,21 @@ def run(args: argparse.Namespace) -> None:
 
     if not args.out.endswith(".npz"):
         raise UserError(f"--out must name a .npz file, got {args.out!r}")
+    sampling = sampling_config(args)
     start = time.perf_counter()
     images = sample_run(
         args.run,
-        args.sampler,
-        args.steps,
-        args.num,
-        eta=args.eta,
-        seed=args.seed,
+        sampling,
         batch_size=args.batch_size,
         device=args.device,
         progress=not args.no_progress,
         compile=args.compile,
-        grid=args.grid,
-        top_p=args.top_p,
-        final_argmax=args.final_argmax,
-        schedules_library=args.schedules_library,
-        heun_options=heun_options(args),
-        guidance=args.guidance,
     )
     seconds = time.perf_counter() - start
     png = write_samples(images, args.out, run_class_labels(args.run, len(images)))
     print(
-        f"{args.out}: {len(images)} images {images.shape[1:]} ({args.sampler}, {args.steps} steps), "
+        f"{args.out}: {len(images)} images {images.shape[1:]} "
+        f"({sampling.sampler}, {sampling.steps} steps), "
         f"{len(images) / seconds:.1f} images/s; grid {png}",
         file=sys.stderr,
     )

@@ -1,4 +1,19 @@
-"""Samplers: plain functions of a denoiser callable and a schedule (k-diffusion style).
+"""Samplers: solvers of a denoiser callable on a noise grid (k-diffusion style).
+
+A grid (``@grid``) is the sequence of noise levels to visit: ``NoiseGrid``, steps + 1 levels
+of the run's path, most noise first. A solver (``@sampler``) steps from each level to the next
+with one shared signature ``fn(model_fn, schedule, grid, shape, *, generator, device,
+progress, **options)``; each sampler names its default grid, so a spec or ``--grid`` may pair
+any solver with any grid of its process.
+
+Grids:
+- ``uniform``: uniform in the schedule's time from lam_min; a Gaussian grid ends at the data
+  (alpha = 1, sigma = 0), a masked one at the end of the range (lam_max).
+- ``edm``: EDM's sigma^ grid (rho = 7) over a given sigma^ = e^{-lam/2} range (the spec's
+  sampling section: EDM's [0.002, 80] unless set), or by default EDM's range clipped to the
+  schedule's log-SNR range; then the data.
+- ``cosine`` (masked): MD4's, t = cos(pi/2 (1 - u)) for u uniform; ``schedule`` (masked): the
+  log-SNRs of another schedule at uniform times (``--grid NAME`` names the schedule).
 
 Gaussian (``eps_fn(z, level) -> eps_hat``), on the run's own path z = alpha x + sigma eps:
 - ``ddpm``: ancestral sampling in VDM's continuous form; with c = 1 - e^{lam_t - lam_s},
@@ -6,36 +21,34 @@ Gaussian (``eps_fn(z, level) -> eps_hat``), on the run's own path z = alpha x + 
 - ``ddim``: x0_hat = (z_t - sigma_t eps_hat) / alpha_t, sigma~ = sigma_s sqrt(c),
   z_s = alpha_s x0_hat + sqrt(sigma_s^2 - eta^2 sigma~^2) eps_hat + eta sigma~ xi
   (eta = 0 deterministic; eta = 1 is ``ddpm``).
-- ``heun``: EDM's 2nd-order sampler (Algorithm 2) in the VE view x^ = z / alpha,
-  sigma^ = e^{-lam/2}, on EDM's grid (rho = 7) over a given sigma^ range (the spec's sampling
-  section: EDM's [0.002, 80] unless set), or by default EDM's range clipped to the schedule's
-  log-SNR range; optional churn (S_churn, S_min, S_max, S_noise) makes it EDM's stochastic
-  sampler. N steps cost 2N - 1 network evaluations.
-DDPM and DDIM step uniformly in the schedule's time from lam_min; their last step lands on the
-data (alpha = 1, sigma = 0), i.e. returns x0_hat.
+- ``heun``: EDM's 2nd-order sampler (Algorithm 2) in the VE view x^ = z / alpha, stepping in
+  the grid's sigma^; optional churn (S_churn, S_min, S_max, S_noise) makes it EDM's
+  stochastic sampler. N steps cost 2N - 1 network evaluations.
+Their last step lands on the data (alpha = 1, sigma = 0), i.e. returns x0_hat.
 
 Masked (``logits_fn(z, level) -> logits (B, 256, ...)``):
 - ``ancestral``: MD4 / MDLM ancestral unmasking; from t to s each masked token is revealed with
   probability (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from softmax(logits); the
   last step reveals every remaining token (alpha = 1). Steps where nothing is revealed skip the
-  network. Options (MD4's): the time grid (``masked_times``: uniform in t, MD4's cosine grid, or
-  the log-SNRs of any schedule at uniform times), top-p (nucleus) sampling of the revealed
-  values, and ``final_argmax``: step to the end of the range (lam_max) instead of alpha = 1,
-  then fill the tokens still masked by the argmax of the logits there.
+  network. Options (MD4's): top-p (nucleus) sampling of the revealed values, and
+  ``final_argmax``: step to the grid's end (lam_max) instead of alpha = 1, then fill the tokens
+  still masked by the argmax of the logits there.
 
-``sample_run`` draws images from a trained run: uint8 NHWC (Gaussian: EDM's rounding of
-x * 127.5 + 128), in batches, with a progress bar; ``write_samples`` writes samples.npz and a
-PNG grid beside it.
+``sample_run`` draws images from a trained run as a ``SamplingConfig`` asks
+(diffobj.sampling.config: RUN_DIR/sampling.yaml or the command's flags): uint8 NHWC
+(Gaussian: EDM's rounding of x * 127.5 + 128), in batches, with a progress bar;
+``write_samples`` writes samples.npz and a PNG grid beside it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,10 +57,14 @@ from diffobj import processes
 from diffobj.devices import gpu_switches
 from diffobj.errors import UserError
 from diffobj.io import atomic_path
+from diffobj.objectives import schedules
 from diffobj.objectives.schedules import DTYPE, Level, Schedule
 from diffobj.processes.masked import MASK
 from diffobj.registry import Registry
 from diffobj.sampling.guidance import check_guidance, class_labels, guided
+
+if TYPE_CHECKING:
+    from diffobj.sampling.config import SamplingConfig
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
 Progress = Callable[[], None] | None
@@ -57,30 +74,60 @@ NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 EDM_SIGMA_MIN, EDM_SIGMA_MAX, EDM_RHO = 0.002, 80.0, 7.0
 
 
-# -- the registry ----------------------------------------------------------------------------------
+# -- the registries --------------------------------------------------------------------------------
+
+
+def keyword_defaults(fn: Callable, names: tuple[str, ...]) -> dict[str, Any]:
+    """The defaults of a function's keywords ``names``: what an option left unset means."""
+    parameters = inspect.signature(fn).parameters
+    return {name: parameters[name].default for name in names}
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """A sampler ``diffobj sample --sampler NAME`` runs, registered once with ``@sampler``.
+    """A solver ``diffobj sample --sampler NAME`` runs, registered once with ``@sampler``.
 
-    ``fn(model_fn, schedule, shape, steps, *, generator, device, progress, **options)`` returns
+    ``fn(model_fn, schedule, grid, shape, *, generator, device, progress, **options)`` returns
     the samples (Gaussian: x in data scale; masked: tokens). ``kind``: the process it samples.
-    ``options``: the option groups it takes beyond those ("eta": --eta; "heun": the sigma range
-    and churn; "masked": --grid, --top-p, --final-argmax). ``spec_flags(sampling, library)``:
-    the ``diffobj sample`` flags its options take from the spec's sampling section (library:
-    the schedule library as the command names it), for sample.smk."""
+    ``grid``: its default grid. ``options``: its keywords a sampling config may set (the spec's
+    sampling field ``<kind>_<option>`` or ``<option>``, the flag ``--<option>``); unset, they
+    keep the function's defaults."""
 
     name: str
     fn: Callable[..., torch.Tensor]
     kind: str
+    grid: str
     help: str = ""
     options: tuple[str, ...] = ()
-    spec_flags: Callable[[Any, str], str] = lambda sampling, library: ""
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return keyword_defaults(self.fn, self.options)
 
 
 SAMPLERS: Registry[Sampler] = Registry("sampler")
-sampler = partial(SAMPLERS.decorator, Sampler)  # @sampler(name, kind=..., ...)
+sampler = partial(SAMPLERS.decorator, Sampler)  # @sampler(name, kind=..., grid=..., ...)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A noise grid ``--grid NAME`` names, registered once with ``@grid``:
+    ``fn(schedule, steps, **options) -> NoiseGrid`` on the run's schedule. ``kinds``: the
+    processes whose solvers it serves; ``options``: its keywords (as a sampler's)."""
+
+    name: str
+    fn: Callable[..., NoiseGrid]
+    kinds: tuple[str, ...]
+    help: str = ""
+    options: tuple[str, ...] = ()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return keyword_defaults(self.fn, self.options)
+
+
+GRIDS: Registry[Grid] = Registry("grid")
+grid = partial(GRIDS.decorator, Grid)  # @grid(name, kinds=..., ...)
 
 
 def sampler_names(kind: str | None = None) -> list[str]:
@@ -88,17 +135,57 @@ def sampler_names(kind: str | None = None) -> list[str]:
     return SAMPLERS.names(lambda s: kind in (None, s.kind))
 
 
-def _with_option(option: str) -> list[str]:
-    return SAMPLERS.names(lambda s: option in s.options)
+def grid_names(kind: str | None = None) -> list[str]:
+    """The registered grids (serving one process kind), in registration order."""
+    return GRIDS.names(lambda g: kind is None or kind in g.kinds)
 
 
 # -- grids -------------------------------------------------------------------------------------------
 
 
-def time_grid(schedule: Schedule, steps: int) -> torch.Tensor:
-    """``steps`` times from t1 (lam_min, most noise) towards t0, uniform in the schedule's time."""
-    t0, t1 = schedule.t_range
-    return t1 + (t0 - t1) * torch.arange(steps, dtype=DTYPE) / steps
+@dataclass(frozen=True)
+class NoiseGrid:
+    """The noise levels a solver visits, most noise first: step i goes from level i to level
+    i + 1. ``levels``: steps + 1 levels of the run's path; a Gaussian grid ends at the data
+    (alpha 1, sigma 0, log-SNR inf; no time of the schedule, so t is nan), a masked one at the
+    end of the schedule's range. ``sigma_hat``: sigma^ = sigma / alpha at each level (EDM's
+    noise level, 0 at the data), as the grid set it where it is defined by sigma^."""
+
+    levels: Level
+    sigma_hat: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigma_hat) - 1
+
+
+SCHEDULE_GRID = "schedule"  # the grid a schedule's name stands for (``--grid md4_cosine``)
+
+
+def _then_data(levels: Level, sigma_hat: torch.Tensor) -> NoiseGrid:
+    """The grid of ``levels`` (at those sigma^), then the data."""
+    data = {"t": math.nan, "log_snr": math.inf, "dlog_snr_dt": math.nan}
+    data |= {"alpha": 1.0, "sigma": 0.0, "dalpha_dt": math.nan}
+    ended = {
+        k: torch.cat([v, torch.tensor([data[k]], dtype=v.dtype)]) for k, v in vars(levels).items()
+    }
+    return NoiseGrid(Level(**ended), torch.cat([sigma_hat, torch.zeros(1, dtype=sigma_hat.dtype)]))
+
+
+def _at_times(schedule: Schedule, t: torch.Tensor) -> NoiseGrid:
+    """The grid of ``steps + 1`` times, the last the end of the range: a masked path visits
+    all; a Gaussian one the first ``steps``, then the data."""
+    if schedule.process == "masked":
+        levels = schedule.level(t)
+        return NoiseGrid(levels, levels.sigma / levels.alpha)
+    levels = schedule.level(t[:-1])
+    return _then_data(levels, levels.sigma / levels.alpha)
+
+
+def noise_grid(schedule: Schedule, steps: int, name: str, **options: Any) -> NoiseGrid:
+    """The registered grid ``name`` with its options, of ``steps`` steps on the run's schedule."""
+    GRIDS.check(name, f"{schedule.process} grid", grid_names(schedule.process))
+    return GRIDS[name].fn(schedule, steps, **options)
 
 
 def _batch_level(level: Level, i: int, batch: int, device: torch.device) -> Level:
@@ -108,6 +195,14 @@ def _batch_level(level: Level, i: int, batch: int, device: torch.device) -> Leve
 
 def _scalars(level: Level, i: int) -> tuple[float, float, float]:
     return float(level.alpha[i]), float(level.sigma[i]), float(level.log_snr[i])
+
+
+@grid("uniform", kinds=("gaussian", "masked"), help="uniform in the schedule's time")
+def uniform_grid(schedule: Schedule, steps: int) -> NoiseGrid:
+    """``steps`` times from t1 (lam_min, most noise) towards t0, uniform, then t0."""
+    t0, t1 = schedule.t_range
+    t = t1 + (t0 - t1) * torch.arange(steps, dtype=DTYPE) / steps
+    return _at_times(schedule, torch.cat([t, torch.tensor([t0], dtype=DTYPE)]))
 
 
 def edm_sigmas(
@@ -149,6 +244,51 @@ def sigma_levels(schedule: Schedule, sigma_hat: torch.Tensor) -> Level:
     return lv
 
 
+@grid(
+    "edm",
+    kinds=("gaussian",),
+    help="EDM's, rho = 7 in sigma^ (--sigma-min, --sigma-max)",
+    options=("sigma_min", "sigma_max"),
+)
+def edm_grid(
+    schedule: Schedule, steps: int, sigma_min: float | None = None, sigma_max: float | None = None
+) -> NoiseGrid:
+    """``edm_sigmas`` over [sigma_min, sigma_max] (None: EDM's, clipped to the schedule's range)."""
+    if (sigma_min is None) != (sigma_max is None):
+        raise UserError("--sigma-min and --sigma-max go together")
+    if sigma_min is not None and not 0 < sigma_min < sigma_max:
+        raise UserError(f"--sigma-min {sigma_min} must be in (0, --sigma-max)")
+    sigma_range = None if sigma_min is None else (sigma_min, sigma_max)
+    sigmas = edm_sigmas(schedule, steps, sigma_range)
+    return _then_data(sigma_levels(schedule, sigmas[:-1]), sigmas[:-1])
+
+
+@grid("cosine", kinds=("masked",), help="MD4's cosine grid")
+def cosine_grid(schedule: Schedule, steps: int) -> NoiseGrid:
+    """t = cos(pi/2 (1 - u)) for u uniform, on the normalised time of the range."""
+    t0, t1 = schedule.t_range
+    u = torch.arange(steps, -1, -1, dtype=DTYPE) / steps
+    return _at_times(schedule, t0 + (t1 - t0) * torch.cos(math.pi / 2 * (1 - u)))
+
+
+@grid(
+    SCHEDULE_GRID,
+    kinds=("masked",),
+    help="another schedule's log-SNRs at its uniform times (--grid SCHEDULE)",
+    options=("of",),
+)
+def schedule_grid(schedule: Schedule, steps: int, of: Mapping[str, Any]) -> NoiseGrid:
+    """The times at which this schedule's log-SNR equals that of the schedule ``of`` (its
+    library entry, with its name) at uniform times of the same log-SNR range (MD4's cosine grid
+    on the linear schedule is the md4_cosine schedule's grid)."""
+    entry = dict(of)
+    other = schedules.build(entry.pop("name"), entry, schedule.log_snr_range, "grid")
+    other = other.with_log_snr_range(*schedule.log_snr_endpoints())
+    o0, o1 = other.t_range
+    u = torch.arange(steps, -1, -1, dtype=DTYPE) / steps
+    return _at_times(schedule, schedule.t_of_log_snr(other.log_snr(o0 + (o1 - o0) * u)))
+
+
 @dataclass(frozen=True)
 class Churn:
     """EDM's stochasticity (Algorithm 2): at sigma^ in [s_min, s_max] noise is added to raise
@@ -180,12 +320,12 @@ def _prior(
     )
 
 
-@sampler("ddpm", kind="gaussian", help="ancestral, VDM's form")
+@sampler("ddpm", kind="gaussian", grid="uniform", help="ancestral, VDM's form")
 def ddpm(
     eps_fn: ModelFn,
     schedule: Schedule,
+    grid: NoiseGrid,
     shape: tuple[int, ...],
-    steps: int,
     *,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
@@ -193,11 +333,11 @@ def ddpm(
 ) -> torch.Tensor:
     """Ancestral sampling, VDM's form of the posterior q(z_s | z_t, x = x0_hat)."""
     device = torch.device(device)
-    levels = schedule.level(time_grid(schedule, steps))
+    levels = grid.levels
     z = _prior(shape, _scalars(levels, 0)[1], generator, device)
-    for i in range(steps):
+    for i in range(grid.steps):
         a_t, s_t, lam_t = _scalars(levels, i)
-        a_s, s_s, lam_s = _scalars(levels, i + 1) if i + 1 < steps else (1.0, 0.0, math.inf)
+        a_s, s_s, lam_s = _scalars(levels, i + 1)
         eps = eps_fn(z, _batch_level(levels, i, shape[0], device)).float()
         c = -math.expm1(lam_t - lam_s)
         z = (a_s / a_t) * (z - s_t * c * eps)
@@ -208,25 +348,27 @@ def ddpm(
     return z
 
 
-@sampler("ddim", kind="gaussian", help="DDIM (--eta, default 0)", options=("eta",))
+@sampler("ddim", kind="gaussian", grid="uniform", help="DDIM (--eta, default 0)", options=("eta",))
 def ddim(
     eps_fn: ModelFn,
     schedule: Schedule,
+    grid: NoiseGrid,
     shape: tuple[int, ...],
-    steps: int,
     *,
-    eta: float = 0.0,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: Progress = None,
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021) on the schedule's path; returns x in data scale."""
+    if not 0 <= eta <= 1:
+        raise UserError(f"--eta must be in [0, 1], got {eta}")
     device = torch.device(device)
-    levels = schedule.level(time_grid(schedule, steps))
+    levels = grid.levels
     z = _prior(shape, _scalars(levels, 0)[1], generator, device)
-    for i in range(steps):
+    for i in range(grid.steps):
         a_t, s_t, lam_t = _scalars(levels, i)
-        a_s, s_s, lam_s = _scalars(levels, i + 1) if i + 1 < steps else (1.0, 0.0, math.inf)
+        a_s, s_s, lam_s = _scalars(levels, i + 1)
         eps = eps_fn(z, _batch_level(levels, i, shape[0], device)).float()
         x0 = (z - s_t * eps) / a_t
         c = -math.expm1(lam_t - lam_s)
@@ -239,47 +381,41 @@ def ddim(
     return z
 
 
-def _heun_flags(sampling: Any, library: str) -> str:
-    """EDM's sigma range and churn (spec: sampling)."""
-    args = f" --sigma-min {sampling.sigma_min} --sigma-max {sampling.sigma_max}"
-    if sampling.s_churn > 0:
-        args += (
-            f" --s-churn {sampling.s_churn} --s-min {sampling.s_min} --s-noise {sampling.s_noise}"
-        )
-        args += f" --s-max {sampling.s_max}" if sampling.s_max is not None else ""
-    return args
-
-
 @sampler(
     "heun",
     kind="gaussian",
+    grid="edm",
     help="EDM's (N steps = 2N - 1 network evaluations)",
-    options=("heun",),
-    spec_flags=_heun_flags,
+    options=("s_churn", "s_min", "s_max", "s_noise"),
 )
 def heun(
     eps_fn: ModelFn,
     schedule: Schedule,
+    grid: NoiseGrid,
     shape: tuple[int, ...],
-    steps: int,
     *,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: Progress = None,
-    sigma_range: tuple[float, float] | None = None,
-    churn: Churn | None = None,
+    s_churn: float = 0.0,
+    s_min: float = 0.0,
+    s_max: float | None = None,
+    s_noise: float = 1.0,
     noise: NoiseSource | None = None,
 ) -> torch.Tensor:
-    """EDM's Heun sampler in the VE view; D(x^) = x^ - sigma^ eps_hat.
+    """EDM's Heun sampler in the VE view; D(x^) = x^ - sigma^ eps_hat. ``s_*``: ``Churn``
+    (s_max None: no limit).
 
     ``noise`` replaces the generator's draws (the prior's, then one per step when churning,
     whether or not that step churns: EDM's order of draws)."""
+    if s_churn < 0 or s_noise <= 0:
+        raise UserError("--s-churn must be >= 0 and --s-noise > 0")
     device = torch.device(device)
-    churn = churn or Churn()
-    sigmas = edm_sigmas(schedule, steps, sigma_range)
+    churn = Churn(s_churn, s_min, math.inf if s_max is None else s_max, s_noise)
+    sigmas, levels, steps = grid.sigma_hat, grid.levels, grid.steps
     raised = torch.tensor([churn.raised(float(s), steps) for s in sigmas[:-1]], dtype=DTYPE)
-    # the run's level at each grid sigma^ and each raised one, computed once
-    levels, raised_levels = sigma_levels(schedule, sigmas[:-1]), sigma_levels(schedule, raised)
+    # the run's level at each raised sigma^, computed once (without churn: the grid's own)
+    raised_levels = sigma_levels(schedule, raised) if churn.s_churn > 0 else levels
 
     def d(x_hat: torch.Tensor, lv: Level, i: int) -> torch.Tensor:
         """dx^/dsigma^ = (x^ - D) / sigma^ = eps_hat at level i of ``lv``."""
@@ -315,32 +451,6 @@ def sample_categorical(logits: torch.Tensor, generator: torch.Generator) -> torc
     return (logits.double() + gumbel).argmax(dim=-1)
 
 
-MASKED_GRIDS = ("uniform", "cosine")  # or the name of a schedule
-
-
-def masked_times(schedule: Schedule, steps: int, grid: str | Schedule = "uniform") -> torch.Tensor:
-    """``steps + 1`` times from t1 (lam_min, all masked) down to t0 (lam_max).
-
-    ``uniform``: uniform in the schedule's time. ``cosine``: MD4's grid, t = cos(pi/2 (1 - u))
-    for u uniform, on the normalised time of the range. A Schedule: the times at which this
-    schedule's log-SNR equals that schedule's at uniform times of the same log-SNR range (MD4's
-    cosine grid on the linear schedule is the md4_cosine schedule's grid)."""
-    t0, t1 = schedule.t_range
-    if isinstance(grid, Schedule):
-        other = grid.with_log_snr_range(*schedule.log_snr_endpoints())
-        o0, o1 = other.t_range
-        u = torch.arange(steps, -1, -1, dtype=DTYPE) / steps
-        return schedule.t_of_log_snr(other.log_snr(o0 + (o1 - o0) * u))
-    if grid == "uniform":  # as time_grid, so the default grid is bit for bit the old one
-        return torch.cat([time_grid(schedule, steps), torch.tensor([t0], dtype=DTYPE)])
-    if grid == "cosine":
-        u = torch.arange(steps, -1, -1, dtype=DTYPE) / steps
-        return t0 + (t1 - t0) * torch.cos(math.pi / 2 * (1 - u))
-    raise UserError(
-        f"masked grid: expected one of {list(MASKED_GRIDS)} or a schedule, got {grid!r}"
-    )
-
-
 def reveal_probability(alpha_t: float, alpha_s: float) -> float:
     """P(a token masked at t is unmasked at s < t) = (alpha_s - alpha_t) / (1 - alpha_t)."""
     return (alpha_s - alpha_t) / (1 - alpha_t)
@@ -358,43 +468,30 @@ def top_p_logits(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, -math.inf)
 
 
-def _ancestral_flags(sampling: Any, library: str) -> str:
-    """MD4's options, only where the spec sets them (so default commands stay as they were)."""
-    opts = ""
-    if sampling.masked_grid != "uniform":
-        opts += f" --grid {sampling.masked_grid}"
-    if sampling.masked_grid not in MASKED_GRIDS:
-        opts += f" --schedules-library {library}"
-    if sampling.masked_top_p is not None:
-        opts += f" --top-p {sampling.masked_top_p}"
-    if sampling.masked_final_argmax:
-        opts += " --final-argmax"
-    return opts
-
-
 @sampler(
     "ancestral",
     kind="masked",
-    help="MD4's (--grid, --top-p, --final-argmax)",
-    options=("masked",),
-    spec_flags=_ancestral_flags,
+    grid="uniform",
+    help="MD4's (--top-p, --final-argmax)",
+    options=("top_p", "final_argmax"),
 )
 def ancestral(
     logits_fn: ModelFn,
     schedule: Schedule,
+    grid: NoiseGrid,
     shape: tuple[int, ...],
-    steps: int,
     *,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: Progress = None,
-    grid: str | Schedule = "uniform",
     top_p: float | None = None,
     final_argmax: bool = False,
 ) -> torch.Tensor:
     """MD4 ancestral unmasking from all-masked tokens; returns int64 tokens in 0..255."""
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
     device = torch.device(device)
-    levels = schedule.level(masked_times(schedule, steps, grid))
+    levels, steps = grid.levels, grid.steps
     alphas = levels.alpha.tolist()
     if not final_argmax:
         alphas[-1] = 1.0  # the last step reveals every token still masked
@@ -426,10 +523,25 @@ def to_uint8(samples: torch.Tensor, kind: str) -> np.ndarray:
     return processes.get(kind).to_uint8(samples).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def _not_an_option(option: str, of: str) -> UserError:
+    """The error of an option ``of`` (a sampler or a grid) does not take: who takes it."""
+    takers = [f"the {n} sampler" for n, s in SAMPLERS.items() if option in s.options]
+    takers += [f"the {n} grid" for n, g in GRIDS.items() if option in g.options]
+    return UserError(
+        f"--{option.replace('_', '-')} applies to {' / '.join(takers) or 'nothing'} only, not {of}"
+    )
+
+
 def check_sampler(
-    kind: str | None, sampler: str, steps: int, num: int, batch_size: int, eta: float | None
+    kind: str | None,
+    sampler: str,
+    steps: int,
+    num: int,
+    batch_size: int,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
-    """UserError for a bad request; ``kind`` None checks everything but the process."""
+    """UserError for a bad request; ``kind`` None checks everything but the process.
+    ``options``: the sampler's keywords set (their values are checked by the sampler)."""
     SAMPLERS.check(sampler, "--sampler", sorted(sampler_names()))
     if kind is not None and sampler not in sampler_names(kind):
         raise UserError(
@@ -439,110 +551,67 @@ def check_sampler(
     for name, value in (("steps", steps), ("num", num), ("batch-size", batch_size)):
         if value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
-    if eta is not None and sampler not in _with_option("eta"):
-        raise UserError(
-            f"--eta applies to the {' / '.join(_with_option('eta'))} sampler only, not {sampler}"
-        )
-    if eta is not None and not 0 <= eta <= 1:
-        raise UserError(f"--eta must be in [0, 1], got {eta}")
+    for option in options or {}:
+        if option not in SAMPLERS[sampler].options:
+            raise _not_an_option(option, sampler)
 
 
-def masked_options(
-    sampler: str,
-    grid: str,
-    top_p: float | None,
-    final_argmax: bool,
-    log_snr_range: tuple[float, float],
-    schedules_library: str | Path | None,
-) -> dict:
-    """The ancestral sampler's options, checked; a grid naming a schedule is built from the
-    library file. Empty for the defaults (so Gaussian samplers accept them)."""
-    from diffobj.objectives import schedules
-
-    if (grid, top_p, final_argmax) == ("uniform", None, False):
-        return {}
-    if sampler not in _with_option("masked"):
-        raise UserError(
-            "--grid, --top-p and --final-argmax apply to the "
-            f"{' / '.join(_with_option('masked'))} sampler only"
-        )
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    options = {"top_p": top_p, "final_argmax": final_argmax, "grid": grid}
-    if grid not in MASKED_GRIDS:
-        path = Path(schedules_library or schedules.DEFAULT_LIBRARY)
-        library = schedules.load_library(path)
-        if grid not in library:
-            raise UserError(
-                f"--grid: {grid!r} is neither {' nor '.join(MASKED_GRIDS)} nor a schedule of {path}"
-            )
-        options["grid"] = schedules.build(grid, library[grid], log_snr_range, str(path))
-    return options
+def check_grid(sampler: str, grid: Mapping[str, Any]) -> None:
+    """UserError unless ``grid`` (its name and options) is a grid of the sampler's process."""
+    kind = SAMPLERS[sampler].kind
+    GRIDS.check(grid["name"], f"grid of {sampler}", grid_names(kind))
+    for option in set(grid) - {"name"}:
+        if option not in GRIDS[grid["name"]].options:
+            raise _not_an_option(option, f"the {grid['name']} grid")
 
 
 def sample_run(
     run_dir: str | Path,
-    sampler: str,
-    steps: int,
-    num: int,
+    sampling: SamplingConfig,
     *,
-    eta: float | None = None,
-    seed: int = 0,
     batch_size: int = 256,
     device: str = "auto",
     progress: bool = True,
     compile: bool = False,
-    grid: str = "uniform",
-    top_p: float | None = None,
-    final_argmax: bool = False,
-    schedules_library: str | Path | None = None,
-    heun_options: dict | None = None,
-    guidance: float = 0.0,
 ) -> np.ndarray:
-    """``num`` uint8 NHWC images from a trained run. Batch b draws from a generator seeded by
-    (seed, b): the output depends on the seed and the batch size, nothing else. ``grid``,
-    ``top_p`` and ``final_argmax`` are the ancestral sampler's options (see ``ancestral``);
-    ``heun_options``: the heun sampler's sigma_range and churn keywords.
+    """``sampling.num`` uint8 NHWC images from a trained run. Batch b draws from a generator
+    seeded by (sampling.seed, b): the output depends on the seed and the batch size, nothing
+    else.
 
     A class-conditional run draws sample i of class i mod K (``guidance.class_labels``) with
-    classifier-free guidance of scale ``guidance`` (0: the conditional model)."""
+    classifier-free guidance of scale ``sampling.guidance`` (0: the conditional model)."""
     from tqdm import tqdm
 
     from diffobj.runs import load_run, make_model_fn
     from diffobj.seeds import SAMPLE, step_seed
 
-    check_sampler(None, sampler, steps, num, batch_size, eta)
+    name, steps, num = sampling.sampler, sampling.steps, sampling.num
+    check_sampler(None, name, steps, num, batch_size, sampling.options)
+    check_grid(name, sampling.grid)
     run = load_run(run_dir, device)
-    check_sampler(run.kind, sampler, steps, num, batch_size, eta)
-    log_snr_range = tuple(run.config.process["log_snr_range"])
-    extra = masked_options(sampler, grid, top_p, final_argmax, log_snr_range, schedules_library)
+    check_sampler(run.kind, name, steps, num, batch_size, sampling.options)
+    grid = noise_grid(run.schedule, steps, **sampling.grid)
     make = run.conditioned  # labels -> the denoiser callable (None: unconditional)
     if compile:
         net = torch.compile(run.net)
         make = lambda labels: make_model_fn(net, run.config, run.device, labels)  # noqa: E731
     num_classes = int(run.config.model.get("num_classes", 0) or 0)
-    check_guidance(guidance, num_classes)
+    check_guidance(sampling.guidance, num_classes)
     labels = class_labels(num, num_classes)
 
     def model_fn_for(start: int, size: int) -> ModelFn:
         if labels is None:
             return make(None)
         batch_labels = torch.from_numpy(labels[start : start + size]).to(run.device)
-        return guided(make, batch_labels, num_classes, guidance, run.kind)
+        return guided(make, batch_labels, num_classes, sampling.guidance, run.kind)
 
-    entry = SAMPLERS[sampler]
-    fn = entry.fn
-    if "eta" in entry.options:
-        extra = {"eta": eta or 0.0}
-    if heun_options and "heun" not in entry.options:
-        raise UserError(f"sigma range and churn options are heun's, not {sampler}'s")
-    extra |= heun_options or {}
+    fn = SAMPLERS[name].fn
     batches = math.ceil(num / batch_size)
     out = []
     with (
         tqdm(
             total=batches * steps,
-            desc=f"{sampler} x{num}",
+            desc=f"{name} x{num}",
             unit="step",
             disable=not progress,
             mininterval=1.0,
@@ -552,16 +621,17 @@ def sample_run(
     ):
         for b in range(batches):
             size = min(batch_size, num - b * batch_size)
-            generator = torch.Generator(device=run.device).manual_seed(step_seed(seed, b, SAMPLE))
+            seed = step_seed(sampling.seed, b, SAMPLE)
+            generator = torch.Generator(device=run.device).manual_seed(seed)
             x = fn(
                 model_fn_for(b * batch_size, size),
                 run.schedule,
+                grid,
                 (size, *run.image_shape),
-                steps,
                 generator=generator,
                 device=run.device,
                 progress=lambda: bar.update(1),
-                **extra,
+                **sampling.options,
             )
             out.append(to_uint8(x, run.kind))
     return np.concatenate(out)
