@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from diffobj.errors import UserError
+from diffobj import shared_paths
 from diffobj import spec as diffobj_spec
 
 # rules call `diffobj`: make the one of this Python (e.g. .venv/bin) the one they find
@@ -52,7 +53,7 @@ except UserError as err:
     sys.exit(f"diffobj: invalid spec: {err}")
 
 EXP = LOADED.experiment
-R = f"results/{EXP}"
+R = f"{shared_paths.ROOT}/{EXP}"  # its own outputs; shared work: results/shared/ (diffobj.shared_paths)
 S = LOADED.spec
 RUNS = {run.id: run for run in LOADED.runs}
 
@@ -61,6 +62,7 @@ wildcard_constraints:
     run="[A-Za-z0-9_-]+",
     dataset="[A-Za-z][A-Za-z0-9_]*",
     process="[A-Za-z][A-Za-z0-9_]*",
+    folder="[A-Za-z0-9_-]+",  # a key folder of shared work: <label>-<digest>
 
 
 include: "workflow/rules/common.smk"

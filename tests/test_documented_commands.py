@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from diffobj import shared_paths
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "config" / "experiments").glob("*.yaml"))
 # a command line, in a code block or a comment ("# Small enough for a CPU:  snakemake ...")
@@ -75,7 +77,8 @@ def test_documented_command_plans_the_experiment_it_names(layout, command, sourc
     run = subprocess.run(argv, cwd=layout, capture_output=True, text=True, timeout=300)
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"{source}: {command}\n{output[-3000:]}"
-    planned = set(re.findall(r"results/([A-Za-z0-9_]+)/", output))
+    # results/shared/ holds what experiments share (diffobj.shared_paths), named by no experiment
+    planned = set(re.findall(r"results/([A-Za-z0-9_]+)/", output)) - {shared_paths.SHARED}
     assert planned == {expected_experiment(command)}, f"{source}: {command}"
 
 

@@ -357,19 +357,21 @@ def _train_sbatch_script(tmp_path: Path, spec: str) -> str:
     own rules and profile, with SLURM's commands replaced by stand-ins that accept the job."""
     import yaml
 
+    from diffobj import shared_paths
     from diffobj import spec as diffobj_spec
 
     for name in ("Snakefile", "workflow", "config", "slurm"):
         (tmp_path / name).symlink_to(ROOT / name)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(b"stand-in, never read")
-    loaded = diffobj_spec.load(ROOT / spec, ROOT)
+    loaded = diffobj_spec.load(tmp_path / spec)  # its dataset paths start at tmp_path
     run = loaded.runs[0]
     results = tmp_path / "results" / loaded.experiment
     # the train job's inputs exist, so that it is the one job submitted
-    for path in ("images.npy", "labels.npy", "meta.json", "test/images.npy"):
-        (results / "data" / run.dataset / path).parent.mkdir(parents=True, exist_ok=True)
-        (results / "data" / run.dataset / path).write_bytes(b"")
+    for file in shared_paths.DATA.files:
+        path = shared_paths.data_file(loaded, run.dataset, file, tmp_path / "results")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
     (results / "runs" / run.id).mkdir(parents=True)
     (results / "runs" / run.id / "config.yaml").write_text(yaml.safe_dump(run.resolved()))
     bin_dir = tmp_path / "bin"

@@ -123,7 +123,7 @@ def test_the_scaling_figure_command_writes_per_level_fits(tmp_path):
     import argparse
     from pathlib import Path
 
-    from diffobj import spec
+    from diffobj import shared_paths, spec
     from diffobj.analysis import tables
     from diffobj.analysis.gather import with_x0_scale
     from diffobj.commands import figures as command
@@ -131,8 +131,10 @@ def test_the_scaling_figure_command_writes_per_level_fits(tmp_path):
     root = Path(__file__).resolve().parents[1]
     spec_path = root / "config" / "experiments" / "scaling_digits.yaml"
     loaded = spec.load(spec_path, root=root)
-    (tmp_path / "data" / "digits").mkdir(parents=True)
-    np.save(tmp_path / "data" / "digits" / "images.npy", np.zeros((4, 8, 8, 1), np.uint8))
+    results = tmp_path / "results" / loaded.experiment
+    images = shared_paths.data_file(loaded, "digits", shared_paths.IMAGES, tmp_path / "results")
+    images.parent.mkdir(parents=True)
+    np.save(images, np.zeros((4, 8, 8, 1), np.uint8))
     width = {"w32": 32, "w64": 64, "w128": 128, "w256": 256}
     rows = [
         {
@@ -151,12 +153,12 @@ def test_the_scaling_figure_command_writes_per_level_fits(tmp_path):
     gap = pl.DataFrame(rows).with_columns(
         (pl.col("model_loss") - pl.col("optimal_loss")).alias("gap")
     )
-    (tmp_path / "tables").mkdir()
-    tables.write("gap", with_x0_scale(gap), tmp_path / "tables" / "gap.parquet")
+    (results / "tables").mkdir(parents=True)
+    tables.write("gap", with_x0_scale(gap), results / "tables" / "gap.parquet")
     out = tmp_path / "scaling.png"
     command.run(
         argparse.Namespace(
-            spec=str(spec_path), results=str(tmp_path), figure="scaling", out=str(out)
+            spec=str(spec_path), results=str(results), figure="scaling", out=str(out)
         )
     )
     assert out.exists()

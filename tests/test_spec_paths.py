@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffobj import spec
+from diffobj import shared_paths, spec
 from diffobj.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,8 @@ def test_the_workflow_run_from_elsewhere_reads_the_dataset_where_the_spec_means(
     workdir.mkdir()
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "-p"]
-        + ["results/paths/data/c/images.npy", "--configfile", os.path.relpath(path, workdir)],
+        + [str(shared_paths.data_file(spec.load(path), "c", shared_paths.IMAGES))]
+        + ["--configfile", os.path.relpath(path, workdir)],
         cwd=workdir,
         capture_output=True,
         text=True,

@@ -299,6 +299,62 @@ def test_adding_a_weighting_reruns_only_its_jobs_and_the_aggregates(finished):
     assert "prepare_data" not in jobs and "optimal_loss" not in jobs
 
 
+# the rules of the work experiments share (results/shared/, diffobj.shared_paths)
+SHARED_RULES = {
+    "prepare_data",
+    "optimal_loss",
+    "optimal_loss_convergence",
+    "train_features",
+    "fd_reference",
+    "fd_real",
+    "fid_reference",
+}
+
+
+def planned_commands(result: subprocess.CompletedProcess) -> dict[str, set[str]]:
+    """Rule -> the shell commands a `snakemake -n -p` plans for it."""
+    commands: dict[str, set[str]] = {}
+    jobs = re.split(r"^(?=(?:local)?rule \w+:$)", result.stdout + result.stderr, flags=re.M)
+    for job in jobs[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", job).group(1)
+        command = re.search(r"^Shell command: (.*)$", job, re.M)
+        commands.setdefault(rule, set()).update([command.group(1)] if command else [])
+    return commands
+
+
+def test_two_experiments_differing_in_name_plan_the_same_shared_jobs(tmp_path):
+    plans = {}
+    for experiment in ("tiny", "tiny_copy"):
+        spec = tmp_path / f"{experiment}.yaml"
+        spec.write_text(yaml.safe_dump({**TINY, "experiment": experiment}))
+        result = snakemake(tmp_path, spec, "-n", "-p")
+        assert result.returncode == 0, result.stderr[-5000:]
+        plans[experiment] = planned_commands(result)
+    shared = {rule: plans["tiny"][rule] for rule in SHARED_RULES & set(plans["tiny"])}
+    # one data set, two optimal-loss tables (a kind each), the Gaussian estimator study, the
+    # classifier with its two FD references
+    counts = {"prepare_data": 1, "optimal_loss": 2, "optimal_loss_convergence": 1}
+    counts |= {"train_features": 1, "fd_reference": 1, "fd_real": 1}
+    assert {rule: len(commands) for rule, commands in shared.items()} == counts
+    assert {r: plans["tiny_copy"][r] for r in SHARED_RULES & set(plans["tiny_copy"])} == shared
+    for command in set().union(*shared.values()):
+        assert "results/shared/" in command and "tiny" not in command, command
+    own = set().union(*(plans["tiny"][r] for r in set(plans["tiny"]) - SHARED_RULES))
+    assert all("tiny_copy" not in c for c in own)
+    assert all("results/tiny/" in c for c in own if "diffobj" in c)
+
+
+@pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
+def test_a_copied_spec_under_another_name_plans_only_its_own_jobs(finished):
+    workdir, _ = finished
+    copied = workdir / "copy.yaml"
+    copied.write_text(yaml.safe_dump({**TINY, "experiment": "tiny_copy"}))
+    jobs = planned_jobs(snakemake(workdir, copied, "-n"))
+    assert not SHARED_RULES & set(jobs)
+    per_run = {"run_config", "train", "sample", "fd_classifier", "nll"}
+    assert {name: jobs[name] for name in per_run} == dict.fromkeys(per_run, 3)
+
+
 @pytest.mark.slow  # the tiny spec's end-to-end run (minutes on 2 cores)
 def test_one_job_per_run_writes_what_the_separate_jobs_wrote(finished, tmp_path):
     # evaluation.one_job_per_run chains sample, fid and nll in one process per run; on the

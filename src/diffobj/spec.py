@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from diffobj import REPO_ROOT
+from diffobj import REPO_ROOT, shared_paths
 from diffobj.errors import UserError
 from diffobj.io import read_yaml
 from diffobj.objectives import schedules, weightings
@@ -293,6 +293,7 @@ class Resources(Strict):
 class Spec(Strict):
     experiment: str = Field(pattern=NAME)
     description: str = ""
+
     schedules_library: str = "config/schedules.yaml"
     weightings_library: str = "config/weightings.yaml"
     datasets: dict[str, Dataset]
@@ -314,6 +315,16 @@ class Spec(Strict):
         default_factory=Resources, description="what each stage's jobs need (GPUs, memory, ...)"
     )
 
+    @field_validator("experiment")
+    @classmethod
+    def _not_the_shared_folder(cls, v: str) -> str:
+        if v == shared_paths.SHARED:
+            raise ValueError(
+                f"{v!r} is the folder of the work experiments share (results/{v}/); "
+                "name the experiment otherwise"
+            )
+        return v
+
 
 class Run(BaseModel):
     """One training of the grid; ``resolved()`` is its self-contained run config."""
@@ -326,20 +337,21 @@ class Run(BaseModel):
     model: str
     seed: int
     experiment: str
+    data_images: str  # the prepared training images, shared (diffobj.shared_paths)
     process_cfg: dict[str, Any]
     schedule_entry: dict[str, Any]
     weighting_entry: dict[str, Any]
     model_cfg: dict[str, Any]
     training_cfg: dict[str, Any]
 
-    def resolved(self, results: str = "results") -> dict[str, Any]:
+    def resolved(self) -> dict[str, Any]:
         return {
             "run_id": self.id,
             "experiment": self.experiment,
             "seed": self.seed,
             "data": {
                 "name": self.dataset,
-                "images": f"{results}/{self.experiment}/data/{self.dataset}/images.npy",
+                "images": self.data_images,
             },
             "process": {"name": self.process, **self.process_cfg},
             "schedule": {"name": self.schedule, **self.schedule_entry},
@@ -430,6 +442,9 @@ class LoadedSpec:
                         model=model,
                         seed=seed,
                         experiment=spec.experiment,
+                        data_images=str(
+                            shared_paths.data_file(self, entry.dataset, shared_paths.IMAGES)
+                        ),
                         process_cfg=spec.processes[entry.process].model_dump(mode="json"),
                         schedule_entry=dict(self.schedule_entries[sched]),
                         weighting_entry=_weighting_mapping(self.weighting_entries[weight]),

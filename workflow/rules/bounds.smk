@@ -11,7 +11,7 @@ def bounds_targets():
 rule bounds:
     input:
         model=f"{R}/runs/{{run}}/model.pt",
-        data=lambda w: f"{data_dir(dataset_of(w))}/images.npy",
+        data=lambda w: data_file(dataset_of(w), IMAGES),
     output:
         f"{R}/runs/{{run}}/bounds.csv",
     params:

@@ -1,6 +1,10 @@
 # Helpers shared by the rules: which files exist for this spec.
 import json
 
+from diffobj import shared_paths
+from diffobj.shared_paths import CLASSIFIER, FD_REFERENCE, IMAGES, KEY_FILE, TEST_FD, TEST_IMAGES
+from diffobj.shared_paths import CONVERGENCE, DATA, FEATURES, INCEPTION, OPTIMAL
+
 
 # A job's output is appended to one file per process, LOG.rank0, LOG.rank1, ... (RANK set by
 # the executor under DDP, 0 otherwise), and LOG links to rank 0's. Snakemake deletes LOG each
@@ -23,8 +27,44 @@ def dataset_of(wildcards):
     return RUNS[wildcards.run].dataset
 
 
-def data_dir(dataset):
-    return f"{R}/data/{dataset}"
+def data_file(dataset, file):
+    """A file of the dataset's prepared folder (results/shared/data/, diffobj.shared_paths)."""
+    return str(shared_paths.data_file(LOADED, dataset, file))
+
+
+# Shared work (diffobj.shared_paths): its rules' outputs are patterns in the wildcard
+# {folder}, a key folder's name; each job's command and params come from the folder's key
+# alone, so a copied spec under another experiment name reruns none of it.
+SHARED_KEYS = {work: shared_paths.keys(LOADED, work) for work in shared_paths.WORKS}
+# written by the job that makes the folder, beside its outputs: what the digest stands for
+# (no newline: `sha256sum key.json` starts with the digest)
+WRITE_KEY = "printf '%s' {params.key:q} > {output.key}; "
+
+
+def shared_key(work, folder):
+    return SHARED_KEYS[work][folder]
+
+
+def shared_output(work, file):
+    return str(shared_paths.path(work, "{folder}", file))
+
+
+def shared_outputs(work):
+    """Every file of a key folder of ``work``: its files, then key.json (named ``key``)."""
+    return {"files": [shared_output(work, f) for f in work.files], "key": shared_output(work, KEY_FILE)}
+
+
+def shared_log(rule):
+    return str(shared_paths.log_file(rule, "{folder}"))
+
+
+def key_param(work):
+    return lambda wildcards: shared_paths.key_text(shared_key(work, wildcards.folder))
+
+
+def data_input(work, file):
+    """``file`` of the data folder that the key of a folder of ``work`` names (its "data")."""
+    return lambda w: str(shared_paths.path(DATA, shared_key(work, w.folder)["data"], file))
 
 
 def optimal_pairs():
@@ -32,13 +72,14 @@ def optimal_pairs():
     return sorted({(r.dataset, r.process) for r in LOADED.runs})
 
 
-def optimal_schedule(process):
-    """The first schedule of the grid for this process; the optimal loss depends on lam only."""
-    return next(r.schedule for r in LOADED.runs if r.process == process)
 
 
 def run_files(name):
     return [f"{run_dir(r)}/{name}" for r in RUNS]
+
+
+def optimal_table(dataset, process):
+    return str(shared_paths.optimal_table(LOADED, dataset, process))
 
 
 def all_tables():

@@ -1,28 +1,26 @@
-def prepare_args(wildcards):
-    d = S.datasets[wildcards.dataset]
-    args = [f"--source {d.source}", f"--name {wildcards.dataset}", f"--pad {d.pad}"]
-    if d.path:
-        args.append(f"--path {shell_path(LOADED.resolve(d.path))}")  # from the spec's base
-    if d.resolution:
-        args.append(f"--resolution {d.resolution}")
-    if d.source in ("sklearn_digits", "image_folder"):
-        args.append(f"--test-fraction {d.test_fraction}")
+def prepare_args(key):
+    """prepare-data's options of a data key (diffobj.shared_paths.data_key)."""
+    args = [f"--source {key['source']}", f"--name {key['name']}", f"--pad {key['pad']}"]
+    if key["path"]:
+        args.append(f"--path {shell_path(key['path'])}")  # resolved from the spec's base
+    if key["resolution"]:
+        args.append(f"--resolution {key['resolution']}")
+    if key["test_fraction"] is not None:
+        args.append(f"--test-fraction {key['test_fraction']}")
     return " ".join(args)
 
 
 rule prepare_data:
     output:
-        images=f"{R}/data/{{dataset}}/images.npy",
-        labels=f"{R}/data/{{dataset}}/labels.npy",
-        meta=f"{R}/data/{{dataset}}/meta.json",
-        test=f"{R}/data/{{dataset}}/test/images.npy",
+        **shared_outputs(DATA),
     params:
-        args=prepare_args,
-        out=lambda w: data_dir(w.dataset),
+        args=lambda w: prepare_args(shared_key(DATA, w.folder)),
+        key=key_param(DATA),
+        out=lambda w: str(shared_paths.path(DATA, w.folder, "")),
     log:
-        f"{R}/logs/prepare_data/{{dataset}}.log",
+        shared_log("prepare_data"),
     threads: stage_threads("prepare_data")
     resources:
         **stage_resources("prepare_data"),
     shell:
-        LOG_LINK + "diffobj prepare-data {params.args} --out {params.out}" + LOG
+        LOG_LINK + WRITE_KEY + "diffobj prepare-data {params.args} --out {params.out}" + LOG

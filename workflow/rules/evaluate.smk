@@ -3,33 +3,45 @@ from diffobj import processes
 EVAL = S.evaluation
 
 
+# The classifier and its FD references, one folder per features key (train-features' data,
+# epochs and seed: diffobj.shared_paths.features_key) in results/shared/features/.
+
+
+def features_output(file):
+    return shared_output(FEATURES, file)
+
+
 rule train_features:
     input:
-        f"{R}/data/{{dataset}}/images.npy",
-        f"{R}/data/{{dataset}}/test/images.npy",
+        data_input(FEATURES, IMAGES),
+        data_input(FEATURES, TEST_IMAGES),
     output:
-        f"{R}/features/{{dataset}}.pt",
+        files=features_output(CLASSIFIER),
+        key=features_output(KEY_FILE),
     params:
-        data=lambda w: data_dir(w.dataset),
+        data=data_input(FEATURES, ""),
+        epochs=lambda w: shared_key(FEATURES, w.folder)["epochs"],
+        seed=lambda w: shared_key(FEATURES, w.folder)["seed"],
+        key=key_param(FEATURES),
     log:
-        f"{R}/logs/train_features/{{dataset}}.log",
+        shared_log("train_features"),
     priority: 1
     threads: stage_threads("classifier")
     resources:
         **stage_resources("classifier"),
     shell:
-        LOG_LINK + "diffobj train-features --data {params.data} --epochs {EVAL.features_epochs} --seed 0"
-        " --out {output}" + LOG
+        LOG_LINK + WRITE_KEY + "diffobj train-features --data {params.data} --epochs {params.epochs}"
+        " --seed {params.seed} --out {output.files}" + LOG
 
 
 rule fd_reference:
     input:
-        images=f"{R}/data/{{dataset}}/images.npy",
-        features=f"{R}/features/{{dataset}}.pt",
+        images=data_input(FEATURES, IMAGES),
+        features=features_output(CLASSIFIER),
     output:
-        f"{R}/features/{{dataset}}-ref.npz",
+        features_output(FD_REFERENCE),
     log:
-        f"{R}/logs/fd_reference/{{dataset}}.log",
+        shared_log("fd_reference"),
     priority: 1
     threads: stage_threads("classifier")
     resources:
@@ -40,8 +52,11 @@ rule fd_reference:
 
 def classifier_inputs(run):
     """The classifier FD's reference statistics and features of a run's dataset."""
-    features = f"{R}/features/{RUNS[run].dataset}"
-    return {"ref": f"{features}-ref.npz", "features": f"{features}.pt"}
+    dataset = RUNS[run].dataset
+    return {
+        name: str(shared_paths.features_file(LOADED, dataset, file))
+        for name, file in (("ref", FD_REFERENCE), ("features", CLASSIFIER))
+    }
 
 
 def fd_classifier_command(run):
@@ -75,28 +90,35 @@ if not EVAL.one_job_per_run:
 
 rule fid_reference:
     input:
-        f"{R}/data/{{dataset}}/images.npy",
+        data_input(INCEPTION, IMAGES),
     output:
-        f"{R}/features/{{dataset}}-inception-ref.npz",
+        files=shared_output(INCEPTION, FD_REFERENCE),
+        key=shared_output(INCEPTION, KEY_FILE),
     params:
-        weights=f"--inception {shell_path(LOADED.resolve(EVAL.inception_weights))}" if EVAL.inception_weights else "",
+        weights=lambda w: inception_option(shared_key(INCEPTION, w.folder)["weights"]),
+        key=key_param(INCEPTION),
     log:
-        f"{R}/logs/fid_reference/{{dataset}}.log",
+        shared_log("fid_reference"),
     threads: stage_threads("fid")
     resources:
         **stage_resources("fid"),
     shell:
-        LOG_LINK + "diffobj fid-ref --data {input} {params.weights} --out {output}" + LOG
+        LOG_LINK + WRITE_KEY + "diffobj fid-ref --data {input} {params.weights} --out {output.files}" + LOG
+
+
+def inception_option(weights):
+    """--inception of the spec's weights file; none: the installed weights."""
+    return f"--inception {shell_path(weights)}" if weights else ""
 
 
 rule fid:
     input:
         samples=f"{R}/runs/{{run}}/samples.npz",
-        ref=lambda w: f"{R}/features/{dataset_of(w)}-inception-ref.npz",
+        ref=lambda w: str(shared_paths.inception_reference(LOADED, dataset_of(w))),
     output:
         f"{R}/runs/{{run}}/fid.json",
     params:
-        weights=f"--inception {shell_path(LOADED.resolve(EVAL.inception_weights))}" if EVAL.inception_weights else "",
+        weights=lambda w: inception_option(shared_paths.inception_key(LOADED, dataset_of(w))["weights"]),
     log:
         f"{R}/logs/fid/{{run}}.log",
     threads: stage_threads("fid")
@@ -108,7 +130,7 @@ rule fid:
 
 def nll_inputs(run):
     """The trained model of a run and its dataset's held-out images."""
-    return {"model": f"{run_dir(run)}/model.pt", "test": f"{data_dir(RUNS[run].dataset)}/test/images.npy"}
+    return {"model": f"{run_dir(run)}/model.pt", "test": data_file(RUNS[run].dataset, TEST_IMAGES)}
 
 
 def nll_command(run):
@@ -155,13 +177,13 @@ def evaluation_files():
 rule fd_real:
     """The classifier FD of held-out real images: the floor a perfect model would reach."""
     input:
-        test=f"{R}/data/{{dataset}}/test/images.npy",
-        ref=f"{R}/features/{{dataset}}-ref.npz",
-        features=f"{R}/features/{{dataset}}.pt",
+        test=data_input(FEATURES, TEST_IMAGES),
+        ref=features_output(FD_REFERENCE),
+        features=features_output(CLASSIFIER),
     output:
-        f"{R}/features/{{dataset}}-test-fd.json",
+        features_output(TEST_FD),
     log:
-        f"{R}/logs/fd_real/{{dataset}}.log",
+        shared_log("fd_real"),
     priority: 1
     threads: stage_threads("classifier")
     resources:

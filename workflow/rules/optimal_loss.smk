@@ -1,20 +1,35 @@
-OPT = S.optimal_loss
-# the estimator runs where the spec's resources.optimal_loss put it (the command's default: CPU)
-OPT_DEVICE = " --device cuda" if S.resources.optimal_loss.gpus > 0 else ""
+# One optimal-loss table per key (diffobj.shared_paths.optimal_key), and the estimator study
+# (convergence_key), in results/shared/: the command's options are the key's fields.
+
+
+def estimator_args(key):
+    """optimal-loss's options of an optimal or convergence key, but --data and --out."""
+    args = [
+        f"--process {key['kind']}",
+        f"--schedule {key['schedule']}",
+        "--log-snr-range " + " ".join(str(v) for v in key["log_snr_range"]),
+        f"--levels {key['levels']}",
+        f"--queries {key['queries']}",
+    ]
+    if "estimator" in key:  # the convergence study runs every estimator
+        args.append(f"--estimator {key['estimator']}")
+    if key.get("subset"):
+        args.append(f"--subset {key['subset']}")
+    if key["device"] != "cpu":  # the command's default
+        args.append(f"--device {key['device']}")
+    return " ".join(args + [f"--seed {key['seed']}"])
 
 
 rule optimal_loss:
     input:
-        f"{R}/data/{{dataset}}/images.npy",
+        data_input(OPTIMAL, IMAGES),
     output:
-        f"{R}/optimal/{{dataset}}-{{process}}.csv",
+        **shared_outputs(OPTIMAL),
     params:
-        kind=lambda w: kind(w.process),
-        schedule=lambda w: optimal_schedule(w.process),
-        lam=lambda w: " ".join(str(v) for v in S.processes[w.process].log_snr_range),
-        subset=f"--subset {OPT.subset}" if OPT.subset else "",
+        args=lambda w: estimator_args(shared_key(OPTIMAL, w.folder)),
+        key=key_param(OPTIMAL),
     log:
-        f"{R}/logs/optimal_loss/{{dataset}}-{{process}}.log",
+        shared_log("optimal_loss"),
     # shared jobs first (also train_features, fd_reference): left to the end, on a few cores
     # they wait behind the trainings and then run as a serial tail before the tables
     priority: 1
@@ -22,27 +37,23 @@ rule optimal_loss:
     resources:
         **stage_resources("optimal_loss"),
     shell:
-        LOG_LINK + "diffobj optimal-loss --data {input} --process {params.kind} --schedule {params.schedule}"
-        " --log-snr-range {params.lam} --levels {OPT.levels} --queries {OPT.queries}"
-        " --estimator {OPT.estimator} {params.subset}{OPT_DEVICE} --seed 0 --out {output}" + LOG
+        LOG_LINK + WRITE_KEY + "diffobj optimal-loss --data {input} {params.args} --out {output.files}" + LOG
 
 
 rule optimal_loss_convergence:
     input:
-        f"{R}/data/{{dataset}}/images.npy",
+        data_input(CONVERGENCE, IMAGES),
     output:
-        f"{R}/optimal/{{dataset}}-{{process}}-convergence.csv",
+        **shared_outputs(CONVERGENCE),
     params:
-        kind=lambda w: kind(w.process),
-        schedule=lambda w: optimal_schedule(w.process),
-        lam=lambda w: " ".join(str(v) for v in S.processes[w.process].log_snr_range),
+        args=lambda w: estimator_args(shared_key(CONVERGENCE, w.folder)),
+        key=key_param(CONVERGENCE),
     log:
-        f"{R}/logs/optimal_loss/{{dataset}}-{{process}}-convergence.log",
+        shared_log("optimal_loss_convergence"),
     priority: 1
     threads: stage_threads("optimal_loss")
     resources:
         **stage_resources("optimal_loss"),
     shell:
-        LOG_LINK + "diffobj optimal-loss --convergence --data {input} --process {params.kind}"
-        " --schedule {params.schedule} --log-snr-range {params.lam} --levels 8"
-        " --queries {OPT.queries}{OPT_DEVICE} --seed 0 --out {output}" + LOG
+        LOG_LINK + WRITE_KEY + "diffobj optimal-loss --convergence --data {input} {params.args}"
+        " --out {output.files}" + LOG

@@ -25,7 +25,7 @@ rule tables:
         bins=run_files("train_bins.csv"),
         eval_bins=run_files("eval_bins.csv"),
         evaluation=evaluation_files(),
-        optimal=[f"{R}/optimal/{d}-{p}.csv" for d, p in optimal_pairs()] if S.optimal_loss.enabled else [],
+        optimal=[optimal_table(d, p) for d, p in optimal_pairs()] if S.optimal_loss.enabled else [],
     output:
         [t for t in all_tables() if not t.endswith("weightings.parquet")],
     log:

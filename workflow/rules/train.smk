@@ -23,10 +23,10 @@ from diffobj.optimal.curve import needs_optimal_loss
 
 def train_inputs(wildcards):
     run = RUNS[wildcards.run]
-    inputs = {"config": f"{run_dir(run.id)}/config.yaml", "data": f"{data_dir(run.dataset)}/images.npy"}
+    inputs = {"config": f"{run_dir(run.id)}/config.yaml", "data": data_file(run.dataset, IMAGES)}
     # only runs whose weighting reads Jstar or whose density uses the gap wait for the table
     if needs_optimal_loss({"name": run.weighting, **run.weighting_entry}, run.training_cfg):
-        inputs["optimal"] = f"{R}/optimal/{run.dataset}-{run.process}.csv"
+        inputs["optimal"] = optimal_table(run.dataset, run.process)
     return inputs
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from diffobj import processes
+from diffobj import processes, shared_paths
 from diffobj.errors import UserError
 from diffobj.io import read_json_if_present
 from diffobj.objectives import scales
@@ -79,7 +79,7 @@ def training(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
 def optimal_loss(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
     frames = []
     for dataset, process in sorted({(r.dataset, r.process) for r in loaded.runs}):
-        path = results / "optimal" / f"{dataset}-{process}.csv"
+        path = shared_paths.optimal_table(loaded, dataset, process, shared_paths.root_of(results))
         if not path.exists():
             raise UserError(f"{path}: missing (the optimal-loss job has not run)")
         frame = pl.read_csv(path)
@@ -87,7 +87,7 @@ def optimal_loss(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
             frame.select(
                 pl.lit(dataset).alias("dataset"),
                 pl.lit(loaded.spec.processes[process].kind).alias("process"),
-                pl.lit(_schedule_of(loaded, process)).alias("schedule"),
+                pl.lit(shared_paths.optimal_schedule(loaded, process)).alias("schedule"),
                 pl.col("log_snr", "t").cast(pl.Float64),
                 pl.col("optimal_loss").cast(pl.Float64).clip(lower_bound=0.0),
                 pl.col("stderr").cast(pl.Float64),
@@ -96,10 +96,6 @@ def optimal_loss(loaded: LoadedSpec, results: Path) -> pl.DataFrame:
             )
         )
     return pl.concat(frames)
-
-
-def _schedule_of(loaded: LoadedSpec, process: str) -> str:
-    return next(r.schedule for r in loaded.runs if r.process == process)
 
 
 def evaluation(loaded: LoadedSpec, results: Path, runs_table: pl.DataFrame) -> pl.DataFrame:

@@ -10,7 +10,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from diffobj import shared_paths
 from diffobj.registry import Registry
+from diffobj.shared_paths import root_of
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,19 @@ def _datasets(loaded) -> list[str]:
     return sorted({r.dataset for r in loaded.runs})
 
 
-def _fd_files(loaded, results: str) -> list[str]:
-    """The held-out classifier FDs, where the evaluation computes them."""
+def _fd_paths(loaded, results: str | Path) -> dict[str, Path]:
+    """Per dataset, its held-out classifier FD, where the evaluation computes them."""
     if not loaded.spec.evaluation.fd_classifier:
-        return []
-    return [f"{results}/features/{d}-test-fd.json" for d in _datasets(loaded)]
+        return {}
+    root = root_of(results)
+    return {
+        d: shared_paths.features_file(loaded, d, shared_paths.TEST_FD, root)
+        for d in _datasets(loaded)
+    }
+
+
+def _fd_files(loaded, results: str) -> list[str]:
+    return [str(path) for path in _fd_paths(loaded, results).values()]
 
 
 def _run_files(loaded, results: str, name: str) -> list[str]:
@@ -120,7 +130,7 @@ def _weighting_study(loaded, results, out):
     from diffobj.io import atomic_path
 
     evaluation, configs = _table(results, "evaluation"), _table(results, "study")
-    baselines = fd_real_baselines(results)
+    baselines = fd_real_baselines(loaded, results)
     gap_path = results / "tables" / "gap.parquet"
     gaps = study.elbo_gap(tables.read("gap", gap_path)) if gap_path.exists() else None
     text = study.markdown(
@@ -136,18 +146,21 @@ def _weighting_study(loaded, results, out):
     return figures.weighting_study(configs, evaluation, baselines)
 
 
-def fd_real_baselines(results: Path) -> dict[str, float]:
+def fd_real_baselines(loaded, results: Path) -> dict[str, float]:
     """The classifier FD of held-out real images per dataset (the metric's floor), where the
     evaluation computed it."""
     return {
-        path.name.removesuffix("-test-fd.json"): json.loads(path.read_text())["fd_classifier"]
-        for path in sorted((results / "features").glob("*-test-fd.json"))
+        dataset: json.loads(path.read_text())["fd_classifier"]
+        for dataset, path in _fd_paths(loaded, results).items()
+        if path.exists()
     }
 
 
 @figure(
     "optimal_loss",
-    inputs=lambda loaded, r: [f"{r}/optimal/{d}-{p}.csv" for d, p in _pairs(loaded)],
+    inputs=lambda loaded, r: [
+        str(shared_paths.optimal_table(loaded, d, p, root_of(r))) for d, p in _pairs(loaded)
+    ],
 )
 def _optimal_loss(loaded, results, out):
     import polars as pl
@@ -155,10 +168,9 @@ def _optimal_loss(loaded, results, out):
     from diffobj.analysis.figures_optimal import optimal_loss_figure
 
     # the raw estimator files: they also hold the x0-scale loss and the VE noise scale
-    pairs = sorted({(r.dataset, r.process) for r in loaded.runs})
     frames = {}
-    for dataset, process in pairs:
-        frame = pl.read_csv(results / "optimal" / f"{dataset}-{process}.csv")
+    for dataset, process in _pairs(loaded):
+        frame = pl.read_csv(shared_paths.optimal_table(loaded, dataset, process, root_of(results)))
         frames[dataset] = (
             pl.concat([frames[dataset], frame], how="vertical_relaxed")
             if dataset in frames
@@ -169,17 +181,20 @@ def _optimal_loss(loaded, results, out):
 
 @figure(
     "convergence",
-    inputs=lambda loaded, r: [
-        f"{r}/optimal/{d}-{p}-convergence.csv" for d, p in _study_pairs(loaded)
-    ],
+    inputs=lambda loaded, r: [str(p) for p in _convergence_tables(loaded, root_of(r))],
 )
 def _convergence(loaded, results, out):
     import polars as pl
 
     from diffobj.analysis.figures_optimal import convergence_figure
 
-    paths = sorted((results / "optimal").glob("*-convergence.csv"))
+    paths = _convergence_tables(loaded, root_of(results))
     return convergence_figure(pl.concat([pl.read_csv(p) for p in paths], how="vertical_relaxed"))
+
+
+def _convergence_tables(loaded, root: Path) -> list[Path]:
+    """The estimator study of each pair whose process it is for."""
+    return [shared_paths.convergence_table(loaded, d, p, root) for d, p in _study_pairs(loaded)]
 
 
 @figure("gap", inputs=lambda loaded, r: _tables(r, "gap"))
@@ -280,7 +295,7 @@ def density_bins(loaded):
     inputs=lambda loaded, r: (
         _run_files(loaded, r, "samples.npz")
         + _tables(r, "runs", "evaluation")
-        + [f"{r}/data/{d}/test/images.npy" for d in _datasets(loaded)]
+        + [str(_test_images(loaded, r, d)) for d in _datasets(loaded)]
         + _fd_files(loaded, r)
     ),
 )
@@ -289,14 +304,17 @@ def _samples(loaded, results, out):
 
     from diffobj.analysis.figures_samples import samples
 
-    datasets = sorted({r.dataset for r in loaded.runs})
     return samples(
         {r.id: np.load(results / "runs" / r.id / "samples.npz")["images"] for r in loaded.runs},
         _table(results, "runs"),
-        {d: np.load(results / "data" / d / "test" / "images.npy") for d in datasets},
+        {d: np.load(_test_images(loaded, results, d)) for d in _datasets(loaded)},
         _table(results, "evaluation"),
-        fd_real_baselines(results),
+        fd_real_baselines(loaded, results),
     )
+
+
+def _test_images(loaded, results: str | Path, dataset: str) -> Path:
+    return shared_paths.data_file(loaded, dataset, shared_paths.TEST_IMAGES, root_of(results))
 
 
 @figure(
@@ -352,7 +370,8 @@ def scaling_points(loaded, results):
         sub = gap.filter(pl.col("run_id") == r.id).sort("log_snr")
         lam = sub["log_snr"].to_numpy()
         kind = loaded.spec.processes[r.process].kind
-        h, w, c = np.load(results / "data" / r.dataset / "images.npy", mmap_mode="r").shape[1:]
+        images = shared_paths.data_file(loaded, r.dataset, shared_paths.IMAGES, root_of(results))
+        h, w, c = np.load(images, mmap_mode="r").shape[1:]
         shape = (c, h, w)  # images.npy is NHWC; models take (C, H, W)
         model = build_model(loaded.spec.models[r.model].model_dump(), kind, shape)
         forward = forward_flops(model, kind, shape)
