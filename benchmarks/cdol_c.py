@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/cdol_c.py                    # CPU, a few minutes
     .venv/bin/python benchmarks/cdol_c.py --device cuda --cifar-n 50000
 
-For each data set, the estimator study (``optimal.convergence_study``: every estimator sees the
+For each data set, the estimator study (``convergence_study``: every estimator sees the
 same queries as the exact one, so bias is measured pairwise) runs cDOL with C = f N / L for
-several f, and with the default C (``optimal.default_c``), at a few noise levels and subset
+several f, and with the default C (``default_c``), at a few noise levels and subset
 sizes. Printed per C: the mean over (level, L) of |bias| / exact and of rmse / exact, and how
 many (level, L) have |bias| > 3 bias_stderr (a bias the queries resolve).
 
@@ -25,7 +25,8 @@ import numpy as np
 
 from diffobj.data.loaders import load_sklearn_digits
 from diffobj.objectives import schedules
-from diffobj.optimal import estimators as optimal
+from diffobj.optimal.estimators import default_c
+from diffobj.optimal.study import convergence_study
 
 
 def cifar_shaped(n: int, seed: int = 0) -> np.ndarray:
@@ -43,8 +44,8 @@ def study(images: np.ndarray, subsets: list[int], queries: int, device: str) -> 
     n = len(images)
     rows = []
     for L in subsets:
-        default_factor = optimal.default_c(n, L) * L / n  # C = f N / L
-        rows += optimal.convergence_study(
+        default_factor = default_c(n, L) * L / n  # C = f N / L
+        rows += convergence_study(
             images,
             sched,
             levels=6,
@@ -62,7 +63,7 @@ def summarise(name: str, rows: list[dict]) -> None:
     for r in rows:
         if r["estimator"] != "cdol" or not r["exact"] > 1e-6:  # J* ~ 0: relative error undefined
             continue
-        default = math.isclose(r["C"], optimal.default_c(r["n_data"], r["subset"]))
+        default = math.isclose(r["C"], default_c(r["n_data"], r["subset"]))
         key = "default" if default else f"{r['C_factor']:g} N/L"
         groups[key].append(r)
     print(f"{name}: cDOL, mean over (level, L) with exact > 1e-6")

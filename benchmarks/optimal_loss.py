@@ -21,7 +21,9 @@ import torch
 
 from diffobj.data.loaders import load_sklearn_digits
 from diffobj.objectives import schedules
-from diffobj.optimal import estimators as optimal
+from diffobj.optimal.gaussian_posterior import LOGIT_TOL, logit_error_bound
+from diffobj.optimal.inputs import images_to_unit
+from diffobj.optimal.table import optimal_loss_table
 
 TARGET_LEVELS, TARGET_QUERIES = 64, 100_000
 
@@ -35,7 +37,7 @@ def timed_table(
     images: np.ndarray, process: str, name: str, levels: int, queries: int, device: str
 ) -> tuple[float, list[dict]]:
     begin = time.perf_counter()
-    rows = optimal.optimal_loss_table(
+    rows = optimal_loss_table(
         images, process, schedule(name, process), levels, queries, device=device, progress=False
     )
     return time.perf_counter() - begin, rows
@@ -72,13 +74,12 @@ def cifar_shaped(device: str, levels: int, queries: int) -> None:
         f"(b) CIFAR-shaped N={n} D={dim}, gaussian exact, {levels} levels x M={queries}, "
         f"{device}: {seconds:.2f} s, {rate / 1e12:.4f} TFLOP/s (best level {steady:.4f})"
     )
-    for (
-        r
-    ) in rows:  # low noise: the float32 logits only pick contenders (diffobj.optimal.estimators)
+    # low noise: the float32 logits only pick contenders (diffobj.optimal.gaussian_posterior)
+    for r in rows:
         alpha, sigma = r["alpha"], r["sigma"]
-        x = optimal.images_to_unit(images[:1]).to(device)
-        bound = optimal.logit_error_bound((x + sigma / alpha).to(device), x, alpha**2 / sigma**2)
-        path = "float64 contenders" if float(bound.max()) > optimal.LOGIT_TOL else "float32"
+        x = images_to_unit(images[:1]).to(device)
+        bound = logit_error_bound((x + sigma / alpha).to(device), x, alpha**2 / sigma**2)
+        path = "float64 contenders" if float(bound.max()) > LOGIT_TOL else "float32"
         print(
             f"    lam={r['log_snr']:+7.2f}: {r['seconds']:.2f} s, {r['tflops']:.4f} TFLOP/s ({path})"
         )

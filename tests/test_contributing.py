@@ -87,17 +87,17 @@ def test_the_documented_sampler_samples_a_trained_run(euler, gaussian_run, tmp_p
 def test_the_documented_estimator_and_figure_examples_register():
     """Run in their modules' namespaces, the examples register entries the rest reads."""
     from diffobj.commands import figures
-    from diffobj.optimal import estimators as optimal
+    from diffobj.optimal import estimators
 
-    exec(doc_example("Adding an optimal-loss estimator"), dict(vars(optimal)))
+    exec(doc_example("Adding an optimal-loss estimator"), dict(vars(estimators)))
     try:
-        assert "half" in optimal.estimator_names("gaussian", in_spec=True)
-        assert "half" not in optimal.estimator_names("masked")
-        optimal.check_estimator("half", 16, 4, None)
+        assert "half" in estimators.estimator_names("gaussian", in_spec=True)
+        assert "half" not in estimators.estimator_names("masked")
+        estimators.check_estimator("half", 16, 4, None)
         with pytest.raises(UserError, match="--subset 1: must be in 2..16"):
-            optimal.check_estimator("half", 16, 1, None)
+            estimators.check_estimator("half", 16, 1, None)
     finally:
-        optimal.ESTIMATORS.remove("half")
+        estimators.ESTIMATORS.remove("half")
     exec(doc_example("Adding a figure"), dict(vars(figures)))
     try:
         entry = figures.FIGURES["gap_levels"]

@@ -11,7 +11,14 @@ import torch
 
 from diffobj import cli
 from diffobj.objectives import schedules
-from diffobj.optimal import estimators as optimal
+from diffobj.optimal.curve import critical_log_snr
+from diffobj.optimal.estimators import default_c
+from diffobj.optimal.gaussian_posterior import gaussian_query_losses, posterior_sq_error
+from diffobj.optimal.inputs import images_to_unit
+from diffobj.optimal.masked_posterior import masked_query_loss, masked_query_losses
+from diffobj.optimal.queries import mean_and_stderr
+from diffobj.optimal.study import convergence_study
+from diffobj.optimal.table import TABLE_COLUMNS
 
 
 def vp(lam: float) -> tuple[float, float]:
@@ -41,9 +48,7 @@ def test_two_points_match_quadrature(lam):
     )
     alpha, sigma = vp(lam)
     x = torch.tensor([[-1.0], [1.0]])
-    estimate, stderr = optimal.mean_and_stderr(
-        optimal.gaussian_query_losses(x, alpha, sigma, 20_000, seed=1)
-    )
+    estimate, stderr = mean_and_stderr(gaussian_query_losses(x, alpha, sigma, 20_000, seed=1))
     assert abs(estimate - expected) < 4 * stderr
 
 
@@ -53,14 +58,14 @@ def test_high_noise_x0_loss_is_the_data_variance():
     variance = float(x.double().var(0, unbiased=False).mean())
     alpha, sigma = vp(-25.0)
     # queries cycle through the data, so 2N queries average over every point exactly twice
-    estimate = optimal.gaussian_query_losses(x, alpha, sigma, 128).mean().item()
+    estimate = gaussian_query_losses(x, alpha, sigma, 128).mean().item()
     assert estimate == pytest.approx(variance, rel=1e-4)
 
 
 def test_low_noise_loss_is_zero_for_distinct_points():
     x = clustered(64, 8)
     alpha, sigma = vp(16.0)
-    eps_scale = optimal.gaussian_query_losses(x, alpha, sigma, 128) * math.exp(16.0)
+    eps_scale = gaussian_query_losses(x, alpha, sigma, 128) * math.exp(16.0)
     assert eps_scale.max().item() < 1e-12
 
 
@@ -75,7 +80,7 @@ def test_chunked_online_softmax_matches_brute_force(lam):
     x64, q64 = x.double(), queries.double()
     logits = -(q64[:, None, :] - x64[None]).square().sum(-1) * math.exp(lam) / 2
     expected = (x64[src] - torch.softmax(logits, 1) @ x64).square().sum(1)
-    got = optimal.posterior_sq_error(
+    got = posterior_sq_error(
         queries,
         x[src],
         x,
@@ -97,7 +102,7 @@ def image_set(shape: tuple[int, ...], n: int = 24, seed: int = 0) -> torch.Tenso
     dup[0, 0, 0] ^= 1
     near = images[1].copy()
     near[:4] = np.clip(near[:4].astype(int) + 1, 0, 255)
-    return optimal.images_to_unit(np.concatenate([images, dup[None], near[None]]))
+    return images_to_unit(np.concatenate([images, dup[None], near[None]]))
 
 
 def brute_force_sq_error(queries, x, src, lam):
@@ -122,7 +127,7 @@ def test_high_dimensional_posteriors_match_float64_brute_force(shape, lam, one_c
     src = torch.arange(n).repeat(2)
     alpha, sigma = vp(lam)
     queries = (alpha * x[src] + sigma * torch.randn(len(src), dim, generator=g)) / alpha
-    got = optimal.posterior_sq_error(
+    got = posterior_sq_error(
         queries,
         x[src],
         x,
@@ -143,11 +148,11 @@ def test_high_dimensional_posteriors_match_float64_brute_force(shape, lam, one_c
 def test_low_noise_optimal_loss_vanishes_on_cifar_shaped_data(one_cpu_thread):
     """The whole estimator path (exact, snis, cdol) at lam = 16..24, N = 40 random images."""
     images = np.random.default_rng(3).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    x = optimal.images_to_unit(images)
+    x = images_to_unit(images)
     for lam in (16.0, 20.0, 24.0):
         alpha, sigma = vp(lam)
         for estimator, subset in (("exact", None), ("snis", 40), ("cdol", 8)):
-            losses = optimal.gaussian_query_losses(
+            losses = gaussian_query_losses(
                 x, alpha, sigma, 80, estimator=estimator, subset=subset, seed=2
             )
             assert float(losses.max()) * math.exp(lam) < 1e-24, (lam, estimator)
@@ -156,8 +161,8 @@ def test_low_noise_optimal_loss_vanishes_on_cifar_shaped_data(one_cpu_thread):
 def test_snis_on_the_whole_set_equals_exact():
     x = clustered(96, 8)
     alpha, sigma = vp(1.0)
-    exact = optimal.gaussian_query_losses(x, alpha, sigma, 300, seed=4, batch_size=64)
-    snis = optimal.gaussian_query_losses(
+    exact = gaussian_query_losses(x, alpha, sigma, 300, seed=4, batch_size=64)
+    snis = gaussian_query_losses(
         x, alpha, sigma, 300, seed=4, batch_size=64, estimator="snis", subset=96
     )
     torch.testing.assert_close(snis, exact, rtol=1e-5, atol=1e-12)
@@ -169,9 +174,9 @@ def test_cdol_is_within_its_stderr_of_exact(lam):
     # weight relative to theirs is divided by C = (N - 1) / (L - 1)
     x, n, subset = clustered(), 256, 128
     alpha, sigma = vp(lam)
-    exact = optimal.gaussian_query_losses(x, alpha, sigma, 4 * n, seed=5).mean().item()
-    cdol, stderr = optimal.mean_and_stderr(
-        optimal.gaussian_query_losses(
+    exact = gaussian_query_losses(x, alpha, sigma, 4 * n, seed=5).mean().item()
+    cdol, stderr = mean_and_stderr(
+        gaussian_query_losses(
             x,
             alpha,
             sigma,
@@ -190,7 +195,7 @@ def test_snis_overestimates_and_dol_underestimates_at_low_noise():
     x = clustered()
     alpha, sigma = vp(2.0)
     run = {
-        est: optimal.gaussian_query_losses(
+        est: gaussian_query_losses(
             x, alpha, sigma, 512, seed=6, estimator=est, subset=None if est == "exact" else 64
         )
         .mean()
@@ -209,7 +214,7 @@ def test_eps_loss_depends_only_on_log_snr(schedule_library):
         level = schedule.level(schedule.t_of_log_snr(lam))
         values.append(
             [
-                optimal.gaussian_query_losses(x, float(a), float(s), 200, seed=7).mean().item()
+                gaussian_query_losses(x, float(a), float(s), 200, seed=7).mean().item()
                 * math.exp(float(lv))
                 for lv, a, s in zip(level.log_snr, level.alpha, level.sigma, strict=True)
             ]
@@ -235,12 +240,12 @@ def test_masked_everything_masked_is_the_mean_marginal_entropy():
         p = p[p > 0]
         entropies.append(-(p * np.log(p)).sum())
     # N queries visit every point once, so the estimate is the exact average
-    estimate = optimal.masked_query_losses(tokens, 0.0, n).mean().item()
+    estimate = masked_query_losses(tokens, 0.0, n).mean().item()
     assert estimate == pytest.approx(float(np.mean(entropies)), rel=1e-12)
 
 
 def test_masked_everything_kept_is_zero():
-    assert optimal.masked_query_losses(random_tokens(), 1.0, 50).abs().max().item() == 0.0
+    assert masked_query_losses(random_tokens(), 1.0, 50).abs().max().item() == 0.0
 
 
 def test_masked_query_loss_matches_brute_force():
@@ -257,7 +262,7 @@ def test_masked_query_loss_matches_brute_force():
             if not kept[d]
         ]
         expected.append(sum(nats) / 8)
-    got = optimal.masked_query_loss(tokens, src, keep, chunk_size=7, pair_chunk=5)
+    got = masked_query_loss(tokens, src, keep, chunk_size=7, pair_chunk=5)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
 
 
@@ -267,8 +272,8 @@ def test_masked_query_loss_matches_brute_force():
 def test_critical_log_snr_interpolates_the_crossing():
     lam = [4.0, 2.0, 0.0, -2.0]  # least noise first; the loss reaches 0.1 * 1.0 halfway 2 -> 0
     loss = [0.0, 0.0, 0.2, 1.0]
-    assert optimal.critical_log_snr(lam, loss, rel_tol=0.1) == pytest.approx(1.0)
-    assert optimal.critical_log_snr(lam, [1.0] * 4) is None
+    assert critical_log_snr(lam, loss, rel_tol=0.1) == pytest.approx(1.0)
+    assert critical_log_snr(lam, [1.0] * 4) is None
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -316,7 +321,7 @@ def test_command_writes_one_row_per_level(tmp_path, images_file, process, schedu
     assert code == 0
     rows = read(out)
     assert len(rows) == 5
-    assert set(optimal.TABLE_COLUMNS) <= set(rows[0])
+    assert set(TABLE_COLUMNS) <= set(rows[0])
     assert float(rows[0]["log_snr"]) == pytest.approx(lam_max, abs=1e-6)
     assert float(rows[-1]["log_snr"]) == pytest.approx(-lam_max, abs=1e-6)
     assert all(float(r["optimal_loss"]) >= 0 and r["n_data"] == "40" for r in rows)
@@ -357,18 +362,18 @@ def test_convergence_study_writes_every_estimator(tmp_path, images_file):
     assert len(rows) == 3 * 2 * 5  # levels x subsets x (snis, dol, two cdol, cdol at default C)
     for L in (4, 8):  # the C of `--estimator cdol` is among the study's, whatever --C-factors
         at = [r for r in rows if r["estimator"] == "cdol" and int(r["subset"]) == L]
-        default = [r for r in at if float(r["C"]) == pytest.approx(optimal.default_c(40, L))]
+        default = [r for r in at if float(r["C"]) == pytest.approx(default_c(40, L))]
         assert len(default) == 3  # one per level
-        assert float(default[0]["C_factor"]) == pytest.approx(optimal.default_c(40, L) * L / 40)
+        assert float(default[0]["C_factor"]) == pytest.approx(default_c(40, L) * L / 40)
 
 
 def test_convergence_study_adds_the_default_c_only_when_no_factor_gives_it():
     images = np.random.default_rng(1).integers(0, 256, size=(30, 2, 2, 1), dtype=np.uint8)
     sched = schedules.build("vp_cosine", schedules.load_library()["vp_cosine"], (-5.0, 5.0))
-    factor = optimal.default_c(30, 5) * 5 / 30
+    factor = default_c(30, 5) * 5 / 30
     common = dict(levels=1, queries=10, subsets=[5], progress=False)
-    given = optimal.convergence_study(images, sched, c_factors=[1.0, factor], **common)
-    added = optimal.convergence_study(images, sched, c_factors=[1.0], **common)
+    given = convergence_study(images, sched, c_factors=[1.0, factor], **common)
+    added = convergence_study(images, sched, c_factors=[1.0], **common)
     for rows in (given, added):
         cdol = sorted(r["C_factor"] for r in rows if r["estimator"] == "cdol")
         assert cdol == pytest.approx(sorted([1.0, factor]))
@@ -379,7 +384,7 @@ def test_convergence_figure_marks_the_default_c_per_subset_size():
 
     images = np.random.default_rng(2).integers(0, 256, size=(40, 2, 2, 1), dtype=np.uint8)
     sched = schedules.build("vp_cosine", schedules.load_library()["vp_cosine"], (-5.0, 5.0))
-    rows = optimal.convergence_study(
+    rows = convergence_study(
         images, sched, levels=2, queries=16, subsets=[4, 8], c_factors=[1.0, 4.0], progress=False
     )
     panel = convergence_panel(convergence_figure(rows), "cDOL")
@@ -390,7 +395,7 @@ def test_convergence_figure_marks_the_default_c_per_subset_size():
     }
     assert len(marks) == 2
     for L in (4, 8):
-        factor = optimal.default_c(40, L) * L / 40
+        factor = default_c(40, L) * L / 40
         (label,) = [k for k in marks if k.startswith(f"default C, L = {L}:")]
         assert np.allclose(marks[label], factor) and label.endswith(f"{factor:.3g} N/L")
     estimates = convergence_panel(convergence_figure(rows), "estimates")
@@ -414,7 +419,7 @@ def convergence_rows(snis_low_noise=1e5):
                 ("snis", math.nan): snis,
                 ("dol", 1.0): exact * 0.5,
                 ("cdol", n / L): exact * 1.1,  # C = N/L
-                ("cdol", optimal.default_c(n, L)): exact * 0.95,
+                ("cdol", default_c(n, L)): exact * 0.95,
             }
             for (estimator, c), estimate in estimates.items():
                 rows.append(

@@ -15,7 +15,9 @@ import math
 import pytest
 import torch
 
-from diffobj.optimal import estimators as optimal
+from diffobj.optimal.estimators import default_c
+from diffobj.optimal.gaussian_posterior import gaussian_query_losses
+from diffobj.optimal.queries import MIN_SUBSETS, mean_and_stderr, query_groups
 
 SEEDS = 40
 
@@ -23,7 +25,7 @@ SEEDS = 40
 def test_batch_means_stderr_is_the_std_of_the_group_means_for_equal_groups():
     values = torch.randn(12 * 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     groups = torch.arange(60) // 5
-    mean, stderr = optimal.mean_and_stderr(values, groups)
+    mean, stderr = mean_and_stderr(values, groups)
     means = values.reshape(12, 5).mean(1)
     assert mean == pytest.approx(float(values.mean()))
     assert stderr == pytest.approx(float(means.std()) / math.sqrt(12))
@@ -37,10 +39,10 @@ def test_batch_means_stderr_matches_the_spread_when_a_group_shares_an_effect():
     for _ in range(400):
         values = torch.randn(16, generator=g, dtype=torch.float64)[groups]
         values = values + torch.randn(len(groups), generator=g, dtype=torch.float64)
-        m, se = optimal.mean_and_stderr(values, groups)
+        m, se = mean_and_stderr(values, groups)
         means.append(m)
         batch_se.append(se)
-        query_se.append(optimal.mean_and_stderr(values)[1])
+        query_se.append(mean_and_stderr(values)[1])
     truth = math.sqrt(1 / 16 + 1 / 1024)
     assert float(torch.tensor(means).std()) == pytest.approx(truth, rel=0.1)
     assert sum(batch_se) / 400 == pytest.approx(truth, rel=0.1)
@@ -48,10 +50,10 @@ def test_batch_means_stderr_matches_the_spread_when_a_group_shares_an_effect():
 
 
 def test_subset_estimators_draw_at_least_32_subsets_by_default():
-    groups = optimal.query_groups(4096, "snis", None, "cpu")
-    assert int(groups.max()) + 1 >= optimal.MIN_SUBSETS == 32
-    assert optimal.query_groups(4096, "exact", None, "cpu") is None
-    assert int(optimal.query_groups(4096, "cdol", 1024, "cpu").max()) + 1 == 4  # as given
+    groups = query_groups(4096, "snis", None, "cpu")
+    assert int(groups.max()) + 1 >= MIN_SUBSETS == 32
+    assert query_groups(4096, "exact", None, "cpu") is None
+    assert int(query_groups(4096, "cdol", 1024, "cpu").max()) + 1 == 4  # as given
 
 
 def tiny_data(n: int = 32, dim: int = 6) -> torch.Tensor:
@@ -72,11 +74,11 @@ def test_the_95_percent_interval_covers_the_exact_value(estimator, lam):
     # 32 subsets of L = 28 (of N = 32) points, 32 queries each: a batch shares its subset
     x, subset, batch, queries = tiny_data(), 28, 32, 1024
     alpha, sigma = vp(lam)
-    exact = optimal.gaussian_query_losses(x, alpha, sigma, 100_000, seed=999).mean().item()
-    groups = optimal.query_groups(queries, estimator, batch, "cpu")
+    exact = gaussian_query_losses(x, alpha, sigma, 100_000, seed=999).mean().item()
+    groups = query_groups(queries, estimator, batch, "cpu")
     covered = 0
     for seed in range(SEEDS):
-        losses = optimal.gaussian_query_losses(
+        losses = gaussian_query_losses(
             x,
             alpha,
             sigma,
@@ -86,15 +88,15 @@ def test_the_95_percent_interval_covers_the_exact_value(estimator, lam):
             subset=subset,
             batch_size=batch,
         )
-        mean, stderr = optimal.mean_and_stderr(losses, groups)
+        mean, stderr = mean_and_stderr(losses, groups)
         covered += abs(mean - exact) < 1.96 * stderr
     assert 0.85 <= covered / SEEDS <= 0.99, covered
 
 
 def test_the_default_c_limits():
     # about 2N/L for L << N (the measured best, benchmarks/cdol_c.py); exactly 1 at L = N
-    assert optimal.default_c(50_000, 64) == pytest.approx(2 * 50_000 / 64, rel=0.02)
-    assert optimal.default_c(1438, 1438) == 1.0
+    assert default_c(50_000, 64) == pytest.approx(2 * 50_000 / 64, rel=0.02)
+    assert default_c(1438, 1438) == 1.0
 
 
 def test_cdol_with_the_whole_set_and_the_default_c_is_exact():
@@ -102,10 +104,8 @@ def test_cdol_with_the_whole_set_and_the_default_c_is_exact():
     x = tiny_data()
     alpha, sigma = vp(1.0)
     kw = dict(seed=3, batch_size=64)
-    exact = optimal.gaussian_query_losses(x, alpha, sigma, 256, **kw)
-    cdol = optimal.gaussian_query_losses(
-        x, alpha, sigma, 256, estimator="cdol", subset=len(x), **kw
-    )
+    exact = gaussian_query_losses(x, alpha, sigma, 256, **kw)
+    cdol = gaussian_query_losses(x, alpha, sigma, 256, estimator="cdol", subset=len(x), **kw)
     torch.testing.assert_close(cdol, exact, rtol=1e-5, atol=1e-12)
 
 
@@ -117,12 +117,12 @@ def test_on_tiny_data_the_default_c_is_between_the_ratio_and_4n_over_l():
     x, subset, queries = tiny_data(), 24, 1024
     n = len(x)
     alpha, sigma = vp(1.0)
-    exact = optimal.gaussian_query_losses(x, alpha, sigma, 100_000, seed=999).mean().item()
+    exact = gaussian_query_losses(x, alpha, sigma, 100_000, seed=999).mean().item()
 
     def z_score(C: float | None) -> float:
         means = torch.tensor(
             [
-                optimal.gaussian_query_losses(
+                gaussian_query_losses(
                     x, alpha, sigma, queries, seed=s, estimator="cdol", subset=subset, C=C
                 )
                 .mean()

@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from diffobj.optimal import estimators as optimal
+from diffobj.optimal.gaussian_posterior import gaussian_query_losses
+from diffobj.optimal.queries import balanced_sources
 from diffobj.seeds import xor_pair_seed
 
 CIFAR, IMAGENET64 = 3 * 32 * 32, 3 * 64 * 64
@@ -50,7 +51,7 @@ def drawn_queries(n_data: int, n_queries: int, dim: int) -> tuple[torch.Tensor, 
     """The sources and noise ``gaussian_query_losses`` draws with seed SEED in one batch (its
     queries depend only on the seed and the batch size)."""
     source_gen = torch.Generator().manual_seed(xor_pair_seed(SEED, 1))
-    src = optimal.balanced_sources(n_data, n_queries, source_gen)
+    src = balanced_sources(n_data, n_queries, source_gen)
     query_gen = torch.Generator().manual_seed(xor_pair_seed(SEED, 0))
     return src, torch.randn((n_queries, dim), generator=query_gen).double()
 
@@ -64,7 +65,7 @@ def test_matches_float64_brute_force_up_to_log_snr_24(dim, lam):
     x = near_duplicates(dim)
     queries = 2 * len(x)  # every point the source of two queries
     alpha, sigma = vp(lam)
-    got = optimal.gaussian_query_losses(x, alpha, sigma, queries, seed=SEED, batch_size=queries)
+    got = gaussian_query_losses(x, alpha, sigma, queries, seed=SEED, batch_size=queries)
     src, eps = drawn_queries(len(x), queries, dim)
     expected = brute_force(x, src, eps, sigma / alpha)
     scale = math.exp(lam)  # compared in the eps scale, where J* is bounded by 1
@@ -83,5 +84,5 @@ def test_distinct_8_bit_images_have_no_loss_at_low_noise(lam):
     # the issue's case: J* was 1e6 (lam = 16) to 4e9 (lam = 24) for 32x32x3 data, against ~0
     x = eight_bit(64, CIFAR, seed=1)
     alpha, sigma = vp(lam)
-    eps_scale = optimal.gaussian_query_losses(x, alpha, sigma, 128) * math.exp(lam)
+    eps_scale = gaussian_query_losses(x, alpha, sigma, 128) * math.exp(lam)
     assert eps_scale.max().item() < 1e-20

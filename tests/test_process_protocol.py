@@ -178,7 +178,7 @@ def test_the_noise_axis_is_sigma_ve_or_the_keep_probability():
     assert gaussian.noise_of_log_snr(lam) == pytest.approx(math.exp(-lam / 2), rel=1e-15)
     assert masked.noise_of_log_snr(lam) == pytest.approx(1 / (1 + math.exp(-lam)), rel=1e-15)
     # the columns the figure reads are the optimal-loss table's
-    from diffobj.optimal.estimators import TABLE_COLUMNS
+    from diffobj.optimal.table import TABLE_COLUMNS
 
     for axes in (gaussian, masked):
         assert {axes.noise_column, axes.rising_column} <= set(TABLE_COLUMNS)

@@ -26,7 +26,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from diffobj import processes  # noqa: E402
-from diffobj.optimal.estimators import critical_log_snr, default_c  # noqa: E402
+from diffobj.optimal.curve import critical_log_snr  # noqa: E402
+from diffobj.optimal.estimators import default_c  # noqa: E402
 
 Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts, CSV rows, or a polars DataFrame
 

@@ -19,7 +19,9 @@ from diffobj.devices import resolve_device
 from diffobj.errors import UserError
 from diffobj.io import write_csv
 from diffobj.objectives import schedules
-from diffobj.optimal import estimators as optimal
+from diffobj.optimal.estimators import ESTIMATORS, study_kinds
+from diffobj.optimal.study import STUDY_COLUMNS, convergence_study
+from diffobj.optimal.table import TABLE_COLUMNS, check_counts, optimal_loss_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--estimator",
         default="exact",
-        choices=optimal.ESTIMATORS,
+        choices=ESTIMATORS,
         help="exact: all N points; snis/dol/cdol: subsets of --subset L (docs/science.md §3.3)",
     )
     parser.add_argument("--subset", type=int, metavar="L", help="subset size of snis/dol/cdol")
@@ -100,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    optimal.check_counts(args.levels, args.queries)
+    check_counts(args.levels, args.queries)
     if args.batch_size is not None and args.batch_size <= 0:
         raise UserError(f"--batch-size {args.batch_size}: must be positive")
     schedule = load_schedule(args)
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> None:
     if args.convergence:
         run_study(args, schedule, images, device)
         return
-    rows = optimal.optimal_loss_table(
+    rows = optimal_loss_table(
         images,
         args.process,
         schedule,
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> None:
         device=device,
         batch_size=args.batch_size,
     )
-    write_csv(args.out, rows, optimal.TABLE_COLUMNS)
+    write_csv(args.out, rows, TABLE_COLUMNS)
     if args.figure:
         from diffobj.analysis.figure_files import save
         from diffobj.analysis.figures_optimal import optimal_loss_figure
@@ -134,11 +136,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_study(args: argparse.Namespace, schedule: schedules.Schedule, images, device) -> None:
-    if args.process not in optimal.study_kinds():
-        kinds = " / ".join(optimal.study_kinds())
+    if args.process not in study_kinds():
+        kinds = " / ".join(study_kinds())
         raise UserError(f"--convergence: the estimator study is for --process {kinds}")
     subsets = args.subsets or default_subsets(len(images))
-    rows = optimal.convergence_study(
+    rows = convergence_study(
         images,
         schedule,
         args.levels,
@@ -149,7 +151,7 @@ def run_study(args: argparse.Namespace, schedule: schedules.Schedule, images, de
         device=device,
         batch_size=args.batch_size,
     )
-    write_csv(args.out, rows, optimal.STUDY_COLUMNS)
+    write_csv(args.out, rows, STUDY_COLUMNS)
     if args.figure:
         from diffobj.analysis.figure_files import save
         from diffobj.analysis.figures_optimal import convergence_figure

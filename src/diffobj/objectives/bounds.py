@@ -53,7 +53,7 @@ from diffobj import processes
 from diffobj.errors import UserError
 from diffobj.objectives.densities import evaluate_error, level_at
 from diffobj.objectives.schedules import DTYPE, Level, Schedule
-from diffobj.optimal import estimators as optimal
+from diffobj.optimal.queries import balanced_sources, mean_and_stderr
 from diffobj.seeds import xor_pair_seed
 
 ModelFn = Callable[[torch.Tensor, Level], torch.Tensor]
@@ -216,7 +216,7 @@ def error_curve(
             lam_t = torch.full((len(chunk),), lam, dtype=DTYPE, device=x.device)
             level = level_at(schedule, lam_t)
             values.append(evaluate_error(kind, model_fn, chunk, level, generator).double().cpu())
-        mean, err = optimal.mean_and_stderr(torch.cat(values))
+        mean, err = mean_and_stderr(torch.cat(values))
         means.append(mean)
         errs.append(0.0 if math.isnan(err) else err)
     return torch.tensor(means, dtype=DTYPE), torch.tensor(errs, dtype=DTYPE)
@@ -245,9 +245,7 @@ def decoder_term(
     (sources cycle through permutations of the data); mean and standard error."""
     n, dim = data.shape
     gen = torch.Generator(device=data.device).manual_seed(xor_pair_seed(seed, 7))
-    sources = optimal.balanced_sources(n, queries, torch.Generator().manual_seed(seed)).to(
-        data.device
-    )
+    sources = balanced_sources(n, queries, torch.Generator().manual_seed(seed)).to(data.device)
     mult = multiplicity(data)
     process = processes.get(kind)
     alpha = float(level_at(schedule, torch.tensor([log_snr], dtype=DTYPE)).alpha[0])
@@ -257,7 +255,7 @@ def decoder_term(
         nats = process.decoder_nats(data, src, log_snr, alpha, gen)
         # >= 0 exactly (the m copies of the source are in the sum); clamp float rounding
         values.append((nats - mult[src].log()).clamp_min(0).cpu() / dim)
-    return optimal.mean_and_stderr(torch.cat(values))
+    return mean_and_stderr(torch.cat(values))
 
 
 def prior_term(kind: str, data: torch.Tensor, schedule: Schedule) -> float:
@@ -288,7 +286,7 @@ def cascade(
     """
     fine, cut_idx = cut_grid(schedule, cuts, per_cut)
     g = torch.Generator().manual_seed(xor_pair_seed(seed, 3))
-    pick = optimal.balanced_sources(len(data), images, g).sort().values.to(data.device)
+    pick = balanced_sources(len(data), images, g).sort().values.to(data.device)
     error, stderr = error_curve(
         kind, model_fn, schedule, data[pick], fine, seed=seed, batch_size=batch_size
     )

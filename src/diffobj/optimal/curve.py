@@ -5,12 +5,13 @@ the value of the run's optimal-loss table (``diffobj optimal-loss``) interpolate
 (``diffobj.objectives.scales.interpolate_optimal``), in the loss's own units (Gaussian: eps-MSE per dimension; masked: nats per dimension), held
 at the end values outside the table. The optimal loss is >= 0 by definition; an estimate below
 zero (estimator noise where J* ~ 0) is clipped to 0, so ``min(1/Jstar, w)`` is w there.
+The critical noise level (``critical_log_snr``) is where the curve leaves ~0.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "density_name",
     "needs_optimal_loss",
     "bind",
+    "critical_log_snr",
 ]
 
 # the training densities (diffobj.objectives.densities); here so that ``needs_optimal_loss`` can name a
@@ -109,3 +111,30 @@ def bind(weighting: Any, path: str | Path | None, run_id: str, kind: str) -> Any
             "--optimal-loss TABLE.csv (from `diffobj optimal-loss`)"
         )
     return dataclasses.replace(weighting, optimal_loss=OptimalLossCurve.from_table(path, kind))
+
+
+def critical_log_snr(
+    log_snr: Sequence[float], loss: Sequence[float], rel_tol: float = 1e-3
+) -> float | None:
+    """The log-SNR where the optimal loss leaves ~0, going from low to high noise.
+
+    ``loss`` must be increasing with noise (x0-scale Gaussian loss, masked cross-entropy). The
+    critical level is where the loss first reaches ``rel_tol`` times its largest value,
+    interpolated linearly between the two levels around it; None if it never does, or if the
+    least noisy level is already above.
+    """
+    lam = np.asarray(log_snr, dtype=float)
+    values = np.asarray(loss, dtype=float)
+    keep = np.isfinite(lam) & np.isfinite(values)
+    lam, values = lam[keep], values[keep]
+    if len(lam) < 2:
+        return None
+    order = np.argsort(-lam)  # least noise first
+    lam, values = lam[order], values[order]
+    threshold = rel_tol * values.max()
+    above = np.nonzero(values >= threshold)[0]
+    if len(above) == 0 or above[0] == 0:
+        return None
+    j = above[0]
+    frac = (threshold - values[j - 1]) / (values[j] - values[j - 1])
+    return float(lam[j - 1] + frac * (lam[j] - lam[j - 1]))

@@ -104,7 +104,7 @@ class Process(Protocol):
         """The optimal loss of the training set ``data`` (``optimal_data``) at one level, as the
         optimal-loss table's columns optimal_loss and stderr (the error's unit), sigma_ve,
         optimal_loss_x0 and stderr_x0 (the x0 view; nan without one). ``options``: estimator,
-        subset, C, seed, batch_size, progress, desc (diffobj.optimal.estimators.optimal_loss_table)."""
+        subset, C, seed, batch_size, progress, desc (diffobj.optimal.table.optimal_loss_table)."""
 
     def decoder_nats(
         self, data: torch.Tensor, src: torch.Tensor, log_snr: float, alpha: float, generator: Any

@@ -240,21 +240,21 @@ class GaussianProcess:
     def weighted_loss(self, model_fn, x, schedule, weighting, generator):
         return weighted_loss(model_fn, x, schedule, weighting, generator)
 
-    # diffobj.optimal.estimators builds on the process modules (masked.VOCAB): imported where used
+    # the optimal package builds on the process modules (masked.VOCAB, processes.KINDS): imported
+    # where used
     def optimal_data(self, images: np.ndarray) -> torch.Tensor:
-        from diffobj.optimal.estimators import images_to_unit
+        from diffobj.optimal.inputs import images_to_unit
 
         return images_to_unit(images)
 
     def optimal_loss(self, data, lam, alpha, sigma, queries, **options) -> dict[str, float]:
         """The posterior mean's x0 error (``gaussian_query_losses``), scaled by e^lam to eps."""
-        from diffobj.optimal import estimators as optimal
+        from diffobj.optimal.gaussian_posterior import gaussian_query_losses
+        from diffobj.optimal.queries import mean_and_stderr, query_groups
 
-        x0 = optimal.gaussian_query_losses(data, alpha, sigma, queries, **options)
-        groups = optimal.query_groups(
-            queries, options["estimator"], options["batch_size"], data.device
-        )
-        x0_mean, x0_err = optimal.mean_and_stderr(x0, groups)
+        x0 = gaussian_query_losses(data, alpha, sigma, queries, **options)
+        groups = query_groups(queries, options["estimator"], options["batch_size"], data.device)
+        x0_mean, x0_err = mean_and_stderr(x0, groups)
         return {
             "optimal_loss": x0_mean * math.exp(lam),
             "stderr": x0_err * math.exp(lam),

@@ -77,7 +77,7 @@ def unweighted_error(
 def decoder_nats(data: torch.Tensor, src: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """-log q(x_src | z) + log m_src = log |C(z)|, C the items agreeing with z on its kept
     tokens (the posterior is uniform over C); exact integer consistency test."""
-    from diffobj.optimal.estimators import (
+    from diffobj.optimal.masked_posterior import (
         _consistent_counts,  # optimal builds on this module (VOCAB)
     )
 
@@ -146,8 +146,8 @@ class MaskedProcess:
         return weighted_loss(model_fn, x, schedule, weighting, generator)
 
     def optimal_data(self, images: np.ndarray) -> torch.Tensor:
-        from diffobj.optimal.estimators import (
-            images_to_tokens,  # optimal builds on this module (VOCAB)
+        from diffobj.optimal.inputs import (
+            images_to_tokens,  # the optimal package builds on this module (VOCAB)
         )
 
         return images_to_tokens(images)
@@ -156,14 +156,15 @@ class MaskedProcess:
         self, data, lam, alpha, sigma, queries, *, seed, batch_size, progress, desc, **exact
     ) -> dict[str, float]:
         """The consistent set's cross-entropy (``masked_query_losses``): the exact posterior,
-        the one estimator registered for masked (diffobj.optimal.estimators checks the choice), so the
+        the one estimator registered for masked (diffobj.optimal.table checks the choice), so the
         estimator options (``exact``) change nothing."""
-        from diffobj.optimal import estimators as optimal
+        from diffobj.optimal.masked_posterior import masked_query_losses
+        from diffobj.optimal.queries import mean_and_stderr
 
-        nats = optimal.masked_query_losses(
+        nats = masked_query_losses(
             data, alpha, queries, seed=seed, batch_size=batch_size, progress=progress, desc=desc
         )
-        mean, err = optimal.mean_and_stderr(nats)
+        mean, err = mean_and_stderr(nats)
         return {
             "optimal_loss": mean,
             "stderr": err,
