@@ -75,13 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sampler_help() -> str:
-    """``ddpm | ddim | heun (Gaussian), ancestral (masked)``: the registered samplers."""
+    """``ddpm | ddim | heun (gaussian), ancestral (masked)``: the registered samplers."""
+    from diffobj.processes import KINDS
     from diffobj.sampling.samplers import sampler_names
 
-    kinds = {"gaussian": "Gaussian", "masked": "masked"}
-    return ", ".join(
-        f"{' | '.join(sampler_names(kind))} ({label})" for kind, label in kinds.items()
-    )
+    return ", ".join(f"{' | '.join(sampler_names(kind))} ({kind})" for kind in KINDS)
 
 
 def grid_help() -> str:

@@ -183,7 +183,8 @@ def from_expressions(
         raise ScheduleError(f"schedule {name}: process must be one of {PROCESSES}, got {process!r}")
     if (alpha is None) == (log_snr is None):
         raise ScheduleError(f"schedule {name}: declare exactly one of 'alpha' or 'log_snr'")
-    if sigma is not None and (process != "gaussian" or alpha is None):
+    # only a continuous path declares a sigma beside its alpha
+    if sigma is not None and (not processes.get(process).continuous or alpha is None):
         raise ScheduleError(f"schedule {name}: 'sigma' goes with 'alpha' of a gaussian schedule")
     if log_snr is not None:
         lam = compile_expr(log_snr, ["t"], params)

@@ -173,9 +173,10 @@ def _then_data(levels: Level, sigma_hat: torch.Tensor) -> NoiseGrid:
 
 
 def _at_times(schedule: Schedule, t: torch.Tensor) -> NoiseGrid:
-    """The grid of ``steps + 1`` times, the last the end of the range: a masked path visits
-    all; a Gaussian one the first ``steps``, then the data."""
-    if schedule.process == "masked":
+    """The grid of ``steps + 1`` times, the last the end of the range: a token path visits
+    all (its last step reveals what is left); a continuous one the first ``steps``, then the
+    data (sigma = 0, which no schedule's range reaches)."""
+    if not processes.get(schedule.process).continuous:
         levels = schedule.level(t)
         return NoiseGrid(levels, levels.sigma / levels.alpha)
     levels = schedule.level(t[:-1])
